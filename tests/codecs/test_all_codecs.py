@@ -1,0 +1,287 @@
+"""Properties every registered codec must have, checked generically over the registry.
+
+Each codec's valid rates, options and limits live in the one table ``CASES`` below; every other
+test here is written against the :class:`~octopus_diffusers.codecs.Codec` interface only. A codec
+that is registered but whose module does not exist yet is skipped (with the reason shown); a codec
+that exists but has no row in ``CASES`` fails ``test_every_registered_codec_has_a_case``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from octopus_diffusers.codecs import Codec, CodecError, PackedTensor, available_codecs, get_codec
+from octopus_diffusers.codecs import _REGISTRY as REGISTRY
+
+
+@dataclass(frozen=True)
+class Case:
+    """How to exercise one codec (``options`` apply to every construction)."""
+
+    bits: float  # the rate the single-rate tests use
+    bits_ladder: tuple[float, ...]  # increasing rates whose relative error must strictly fall
+    bad_bits: tuple[float, ...]  # rates the constructor must refuse
+    head_dims: tuple[int, ...] = (8, 16, 64)  # accepted head_dims (hypothesis draws from these)
+    bad_head_dims: tuple[int, ...] = (0,)  # head_dims the constructor must refuse
+    options: dict[str, Any] = field(default_factory=dict)
+    seeded: bool = True  # has a seeded rotation / projection: another seed must change the codes
+    tokens_per_group: int = 1  # token count must be a multiple of this for the exact rate
+    max_rel_error: float = 0.5  # bound on ||x - x^||^2 / ||x||^2 at ``bits`` (test data: ``sample``)
+    scales: tuple[float, ...] = (1e-3, 1.0, 30.0)  # input magnitudes over which that bound holds
+    # input dtypes for which 8 * packed.nbytes / numel must equal bits_per_scalar
+    rate_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# One row per registered name (a codec may appear again under a variant id with other options).
+CASES: dict[str, tuple[str, Case]] = {
+    # "none" stores the input as is: bits=16 is the rate of 16-bit inputs only.
+    "none": ("none", Case(bits=16, bits_ladder=(16,), bad_bits=(8, 4.5), seeded=False, max_rel_error=0.0,
+                          rate_dtypes=(torch.float16, torch.bfloat16))),
+    # A plain e4m3 cast has a fixed range (subnormals below 2^-6, refusal above 448): no scale invariance.
+    "fp8": ("fp8", Case(bits=8, bits_ladder=(8,), bad_bits=(4, 16), seeded=False, max_rel_error=2e-3,
+                        scales=(1.0,))),
+    "fp8-vector": ("fp8", Case(bits=8, bits_ladder=(8,), bad_bits=(7,), options={"scale": "vector"},
+                               seeded=False, max_rel_error=2e-3)),
+    "uniform": ("uniform", Case(bits=4, bits_ladder=(1, 2, 3, 4, 8), bad_bits=(0, 9, 2.5), seeded=False,
+                                bad_head_dims=(0, 2000), max_rel_error=0.05)),
+    "uniform-channel": ("uniform", Case(bits=2, bits_ladder=(1, 2, 4, 8), bad_bits=(0, 9), seeded=False,
+                                        options={"axis": "channel", "group_size": 4},
+                                        tokens_per_group=4, max_rel_error=0.1)),
+    "polarquant": ("polarquant", Case(bits=3.875, bits_ladder=(2, 3, 3.875, 5), bad_bits=(0, 1, 99),
+                                      head_dims=(16, 32, 64), bad_head_dims=(0, 8, 12, 24),
+                                      max_rel_error=0.1)),
+    "turboquant": ("turboquant", Case(bits=3, bits_ladder=(1, 2, 3, 4), bad_bits=(0, -1, 99))),
+    "turboquant_prod": ("turboquant_prod", Case(bits=3, bits_ladder=(2, 3, 4), bad_bits=(0, 99))),
+    "octopus": ("octopus", Case(bits=3, bits_ladder=(2, 3, 4), bad_bits=(0, 99))),
+    "qjl": ("qjl", Case(bits=2, bits_ladder=(1, 2, 4), bad_bits=(0, -1))),
+}
+
+
+def _implemented(name: str) -> bool:
+    module = REGISTRY[name].split(":")[0]
+    return importlib.util.find_spec(f"octopus_diffusers.codecs.{module}") is not None
+
+
+def _params() -> list[Any]:
+    """One pytest param per table row; rows of codecs whose module is not written yet are skipped."""
+    out = []
+    for case_id, (name, case) in CASES.items():
+        marks = [] if _implemented(name) else [pytest.mark.skip(reason=f"codec {name!r} not implemented yet")]
+        out.append(pytest.param(name, case, id=case_id, marks=marks))
+    return out
+
+
+PARAMS = _params()
+
+
+def make(name: str, case: Case, bits: float | None = None, head_dim: int = 64, seed: int = 0) -> Codec:
+    return get_codec(name, head_dim, case.bits if bits is None else bits, seed=seed, **case.options)
+
+
+def sample(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    """Gaussian test data with a fixed seed (a few larger channels, as real keys have)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
+    x[..., :2] *= 4.0
+    return x.to(dtype)
+
+
+def rel_error(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(((x.float() - y.float()) ** 2).sum() / (x.float() ** 2).sum())
+
+
+def test_every_registered_codec_has_a_case() -> None:
+    covered = {name for name, _ in CASES.values()}
+    assert set(available_codecs()) <= covered, f"add rows to CASES for {set(available_codecs()) - covered}"
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("lead", [(4,), (2, 3, 4)])
+def test_roundtrip_keeps_shape_dtype_device(name: str, case: Case, dtype: torch.dtype, lead: tuple) -> None:
+    codec = make(name, case)
+    x = sample((*lead, 64), dtype)
+    packed = codec.encode(x)
+    assert isinstance(packed, PackedTensor)
+    y = codec.decode(packed)
+    assert y.shape == x.shape and y.dtype == dtype and y.device == x.device
+    assert bool(torch.isfinite(y).all())
+    assert rel_error(x, y) <= case.max_rel_error + 1e-2  # + fp16/bf16 input rounding
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_single_vector_and_empty_batch(name: str, case: Case) -> None:
+    codec = make(name, case)
+    lead = (case.tokens_per_group,) if case.tokens_per_group > 1 else ()
+    x = sample((*lead, 64))
+    assert codec.roundtrip(x).shape == x.shape
+    empty = torch.zeros(0, *lead, 64) if lead else torch.zeros(0, 64)
+    assert codec.roundtrip(empty).shape == empty.shape
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_zero_vectors_decode_to_zero(name: str, case: Case) -> None:
+    codec = make(name, case)
+    x = torch.zeros(2, 4, 64)
+    assert torch.equal(codec.roundtrip(x), x)
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_same_seed_same_bytes_other_seed_other_codes(name: str, case: Case) -> None:
+    x = sample((3, 8, 64))
+    first = make(name, case, seed=7).encode(x)
+    again = make(name, case, seed=7).encode(x)
+    assert first.fields.keys() == again.fields.keys()
+    for key in first.fields:
+        assert torch.equal(first.fields[key], again.fields[key]), key
+    other = make(name, case, seed=8).encode(x)
+    differs = any(not torch.equal(first.fields[k], other.fields[k]) for k in first.fields)
+    assert differs == case.seeded
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_measured_bytes_equal_bits_per_scalar(name: str, case: Case) -> None:
+    for bits in case.bits_ladder:
+        for head_dim in case.head_dims:
+            codec = make(name, case, bits=bits, head_dim=head_dim)
+            x = sample((2, 3 * case.tokens_per_group, head_dim), case.rate_dtypes[0])
+            packed = codec.encode(x)
+            measured = 8 * packed.nbytes / x.numel()
+            assert measured == pytest.approx(codec.bits_per_scalar, rel=1e-12), (bits, head_dim)
+            assert packed.bits_per_scalar == pytest.approx(codec.bits_per_scalar, rel=1e-12)
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_relative_error_falls_as_bits_rise(name: str, case: Case) -> None:
+    if len(case.bits_ladder) < 2:
+        pytest.skip(f"{name} has a single rate")
+    x = sample((64, 64), seed=3)
+    errors = [rel_error(x, make(name, case, bits=b).roundtrip(x)) for b in case.bits_ladder]
+    assert all(a > b for a, b in zip(errors, errors[1:])), dict(zip(case.bits_ladder, errors))
+    rates = [make(name, case, bits=b).bits_per_scalar for b in case.bits_ladder]
+    assert rates == sorted(rates)
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_save_load_roundtrip(name: str, case: Case, tmp_path) -> None:
+    codec = make(name, case)
+    x = sample((2, 4, 64), torch.bfloat16)
+    packed = codec.encode(x)
+    path = tmp_path / "packed.safetensors"
+    packed.save(path)
+    loaded = PackedTensor.load(path)
+    assert (loaded.codec, loaded.shape, loaded.dtype, loaded.meta) == (packed.codec, packed.shape,
+                                                                       packed.dtype, packed.meta)
+    assert loaded.fields.keys() == packed.fields.keys()
+    for key in packed.fields:
+        assert loaded.fields[key].dtype == packed.fields[key].dtype
+        assert torch.equal(loaded.fields[key], packed.fields[key]), key
+    assert loaded.nbytes == packed.nbytes
+    assert torch.equal(codec.decode(loaded), codec.decode(packed))
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_load_refuses_another_format_version(name: str, case: Case, tmp_path) -> None:
+    path = tmp_path / "packed.safetensors"
+    make(name, case).encode(sample((2, 4, 64))).save(path)
+    with safe_open(str(path), framework="pt") as f:
+        header = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={**header, "format_version": "999"})
+    with pytest.raises(CodecError, match="format version"):
+        PackedTensor.load(path)
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_bad_inputs_raise_clear_errors(name: str, case: Case) -> None:
+    codec = make(name, case)
+    x = sample((2, 4, 64))
+    for bad_value in (float("nan"), float("inf"), -float("inf")):
+        bad = x.clone()
+        bad[1, 2, 3] = bad_value
+        with pytest.raises(CodecError, match="NaN or Inf"):
+            codec.encode(bad)
+    with pytest.raises(TypeError, match="dtype"):
+        codec.encode(x.to(torch.int32))
+    with pytest.raises(TypeError, match="dtype"):
+        codec.encode(x.to(torch.float64))
+    with pytest.raises(TypeError):
+        codec.encode(x.numpy())
+    with pytest.raises(CodecError, match="head_dim|64"):
+        codec.encode(sample((2, 4, 32)))
+    with pytest.raises(CodecError, match="codec"):
+        codec.decode(PackedTensor("not-" + name, (2, 64), torch.float32, {"v": torch.zeros(1)}))
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_bad_configuration_raises_at_construction(name: str, case: Case) -> None:
+    for bits in case.bad_bits:
+        with pytest.raises(CodecError, match="bits"):
+            make(name, case, bits=bits)
+    for head_dim in case.bad_head_dims:
+        with pytest.raises(CodecError, match="head_dim"):
+            make(name, case, head_dim=head_dim)
+    for bits in (float("nan"), float("inf"), "4", True):
+        with pytest.raises(CodecError, match="bits"):
+            make(name, case, bits=bits)
+    with pytest.raises(TypeError):
+        get_codec(name, 64, case.bits, no_such_option=1, **case.options)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_cuda_matches_cpu(name: str, case: Case) -> None:
+    codec = make(name, case)
+    x = sample((2, 8, 64), torch.float16)
+    y_cpu = codec.roundtrip(x)
+    packed = codec.encode(x.cuda())
+    assert packed.device.type == "cuda"
+    y_gpu = codec.decode(packed)
+    assert y_gpu.device.type == "cuda" and y_gpu.dtype == x.dtype
+    assert rel_error(x, y_gpu.cpu()) == pytest.approx(rel_error(x, y_cpu), rel=0.05, abs=1e-6)
+    y_moved = codec.decode(codec.encode(x).to("cuda"))
+    assert y_moved.device.type == "cuda"
+
+
+@st.composite
+def _inputs(draw: st.DrawFn, case: Case) -> tuple[int, torch.Tensor]:
+    head_dim = draw(st.sampled_from(case.head_dims))
+    lead = draw(st.lists(st.integers(1, 3), min_size=0, max_size=3))
+    if case.tokens_per_group > 1:  # channel-grouped codecs need a token axis
+        lead.append(draw(st.integers(1, 2 * case.tokens_per_group + 1)))
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+    scale = draw(st.sampled_from(case.scales))
+    return head_dim, (sample((*lead, head_dim), seed=draw(st.integers(0, 2**16))) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_property_roundtrip_over_shapes_and_dtypes(name: str, case: Case) -> None:
+    @settings(max_examples=12, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(data=_inputs(case))
+    def check(data: tuple[int, torch.Tensor]) -> None:
+        head_dim, x = data
+        codec = make(name, case, head_dim=head_dim)
+        packed = codec.encode(x)
+        y = codec.decode(packed)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        assert bool(torch.isfinite(y).all())
+        whole_groups = case.tokens_per_group == 1 or x.shape[-2] % case.tokens_per_group == 0
+        if x.numel() and whole_groups and x.dtype in case.rate_dtypes:
+            assert 8 * packed.nbytes / x.numel() == pytest.approx(codec.bits_per_scalar, rel=1e-12)
+        if x.numel():
+            # Scale invariance up to float16 side information: the error bound holds at every scale.
+            assert rel_error(x, y) <= max(case.max_rel_error, 1e-3) * 1.5 + 1e-2
+        assert math.isfinite(codec.bits_per_scalar)
+
+    check()
