@@ -1,0 +1,236 @@
+"""``quantize_attention``: hook a diffusers pipeline or transformer, report what was hooked, restore it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+from ..codecs import CodecError
+from .base import QuantizedAttnProcessorBase, layer_selector, quantized_processor_class, registered_processors
+from .kv import ForwardState, KVCodecSpec, KVQuantizer, KVStats
+
+#: Pipeline components that hold the denoiser (Wan 2.2 has two transformers), in this order.
+DENOISER_COMPONENTS = ("transformer", "transformer_2", "unet")
+
+#: Marks an attention module whose processor a handle replaced (hooking twice is refused).
+_HOOK_ATTRIBUTE = "_octopus_quantized_by"
+
+
+@dataclass
+class _Hooked:
+    """One replaced processor: where it sits and what to put back."""
+
+    model: torch.nn.Module
+    name: str
+    module: torch.nn.Module
+    original: Any
+    replacement: QuantizedAttnProcessorBase
+
+
+def denoisers(pipe_or_model: Any) -> list[tuple[str, torch.nn.Module]]:
+    """The models to hook: a pipeline's transformer(s)/UNet (never its VAE or text encoders), or the
+    model itself."""
+    if isinstance(pipe_or_model, torch.nn.Module):
+        return [(type(pipe_or_model).__name__, pipe_or_model)]
+    if hasattr(pipe_or_model, "components"):
+        found = [(n, getattr(pipe_or_model, n)) for n in DENOISER_COMPONENTS
+                 if isinstance(getattr(pipe_or_model, n, None), torch.nn.Module)]
+        if not found:
+            raise ValueError(f"{type(pipe_or_model).__name__} has none of the denoiser components "
+                             f"{DENOISER_COMPONENTS}; pass the transformer itself")
+        return found
+    raise TypeError(f"quantize_attention takes a diffusers pipeline or a torch.nn.Module, got "
+                    f"{type(pipe_or_model).__name__}")
+
+
+def attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """Modules that run an attention processor (``Attention``, ``AttentionModuleMixin``, ``MochiAttention``)."""
+    return [(n, m) for n, m in model.named_modules() if n and hasattr(m, "processor") and callable(m.processor)]
+
+
+class QuantizedAttentionHandle:
+    """What :func:`quantize_attention` hooked: report, counters, ``reset()``, ``restore()``.
+
+    Also a context manager: ``with quantize_attention(pipe, ...) as handle:`` restores on exit.
+    """
+
+    def __init__(self, hooked: list[_Hooked], quantizers: list[KVQuantizer],
+                 hooks: list[torch.utils.hooks.RemovableHandle], states: list[ForwardState],
+                 spec: KVCodecSpec) -> None:
+        self._hooked = hooked
+        self.quantizers = quantizers
+        self._hooks = hooks
+        self._states = states
+        self.spec = spec
+        self.restored = False
+
+    # ---- reporting --------------------------------------------------------------------------------
+    def report(self) -> list[dict[str, Any]]:
+        """One row per quantized stream: layer, kind, heads, kv_heads, head_dim, codec, true bits."""
+        return [q.describe() for q in self.quantizers]
+
+    def table(self) -> str:
+        """The report as a fixed-width text table."""
+        rows = self.report()
+        header = ("layer", "kind", "heads", "kv_heads", "head_dim", "codec", "key_bits", "value_bits", "cached")
+        cells = [[str(r[h]) if not isinstance(r[h], float) else f"{r[h]:.4g}" for h in header] for r in rows]
+        widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(header)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters per stream (``layers``) and summed (``total``); bytes are ``PackedTensor.nbytes``."""
+        total = KVStats()
+        per_layer = {}
+        for q in self.quantizers:
+            total.add(q.stats)
+            per_layer[q.name] = q.stats.as_dict() | {"cached_bytes": q.cached_bytes}
+        return {"layers": per_layer, "total": total.as_dict() | {
+            "cached_bytes": sum(q.cached_bytes for q in self.quantizers)}}
+
+    def reset(self) -> None:
+        """Zero the counters, drop cached cross-attention K/V, restart step counting."""
+        for q in self.quantizers:
+            q.reset()
+        for s in self._states:
+            s.reset()
+
+    # ---- undo -------------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Put the original processor objects back (the same objects) and remove the hooks."""
+        if self.restored:
+            raise RuntimeError("this QuantizedAttentionHandle was already restored")
+        for h in self._hooked:
+            if h.module.processor is not h.replacement:
+                raise RuntimeError(f"{h.name}: its processor was replaced after quantize_attention "
+                                   f"({type(h.module.processor).__name__}); not restoring over it")
+        for h in self._hooked:
+            _set_processor(h.module, h.original)
+            delattr(h.module, _HOOK_ATTRIBUTE)
+        for hook in self._hooks:
+            hook.remove()
+        self.restored = True
+
+    def __enter__(self) -> "QuantizedAttentionHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.restored:
+            self.restore()
+
+    def __repr__(self) -> str:
+        state = "restored" if self.restored else "active"
+        return (f"QuantizedAttentionHandle({len(self.quantizers)} streams in {len(self._hooked)} modules, "
+                f"codec={self.spec.codec!r}, key_bits={self.spec.key_bits}, value_bits={self.spec.value_bits}, "
+                f"{state})")
+
+
+def _set_processor(module: torch.nn.Module, processor: Any) -> None:
+    # Mochi's attention has no set_processor: assign the attribute directly.
+    if hasattr(module, "set_processor"):
+        module.set_processor(processor)
+    else:
+        module.processor = processor
+
+
+def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float = 3, key_bits: float | None = None,
+                       value_bits: float | None = None, self_attention: bool = True, cross_attention: bool = True,
+                       layers: Iterable[int | str] | Callable[[str], bool] | int | str | None = None,
+                       full_precision_steps: int = 0, seed: int = 0, cache_cross_attention: bool = True,
+                       **codec_options: Any) -> QuantizedAttentionHandle:
+    """Quantize the attention K/V of a diffusers pipeline's denoiser(s) or of a transformer.
+
+    K (after qk-norm and RoPE) and V are encoded with ``codec`` at ``key_bits`` / ``value_bits``
+    (default ``bits``) right before each attention call, which then runs as in diffusers.
+    ``self_attention`` governs self- and joint-attention streams, ``cross_attention`` the
+    cross-attention ones; ``layers`` selects block indices, ``fnmatch`` patterns on module names, or
+    takes a predicate on the name. ``full_precision_steps`` leaves the first denoising steps
+    unquantized. ``cache_cross_attention`` keeps step-invariant cross-attention K/V compressed and
+    reuses them across steps (see :mod:`octopus_diffusers.processors.kv` for the keying rule).
+    Only the denoiser's attention modules are touched; nothing global is patched.
+    """
+    if isinstance(full_precision_steps, bool) or not isinstance(full_precision_steps, int) or full_precision_steps < 0:
+        raise ValueError(f"full_precision_steps must be an int >= 0, got {full_precision_steps!r}")
+    spec = KVCodecSpec(codec, bits if key_bits is None else key_bits, bits if value_bits is None else value_bits,
+                       int(seed), dict(codec_options))
+    for b in (spec.key_bits, spec.value_bits):
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+            raise CodecError(f"bits must be a finite number, got {b!r}")
+    select = layer_selector(layers)
+    models = denoisers(pipe_or_model)
+
+    plans: list[tuple[torch.nn.Module, str, torch.nn.Module, type[QuantizedAttnProcessorBase]]] = []
+    for model_name, model in models:
+        modules = attention_modules(model)
+        if not modules:
+            raise ValueError(f"{type(model).__name__} ({model_name}) has no attention modules to quantize")
+        missing = sorted({type(m.processor).__name__ for _, m in modules
+                          if quantized_processor_class(type(m.processor)) is None
+                          and not isinstance(m.processor, QuantizedAttnProcessorBase)})
+        if missing:
+            known = ", ".join(sorted(c.__name__ for c in registered_processors()))
+            raise TypeError(f"cannot hook {type(model).__name__}: its attention processor(s) {', '.join(missing)} "
+                            f"have no quantized counterpart (supported: {known})")
+        for name, module in modules:
+            if hasattr(module, _HOOK_ATTRIBUTE) or isinstance(module.processor, QuantizedAttnProcessorBase):
+                raise RuntimeError(f"{model_name}.{name} is already quantized; restore() the first handle "
+                                   "before hooking again")
+            plans.append((model, name, module, quantized_processor_class(type(module.processor))))
+
+    # Build everything first, so that a bad codec/bits/head_dim leaves the model untouched.
+    hooked: list[_Hooked] = []
+    quantizers: list[KVQuantizer] = []
+    states: dict[int, ForwardState] = {}
+    needs_state: dict[int, tuple[str, ...]] = {}
+    for model, name, module, cls in plans:
+        state = states.get(id(model))
+        if state is None:
+            inputs = dict.fromkeys(i for m, _, _, c in plans if m is model for i in c.prompt_inputs)
+            state = states[id(model)] = ForwardState(tuple(inputs), track_steps=full_precision_steps > 0)
+        heads, kv_heads, head_dim = cls.head_sizes(module)
+        layer_quantizers: list[KVQuantizer | None] = []
+        for stream in cls.streams(module, name, model):
+            wanted = cross_attention if stream.kind == "cross" else self_attention
+            if not (wanted and select(name)):
+                layer_quantizers.append(None)
+                continue
+            try:
+                key_codec, value_codec = spec.build(head_dim, len(quantizers))
+            except (CodecError, TypeError) as err:
+                raise type(err)(f"{name}: {err}") from err
+            cache = cache_cross_attention and stream.cacheable
+            q = KVQuantizer(name, stream, heads, kv_heads, head_dim, key_codec, value_codec,
+                            state=state if (cache or full_precision_steps) else None,
+                            full_precision_steps=full_precision_steps, cache=cache)
+            if cache or full_precision_steps:
+                needs_state[id(model)] = state.prompt_inputs
+            layer_quantizers.append(q)
+            quantizers.append(q)
+        if all(q is None for q in layer_quantizers):
+            continue
+        replacement = cls(spec.codec, key_bits=spec.key_bits, value_bits=spec.value_bits, seed=spec.seed,
+                          original=module.processor, **spec.options)
+        replacement.bind(module, layer_quantizers)
+        hooked.append(_Hooked(model, name, module, module.processor, replacement))
+    if not hooked:
+        raise ValueError("nothing to quantize: the self_attention / cross_attention / layers selection matched no "
+                         "attention call")
+
+    hooks = []
+    for model_name, model in models:
+        if id(model) in needs_state:
+            hooks.append(model.register_forward_pre_hook(states[id(model)].pre_hook, with_kwargs=True))
+    for h in hooked:
+        _set_processor(h.module, h.replacement)
+        setattr(h.module, _HOOK_ATTRIBUTE, True)
+    return QuantizedAttentionHandle(hooked, quantizers, hooks, [states[k] for k in needs_state], spec)
+
+
+__all__ = ["quantize_attention", "QuantizedAttentionHandle", "denoisers", "attention_modules"]

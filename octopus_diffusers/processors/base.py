@@ -1,0 +1,260 @@
+"""Shared machinery of every quantized attention processor: one interception mechanism for all families.
+
+A quantized processor subclasses the diffusers processor it replaces and runs that processor's own
+``__call__`` code, unchanged, with ONE name of its globals rebound: the attention call
+(``dispatch_attention_fn`` for the dispatcher families, ``F`` -- whose
+``scaled_dot_product_attention`` is replaced -- for processors that call SDPA directly). The rebinding
+lives in a private copy of the module globals owned by one (processor, attention module) pair, so:
+
+* nothing global is patched (the VAE, other models, other threads never see it);
+* qk-norm, RoPE, masks, backends and every later diffusers fix stay the original code;
+* each attention call inside the processor reaches :meth:`KVQuantizer.attend` with the final K/V
+  (after qk-norm and RoPE) and the original call's arguments, so codec ``none`` is bit-identical.
+
+``__call__`` carries the exact signature of the replaced processor (``__signature__``), because
+diffusers' attention modules drop every keyword the processor's signature does not name (rotary
+embeddings included, silently). ``_attention_backend`` / ``_parallel_config`` are inherited from the
+original class and copied from the replaced instance.
+
+Families register ``original processor class -> quantized class`` with
+:func:`register_quantized_processor`; :func:`quantize_attention` looks processors up there.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import threading
+import types
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..codecs import CodecError
+from .kv import ForwardState, KVCodecSpec, KVQuantizer, StreamSpec
+
+#: diffusers processor class -> quantized processor class. Extended by each family module.
+_REGISTRY: dict[type, type["QuantizedAttnProcessorBase"]] = {}
+
+
+def register_quantized_processor(cls: type["QuantizedAttnProcessorBase"]) -> type["QuantizedAttnProcessorBase"]:
+    """Class decorator: make ``cls`` the quantized replacement of ``cls.original_class``."""
+    original = cls.original_class
+    if original in _REGISTRY and _REGISTRY[original] is not cls:
+        raise ValueError(f"{original.__name__} already has a quantized processor: {_REGISTRY[original].__name__}")
+    _REGISTRY[original] = cls
+    return cls
+
+
+def quantized_processor_class(original: type) -> type["QuantizedAttnProcessorBase"] | None:
+    """The registered quantized class replacing processors of exactly class ``original``."""
+    return _REGISTRY.get(original)
+
+
+def registered_processors() -> dict[type, type["QuantizedAttnProcessorBase"]]:
+    return dict(_REGISTRY)
+
+
+class _LayerBinding:
+    """The per-(processor, attention module) state: quantizers per stream and the rebound function."""
+
+    def __init__(self, processor: "QuantizedAttnProcessorBase", attn: torch.nn.Module,
+                 quantizers: list[KVQuantizer | None]) -> None:
+        self.quantizers = quantizers
+        self.call_index = 0  # attention calls seen in the running __call__ (reset at its start)
+        self.function = processor._rebind(self)
+
+
+def _functional_with(sdpa: Callable[..., torch.Tensor]) -> types.ModuleType:
+    """A stand-in for ``torch.nn.functional`` whose ``scaled_dot_product_attention`` is ``sdpa``."""
+    module = types.ModuleType("torch.nn.functional", "torch.nn.functional with a quantizing SDPA")
+    module.__dict__.update({k: v for k, v in vars(F).items() if not k.startswith("__")})
+    module.scaled_dot_product_attention = sdpa
+    return module
+
+
+class QuantizedAttnProcessorBase:
+    """Base of the quantized processors; a subclass names what it replaces and which streams it has.
+
+    Subclasses set ``original_class`` (the diffusers processor), ``attention_classes`` (the modules it
+    may run on), ``intercept`` (``"dispatch_attention_fn"`` with ``layout="BSHD"`` or
+    ``"F.scaled_dot_product_attention"`` with ``layout="BHSD"``), ``prompt_inputs`` (the transformer
+    forward arguments that cacheable cross-attention K/V depend on) and implement :meth:`streams`.
+
+    Direct use: ``transformer.set_attn_processor(QuantizedWanAttnProcessor(codec="uniform", bits=4))``
+    (one object for all layers or a per-layer dict) binds each attention module on its first call;
+    :func:`quantize_attention` additionally names layers, reports, caches cross-attention and can
+    keep the first steps in full precision.
+    """
+
+    original_class: ClassVar[type]
+    attention_classes: ClassVar[tuple[type, ...]]
+    intercept: ClassVar[str] = "dispatch_attention_fn"
+    layout: ClassVar[str] = "BSHD"
+    prompt_inputs: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "original_class" not in cls.__dict__:
+            return  # an intermediate base
+        original_call = cls.original_class.__call__
+        if not isinstance(original_call, types.FunctionType):
+            raise TypeError(f"{cls.original_class.__name__}.__call__ is not a plain function")
+        global_name = cls.intercept.split(".")[0]
+        if global_name not in original_call.__code__.co_names:
+            raise TypeError(f"{cls.original_class.__name__}.__call__ does not call {cls.intercept}; "
+                            f"{cls.__name__} cannot intercept it")
+
+        def __call__(self: "QuantizedAttnProcessorBase", attn: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            binding = self._binding_for(attn)
+            binding.call_index = 0
+            return binding.function(self, attn, *args, **kwargs)
+
+        __call__.__signature__ = inspect.signature(original_call)  # type: ignore[attr-defined]
+        __call__.__doc__ = original_call.__doc__
+        __call__.__qualname__ = f"{cls.__qualname__}.__call__"
+        cls.__call__ = __call__  # type: ignore[method-assign]
+
+    def __init__(self, codec: str = "octopus", bits: float = 3, key_bits: float | None = None,
+                 value_bits: float | None = None, seed: int = 0, *, original: Any = None,
+                 **codec_options: Any) -> None:
+        self.codec_spec = KVCodecSpec(codec, bits if key_bits is None else key_bits,
+                                      bits if value_bits is None else value_bits, seed, dict(codec_options))
+        self.original = original
+        if original is not None:
+            if type(original) is not self.original_class:
+                raise TypeError(f"{type(self).__name__} replaces {self.original_class.__name__}, not "
+                                f"{type(original).__name__}")
+            self._attention_backend = getattr(original, "_attention_backend", None)
+            self._parallel_config = getattr(original, "_parallel_config", None)
+        self._bindings: dict[int, _LayerBinding] = {}
+        self._lock = threading.Lock()
+
+    # ---- what each family provides ---------------------------------------------------------------
+    @classmethod
+    def streams(cls, attn: torch.nn.Module, name: str | None, model: torch.nn.Module | None) -> tuple[StreamSpec, ...]:
+        """The attention calls of this processor on ``attn``, in call order. ``name`` / ``model`` are
+        None in direct use."""
+        raise NotImplementedError
+
+    @classmethod
+    def head_sizes(cls, attn: torch.nn.Module) -> tuple[int, int, int]:
+        """``(heads, kv_heads, head_dim)`` of an attention module with ``to_q``/``to_k`` linears."""
+        heads = int(attn.heads)
+        head_dim = attn.to_q.out_features // heads
+        kv_heads = attn.to_k.out_features // head_dim
+        return heads, kv_heads, head_dim
+
+    # ---- binding --------------------------------------------------------------------------------------
+    def bind(self, attn: torch.nn.Module, quantizers: list[KVQuantizer | None]) -> None:
+        """Attach the quantizers (one per stream, None = stream left in full precision) of ``attn``."""
+        self._check_module(attn)
+        self._bindings[id(attn)] = _LayerBinding(self, attn, quantizers)
+
+    def bound_quantizers(self) -> list[KVQuantizer]:
+        return [q for b in self._bindings.values() for q in b.quantizers if q is not None]
+
+    def _check_module(self, attn: torch.nn.Module) -> None:
+        if not isinstance(attn, self.attention_classes):
+            names = ", ".join(c.__name__ for c in self.attention_classes)
+            raise TypeError(f"{type(self).__name__} replaces {self.original_class.__name__} and runs on {names} "
+                            f"modules; it was called from a {type(attn).__name__} (another model family)")
+
+    def _binding_for(self, attn: torch.nn.Module) -> _LayerBinding:
+        binding = self._bindings.get(id(attn))
+        if binding is None:
+            binding = self._bind_lazily(attn)
+        return binding
+
+    def _bind_lazily(self, attn: torch.nn.Module) -> _LayerBinding:
+        """Direct use: build quantizers for a module seen for the first time (no names, no cache)."""
+        self._check_module(attn)
+        with self._lock:
+            if id(attn) not in self._bindings:
+                heads, kv_heads, head_dim = self.head_sizes(attn)
+                quantizers: list[KVQuantizer | None] = []
+                for spec in self.streams(attn, None, None):
+                    index = sum(len(b.quantizers) for b in self._bindings.values()) + len(quantizers)
+                    key_codec, value_codec = self.codec_spec.build(head_dim, index)
+                    quantizers.append(KVQuantizer(f"{type(attn).__name__}#{len(self._bindings)}", spec, heads,
+                                                  kv_heads, head_dim, key_codec, value_codec))
+                self._bindings[id(attn)] = _LayerBinding(self, attn, quantizers)
+            return self._bindings[id(attn)]
+
+    def _rebind(self, binding: _LayerBinding) -> types.FunctionType:
+        """The original ``__call__`` with the attention call rebound to ``binding``'s quantizers."""
+        original_call = self.original_class.__call__
+        module_globals = original_call.__globals__
+        layout = self.layout
+
+        if self.intercept == "dispatch_attention_fn":
+            def original_attention(*args: Any, **kwargs: Any) -> torch.Tensor:
+                return module_globals["dispatch_attention_fn"](*args, **kwargs)
+        elif self.intercept == "F.scaled_dot_product_attention":
+            def original_attention(*args: Any, **kwargs: Any) -> torch.Tensor:
+                return F.scaled_dot_product_attention(*args, **kwargs)
+        else:
+            raise ValueError(f"unknown interception point {self.intercept!r}")
+
+        def quantizing_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any,
+                                 **kwargs: Any) -> torch.Tensor:
+            index = binding.call_index
+            binding.call_index = index + 1
+            if index >= len(binding.quantizers):
+                raise RuntimeError(f"{type(self).__name__}: attention call #{index + 1} but only "
+                                   f"{len(binding.quantizers)} stream(s) were declared for this module")
+            quantizer = binding.quantizers[index]
+            if quantizer is None:
+                return original_attention(query, key, value, *args, **kwargs)
+            return quantizer.attend(query, key, value,
+                                    lambda q, k, v: original_attention(q, k, v, *args, **kwargs), layout)
+
+        new_globals = dict(module_globals)
+        if self.intercept == "dispatch_attention_fn":
+            new_globals["dispatch_attention_fn"] = quantizing_attention
+        else:
+            new_globals["F"] = _functional_with(quantizing_attention)
+        function = types.FunctionType(original_call.__code__, new_globals, original_call.__name__,
+                                      original_call.__defaults__, original_call.__closure__)
+        function.__kwdefaults__ = original_call.__kwdefaults__
+        return function
+
+    def __repr__(self) -> str:
+        spec = self.codec_spec
+        return (f"{type(self).__name__}(codec={spec.codec!r}, key_bits={spec.key_bits}, "
+                f"value_bits={spec.value_bits}, seed={spec.seed}, layers_bound={len(self._bindings)})")
+
+
+# ---- layer selection --------------------------------------------------------------------------------
+
+def block_index(name: str) -> int | None:
+    """The first integer component of a module path (``blocks.3.attn1`` -> 3), or None."""
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def layer_selector(layers: Any) -> Callable[[str], bool]:
+    """``layers``: None (all), block indices, ``fnmatch`` patterns on module names, or a predicate."""
+    if layers is None:
+        return lambda name: True
+    if callable(layers):
+        return layers
+    if isinstance(layers, (int, str)):
+        layers = [layers]
+    items = list(layers)
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise TypeError(f"layers: expected block indices or name patterns, got {item!r}")
+
+    def select(name: str) -> bool:
+        index = block_index(name)
+        return any((isinstance(i, int) and i == index) or (isinstance(i, str) and fnmatch.fnmatchcase(name, i))
+                   for i in items)
+    return select
+
+
+__all__ = ["QuantizedAttnProcessorBase", "register_quantized_processor", "quantized_processor_class",
+           "registered_processors", "layer_selector", "block_index", "ForwardState", "CodecError"]
