@@ -1,0 +1,380 @@
+"""Attention over compressed K/V, decoding the codes inside a FlashAttention-style loop.
+
+No fp16 K or V is ever written to memory: each KV tile's codes are unpacked, looked up in
+codebooks held in registers and (OCTOPUS) unfolded from the octahedron, right before the two
+matrix products. Everything per vector stays outside the tile (performance.md):
+
+* Q is rotated once outside the kernel, ``q_rot = q @ R_k.T``, and pre-scaled by
+  ``scale * log2(e)`` (the loop works in base 2);
+* ``gamma_k`` multiplies the score columns and ``gamma_v`` the probability columns;
+* the output is accumulated in V's rotated basis and ``R_v`` is applied once afterwards.
+
+OCTOPUS triplets do not fit power-of-two tiles, so its vectors are handled as three planes
+(x, y, z coordinates of the ``ceil(d/3)`` triplets, each padded to ``TP`` = 64 for d = 128 or 32 for
+d = 64): Q is split into planes outside (one GEMM with a permuted rotation), scores are the sum of
+three plane products, and the output comes back as planes that one GEMM rotates back. The padding
+costs 3*TP/d = 1.5x the matrix work of a plain d-wide tile.
+
+Split-KV (flash-decoding) fills the GPU when few query tiles share a head: each split writes a
+normalised partial output and its log-sum-exp, combined afterwards.
+
+:func:`attention_fused_reference` is the readable PyTorch meaning of the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from octopus_diffusers.codecs import CodecError, PackedTensor
+
+from .codec_spec import KernelSpec, OctopusSpec, TurboQuantSpec, plane_width
+from .tl_helpers import load_codebook, lookup, octahedral_unfold, unpack_field
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _tq_tile(row_ptr, n_mask, cb, D: tl.constexpr, BITS: tl.constexpr, NBYTES: tl.constexpr):
+    """Rotated unit vectors of a TurboQuant tile: float32 ``[BN, D]``."""
+    j = tl.arange(0, D)[None, :]
+    idx = unpack_field(row_ptr, j * BITS, n_mask, NBYTES, BITS)
+    return lookup(cb, idx)
+
+
+@triton.jit
+def _oct_tile(row_ptr, n_mask, cbx, cbe, cbr, T: tl.constexpr, TP: tl.constexpr, BX: tl.constexpr,
+              BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr):
+    """Rotated unit vectors of an OCTOPUS tile as three float32 ``[BN, TP]`` planes (x, y, z)."""
+    i = tl.arange(0, TP)[None, :]
+    valid = i < T
+    v = unpack_field(row_ptr, i * (BX + BE + BR), n_mask & valid, NBYTES, BX + BE + BR)
+    xi = lookup(cbx, v & ((1 << BX) - 1))
+    eta = lookup(cbe, (v >> BX) & ((1 << BE) - 1))
+    rho = lookup(cbr, v >> (BX + BE))
+    x, y, z = octahedral_unfold(xi, eta)
+    r = tl.where(valid, rho / tl.sqrt(x * x + y * y + z * z), 0.0)
+    return x * r, y * r, z * r
+
+
+@triton.jit
+def _fused_attention_kernel(
+        Q, s_qb, s_qh, s_qm,
+        KC, s_kcb, s_kch, s_kcn, KG, s_kgb, s_kgh, s_kgn,
+        VC, s_vcb, s_vch, s_vcn, VG, s_vgb, s_vgh, s_vgn,
+        KCB0, KCB1, KCB2, VCB0, VCB1, VCB2,
+        MASK, s_mb, s_mh, s_mm, s_mn,
+        O, s_ob, s_oh, s_om, s_os, LSE, s_lb, s_lh, s_lm, s_ls,
+        H, N_Q, N_KV, GROUP, KV_PER_SPLIT,
+        D: tl.constexpr,
+        K_OCT: tl.constexpr, K_B0: tl.constexpr, K_B1: tl.constexpr, K_B2: tl.constexpr,
+        K_NBYTES: tl.constexpr,
+        V_OCT: tl.constexpr, V_B0: tl.constexpr, V_B1: tl.constexpr, V_B2: tl.constexpr,
+        V_NBYTES: tl.constexpr,
+        T: tl.constexpr, TP: tl.constexpr,
+        HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, SPLIT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < N_Q
+
+    # ---- rotated, pre-scaled queries (fp16), planes for OCTOPUS keys --------------------------
+    q_rows = Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm
+    if K_OCT:
+        tp = tl.arange(0, TP)[None, :]
+        q0 = tl.load(q_rows + tp, mask=m_mask[:, None], other=0.0)
+        q1 = tl.load(q_rows + TP + tp, mask=m_mask[:, None], other=0.0)
+        q2 = tl.load(q_rows + 2 * TP + tp, mask=m_mask[:, None], other=0.0)
+        kcb0 = load_codebook(KCB0, BLOCK_N, 1 << K_B0)
+        kcb1 = load_codebook(KCB1, BLOCK_N, 1 << K_B1)
+        kcb2 = load_codebook(KCB2, BLOCK_N, 1 << K_B2)
+    else:
+        q0 = tl.load(q_rows + tl.arange(0, D)[None, :], mask=m_mask[:, None], other=0.0)
+        kcb0 = load_codebook(KCB0, BLOCK_N, 1 << K_B0)
+    if V_OCT:
+        vcb0 = load_codebook(VCB0, BLOCK_N, 1 << V_B0)
+        vcb1 = load_codebook(VCB1, BLOCK_N, 1 << V_B1)
+        vcb2 = load_codebook(VCB2, BLOCK_N, 1 << V_B2)
+        acc0 = tl.zeros((BLOCK_M, TP), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_M, TP), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_M, TP), dtype=tl.float32)
+    else:
+        vcb0 = load_codebook(VCB0, BLOCK_N, 1 << V_B0)
+        acc0 = tl.zeros((BLOCK_M, D), dtype=tl.float32)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+
+    # Loop bounds must be kernel arguments (the interpreter cannot loop over program-id tensors):
+    # every split runs KV_PER_SPLIT keys, the tail masked.
+    lo = pid_s * KV_PER_SPLIT
+    hi = tl.minimum(lo + KV_PER_SPLIT, N_KV)
+    kc_base = KC + b * s_kcb + hk * s_kch
+    kg_base = KG + b * s_kgb + hk * s_kgh
+    vc_base = VC + b * s_vcb + hk * s_vch
+    vg_base = VG + b * s_vgb + hk * s_vgh
+    for start in range(0, KV_PER_SPLIT, BLOCK_N):
+        offs_n = lo + start + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < hi
+        # ---- scores in base 2: (q_rot * scale * log2 e) . u_k * gamma_k ----------------------
+        k_rows = kc_base + offs_n[:, None] * s_kcn
+        if K_OCT:
+            kx, ky, kz = _oct_tile(k_rows, n_mask[:, None], kcb0, kcb1, kcb2, T, TP, K_B0, K_B1, K_B2,
+                                   K_NBYTES)
+            s = tl.dot(q0, tl.trans(kx.to(tl.float16)))
+            s = tl.dot(q1, tl.trans(ky.to(tl.float16)), s)
+            s = tl.dot(q2, tl.trans(kz.to(tl.float16)), s)
+        else:
+            k = _tq_tile(k_rows, n_mask[:, None], kcb0, D, K_B0, K_NBYTES)
+            s = tl.dot(q0, tl.trans(k.to(tl.float16)))
+        g_k = tl.load(kg_base + offs_n * s_kgn, mask=n_mask, other=0.0).to(tl.float32)
+        s = s * g_k[None, :]
+        if HAS_MASK:
+            m_ptrs = MASK + b * s_mb + h * s_mh + offs_m[:, None] * s_mm + offs_n[None, :] * s_mn
+            mvals = tl.load(m_ptrs, mask=m_mask[:, None] & n_mask[None, :], other=0)
+            if MASK_BOOL:
+                s = tl.where(mvals != 0, s, float("-inf"))
+            else:
+                s = s + mvals.to(tl.float32) * 1.4426950408889634
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        # ---- online softmax (rows with every key masked so far keep m = -inf) ----------------
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        # ---- values: gamma_v folded into P ----------------------------------------------------
+        g_v = tl.load(vg_base + offs_n * s_vgn, mask=n_mask, other=0.0).to(tl.float32)
+        pv = (p * g_v[None, :]).to(tl.float16)
+        v_rows = vc_base + offs_n[:, None] * s_vcn
+        if V_OCT:
+            vx, vy, vz = _oct_tile(v_rows, n_mask[:, None], vcb0, vcb1, vcb2, T, TP, V_B0, V_B1, V_B2,
+                                   V_NBYTES)
+            acc0 = tl.dot(pv, vx.to(tl.float16), acc0 * alpha[:, None])
+            acc1 = tl.dot(pv, vy.to(tl.float16), acc1 * alpha[:, None])
+            acc2 = tl.dot(pv, vz.to(tl.float16), acc2 * alpha[:, None])
+        else:
+            v = _tq_tile(v_rows, n_mask[:, None], vcb0, D, V_B0, V_NBYTES)
+            acc0 = tl.dot(pv, v.to(tl.float16), acc0 * alpha[:, None])
+
+    # ---- normalise and store (rows with no unmasked key give 0) ------------------------------
+    inv_l = tl.where(l_i > 0, 1.0 / l_i, 0.0)
+    o_rows = O + pid_s * s_os + b * s_ob + h * s_oh + offs_m[:, None] * s_om
+    if V_OCT:
+        tp_o = tl.arange(0, TP)[None, :]
+        tl.store(o_rows + tp_o, (acc0 * inv_l[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None])
+        tl.store(o_rows + TP + tp_o, (acc1 * inv_l[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None])
+        tl.store(o_rows + 2 * TP + tp_o, (acc2 * inv_l[:, None]).to(O.dtype.element_ty),
+                 mask=m_mask[:, None])
+    else:
+        tl.store(o_rows + tl.arange(0, D)[None, :], (acc0 * inv_l[:, None]).to(O.dtype.element_ty),
+                 mask=m_mask[:, None])
+    if SPLIT:
+        lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        tl.store(LSE + pid_s * s_ls + b * s_lb + h * s_lh + offs_m * s_lm, lse, mask=m_mask)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host side: rotations as plane matrices, argument plumbing, split-KV combination.
+# ------------------------------------------------------------------------------------------------
+
+_MATRIX_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def query_matrix(spec: KernelSpec, device: torch.device) -> torch.Tensor:
+    """``(d, QW)`` float32 matrix taking q to the kernel's query layout: ``q @ R.T``, as planes for
+    OCTOPUS keys (column ``c * TP + i`` holds rotated coordinate ``3 i + c``)."""
+    key = ("q", id(spec), device)
+    if key not in _MATRIX_CACHE:
+        r = spec.rotation.to(torch.float32)
+        if isinstance(spec, OctopusSpec):
+            _MATRIX_CACHE[key] = _plane_rows(r, spec.head_dim).T.contiguous().to(device)
+        else:
+            _MATRIX_CACHE[key] = r.T.contiguous().to(device)
+    return _MATRIX_CACHE[key]
+
+
+def output_matrix(spec: KernelSpec, device: torch.device) -> torch.Tensor:
+    """``(OW, d)`` float32 matrix taking the kernel's rotated output back: ``o_rot @ R`` (planes for
+    OCTOPUS values)."""
+    key = ("o", id(spec), device)
+    if key not in _MATRIX_CACHE:
+        r = spec.rotation.to(torch.float32)
+        rows = _plane_rows(r, spec.head_dim) if isinstance(spec, OctopusSpec) else r
+        _MATRIX_CACHE[key] = rows.contiguous().to(device)
+    return _MATRIX_CACHE[key]
+
+
+def _plane_rows(r: torch.Tensor, d: int) -> torch.Tensor:
+    """``(3 TP, d)``: row ``c * TP + i`` is row ``3 i + c`` of ``r`` (zero beyond d)."""
+    tp = plane_width(d)
+    out = torch.zeros(3 * tp, d, dtype=r.dtype)
+    for c in range(3):
+        idx = torch.arange(c, d, 3)
+        out[c * tp: c * tp + idx.numel()] = r[idx]
+    return out
+
+
+def _codebooks(spec: KernelSpec, device: torch.device) -> tuple[list[torch.Tensor], tuple[int, int, int]]:
+    key = ("cb", id(spec), device)
+    if key not in _MATRIX_CACHE:
+        if isinstance(spec, OctopusSpec):
+            _MATRIX_CACHE[key] = [spec.xi_codebook.to(device), spec.eta_codebook.to(device),
+                                  spec.rho_codebook.to(device)]
+        else:
+            _MATRIX_CACHE[key] = [spec.codebook.to(device)] * 3
+    bits = (spec.bx, spec.be, spec.br) if isinstance(spec, OctopusSpec) else (spec.bits, spec.bits, spec.bits)
+    return _MATRIX_CACHE[key], bits
+
+
+def _row_strides(packed: PackedTensor, layout: str) -> tuple[torch.Tensor, tuple[int, int, int],
+                                                              torch.Tensor, tuple[int, int, int]]:
+    """Codes and norms with their (batch, head, token) strides for ``layout``."""
+    codes, norms = packed.fields["codes"], packed.fields["norms"]
+    if codes.stride(-1) != 1:
+        codes = codes.contiguous()
+    cs, ns = codes.stride(), norms.stride()
+    if layout == "BHSD":
+        return codes, (cs[0], cs[1], cs[2]), norms, (ns[0], ns[1], ns[2])
+    return codes, (cs[0], cs[2], cs[1]), norms, (ns[0], ns[2], ns[1])
+
+
+def prepare_mask(attn_mask: torch.Tensor | None, shape: tuple[int, int, int, int]
+                 ) -> tuple[torch.Tensor | None, bool]:
+    """Broadcast ``attn_mask`` to ``(B, H, Nq, Nkv)`` as a stride-0 view (no copy); bool or float."""
+    if attn_mask is None:
+        return None, False
+    if attn_mask.dtype == torch.bool:
+        m = attn_mask.view(torch.uint8) if attn_mask.stride(-1) == 1 or attn_mask.dim() == 0 else attn_mask.to(torch.uint8)
+        is_bool = True
+    elif attn_mask.dtype.is_floating_point:
+        m, is_bool = attn_mask, False
+    else:
+        raise TypeError(f"attention: attn_mask must be bool or floating point, got {attn_mask.dtype}")
+    try:
+        m = m.expand(shape)
+    except RuntimeError as exc:
+        raise CodecError(f"attention: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast "
+                         f"to (B, H, Nq, Nkv) = {shape}") from exc
+    return m, is_bool
+
+
+def _default_blocks(n_q: int, d_eff: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) on the GPU; small tiles in the interpreter."""
+    if not torch.cuda.is_available():
+        return 16, 16, 4, 1
+    if n_q <= 16:
+        return 16, 64, 4, 2
+    if n_q <= 64:
+        return 64, 64, 4, 2
+    return 128, 64, 8, 2
+
+
+def choose_splits(batch_heads: int, m_blocks: int, n_kv: int, block_n: int, device: torch.device) -> int:
+    """KV splits so that about two waves of programs fill the GPU (1 in the interpreter)."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    programs = batch_heads * m_blocks
+    if programs >= sms:
+        return 1
+    splits = max(1, min(triton.cdiv(2 * sms, programs), triton.cdiv(n_kv, 4 * block_n), 64))
+    return int(splits)
+
+
+def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
+                    v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
+                    layout: str = "BHSD", out_dtype: torch.dtype | None = None, splits: int | None = None,
+                    blocks: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Attention of ``q`` over packed ``k``/``v`` with in-loop decoding; output in ``q``'s layout.
+
+    ``q``: ``(B, Hq, Nq, D)`` for layout ``"BHSD"`` or ``(B, Nq, Hq, D)`` for ``"BSHD"``; ``k``/``v``
+    packed from tensors of the same layout with ``Hkv`` heads (``Hq`` a multiple of ``Hkv``: GQA reads
+    head ``h // (Hq / Hkv)``, nothing repeated). ``attn_mask``: bool (True = attend) or additive
+    float, broadcastable to ``(B, Hq, Nq, Nkv)``. ``out_dtype`` defaults to ``q.dtype``.
+    """
+    if layout not in ("BHSD", "BSHD"):
+        raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
+    qb = q if layout == "BHSD" else q.transpose(1, 2)
+    B, Hq, Nq, D = qb.shape
+    kshape = k.shape if layout == "BHSD" else (k.shape[0], k.shape[2], k.shape[1], k.shape[3])
+    Hkv, Nkv = kshape[1], kshape[2]
+    if Hq % Hkv:
+        raise CodecError(f"attention: {Hq} query heads is not a multiple of {Hkv} KV heads")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    out_dtype = q.dtype if out_dtype is None else out_dtype
+    dev = q.device
+
+    k_oct, v_oct = isinstance(k_spec, OctopusSpec), isinstance(v_spec, OctopusSpec)
+    tp = plane_width(D)
+    # Rotate (and split into planes) once; fold the softmax scale and log2(e) in.
+    q_in = (qb.float() @ query_matrix(k_spec, dev)) * (scale * LOG2E)
+    q_in = q_in.to(torch.float16).contiguous()
+    ow = 3 * tp if v_oct else D
+
+    bm, bn, warps, stages = blocks or _default_blocks(Nq, 3 * tp if k_oct else D)
+    m_blocks = triton.cdiv(Nq, bm)
+    n_split = splits or choose_splits(B * Hq, m_blocks, Nkv, bn, dev)
+    kv_per_split = triton.cdiv(triton.cdiv(Nkv, n_split), bn) * bn
+    n_split = triton.cdiv(Nkv, kv_per_split) if Nkv > 0 else 1
+    split = n_split > 1
+    o = torch.empty((n_split, B, Hq, Nq, ow), device=dev,
+                    dtype=torch.float32 if split or out_dtype == torch.float32 else torch.float16)
+    lse = torch.empty((n_split, B, Hq, Nq), device=dev, dtype=torch.float32) if split else o
+
+    kc, kcs, kg, kgs = _row_strides(k, layout)
+    vc, vcs, vg, vgs = _row_strides(v, layout)
+    kcb, kbits = _codebooks(k_spec, dev)
+    vcb, vbits = _codebooks(v_spec, dev)
+    mask, mask_bool = prepare_mask(attn_mask, (B, Hq, Nq, Nkv))
+    mask_arg = mask if mask is not None else q_in
+    ms = mask.stride() if mask is not None else (0, 0, 0, 0)
+
+    grid = (m_blocks, B * Hq, n_split)
+    _fused_attention_kernel[grid](
+        q_in, q_in.stride(0), q_in.stride(1), q_in.stride(2),
+        kc, *kcs, kg, *kgs, vc, *vcs, vg, *vgs,
+        kcb[0], kcb[1], kcb[2], vcb[0], vcb[1], vcb[2],
+        mask_arg, *ms,
+        o, o.stride(1), o.stride(2), o.stride(3), o.stride(0),
+        lse, lse.stride(1), lse.stride(2), lse.stride(3), lse.stride(0),
+        Hq, Nq, Nkv, Hq // Hkv, kv_per_split,
+        D=D, K_OCT=k_oct, K_B0=kbits[0], K_B1=kbits[1], K_B2=kbits[2], K_NBYTES=k_spec.nbytes,
+        V_OCT=v_oct, V_B0=vbits[0], V_B1=vbits[1], V_B2=vbits[2], V_NBYTES=v_spec.nbytes,
+        T=(D + 2) // 3, TP=tp, HAS_MASK=mask is not None, MASK_BOOL=mask_bool, SPLIT=split,
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+
+    if split:
+        o_rot = combine_splits(o, lse)
+    else:
+        o_rot = o[0]
+    out = (o_rot.float() @ output_matrix(v_spec, dev)).to(out_dtype)
+    return out if layout == "BHSD" else out.transpose(1, 2)
+
+
+def combine_splits(o: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """Merge per-split normalised outputs ``(S, ...)`` with their base-2 log-sum-exps."""
+    m = lse.amax(0, keepdim=True)
+    w = torch.exp2(lse - torch.where(torch.isfinite(m), m, torch.zeros_like(m)))
+    w = torch.where(torch.isfinite(lse), w, torch.zeros_like(w))
+    den = w.sum(0)
+    return (o * w[..., None]).sum(0) / torch.where(den > 0, den, torch.ones_like(den))[..., None]
+
+
+def attention_fused_reference(q: torch.Tensor, k_hat: torch.Tensor, v_hat: torch.Tensor,
+                              attn_mask: torch.Tensor | None = None, scale: float | None = None
+                              ) -> torch.Tensor:
+    """What both attention kernels compute, in float32: SDPA on decoded K/V (BHSD, GQA by repeat)."""
+    group = q.shape[1] // k_hat.shape[1]
+    k_hat = k_hat.float().repeat_interleave(group, 1)
+    v_hat = v_hat.float().repeat_interleave(group, 1)
+    return torch.nn.functional.scaled_dot_product_attention(q.float(), k_hat, v_hat, attn_mask=attn_mask,
+                                                            scale=scale)

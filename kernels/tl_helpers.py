@@ -1,0 +1,88 @@
+"""Triton building blocks shared by the codec and attention kernels.
+
+Everything here is a ``@triton.jit`` function inlined into the kernels that call it:
+
+* :func:`unpack_field` reads one LSB-first bit field per element straight from a packed ``uint8`` row
+  (the layout of ``octopus_diffusers.codecs.packing``);
+* :func:`lookup` reads a codebook held in registers with ``tl.gather`` (a table read through
+  ``tl.load(table_ptr + idx)`` inside an attention loop collapses throughput 13x, performance.md);
+* :func:`octahedral_unfold` is the inverse octahedral map without normalisation;
+* :func:`pack_fields_to_bytes` is the inverse of :func:`unpack_field` for a tile of equal-width fields.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def unpack_field(row_ptr, bit_off, row_mask, NBYTES: tl.constexpr, WIDTH: tl.constexpr):
+    """Value of the ``WIDTH``-bit field starting at stream bit ``bit_off`` of each row.
+
+    ``row_ptr`` points at the first byte of each row (``[R, 1]``), ``bit_off`` is ``[1, F]`` (or
+    ``[R, F]``); bytes past ``NBYTES`` read as 0. Returns int32 ``[R, F]``.
+    """
+    byte = bit_off >> 3
+    shift = bit_off & 7
+    v = tl.load(row_ptr + byte, mask=row_mask & (byte < NBYTES), other=0).to(tl.int32)
+    if WIDTH + 7 > 8:
+        b1 = tl.load(row_ptr + byte + 1, mask=row_mask & (byte + 1 < NBYTES), other=0).to(tl.int32)
+        v = v | (b1 << 8)
+    if WIDTH + 7 > 16:
+        b2 = tl.load(row_ptr + byte + 2, mask=row_mask & (byte + 2 < NBYTES), other=0).to(tl.int32)
+        v = v | (b2 << 16)
+    return (v >> shift) & ((1 << WIDTH) - 1)
+
+
+@triton.jit
+def load_codebook(cb_ptr, ROWS: tl.constexpr, SIZE: tl.constexpr):
+    """A ``SIZE``-entry float32 codebook broadcast to ``[ROWS, SIZE]`` registers (for :func:`lookup`)."""
+    cb = tl.load(cb_ptr + tl.arange(0, SIZE))
+    return tl.broadcast_to(cb[None, :], (ROWS, SIZE))
+
+
+@triton.jit
+def lookup(codebook_2d, idx):
+    """``codebook[idx]`` for an int32 ``[R, F]`` index tile, codebook from :func:`load_codebook`."""
+    return tl.gather(codebook_2d, idx, 1)
+
+
+@triton.jit
+def sign_nonzero(t):
+    """sgn with sgn(0) = +1, as in ``codecs.octahedral``."""
+    return tl.where(t >= 0, 1.0, -1.0)
+
+
+@triton.jit
+def octahedral_unfold(xi, eta):
+    """Octahedron point ``p(xi, eta)`` with ``|x|+|y|+|z| = 1`` (``octahedral_decode_unnormalized``)."""
+    z = 1.0 - tl.abs(xi) - tl.abs(eta)
+    lower = z < 0
+    x = tl.where(lower, sign_nonzero(xi) * (1.0 - tl.abs(eta)), xi)
+    y = tl.where(lower, sign_nonzero(eta) * (1.0 - tl.abs(xi)), eta)
+    return x, y, z
+
+
+@triton.jit
+def pack_fields_to_bytes(values, out_row_ptr, row_mask, N_FIELDS: tl.constexpr, WIDTH: tl.constexpr,
+                         NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr):
+    """Store ``values`` (int32 ``[R, F]``, field f at stream bit ``f * WIDTH``) as packed bytes.
+
+    Byte B collects the fields overlapping its bits ``8B .. 8B+7``: at most ``ceil(8 / WIDTH) + 1``
+    of them, each fetched from the register tile with ``tl.gather``.
+    """
+    F: tl.constexpr = values.shape[1]
+    R: tl.constexpr = values.shape[0]
+    byte = tl.arange(0, NBYTES_PAD)[None, :]
+    first = (byte * 8) // WIDTH
+    acc = tl.zeros((R, NBYTES_PAD), dtype=tl.int32)
+    for s in tl.static_range((8 + WIDTH - 1) // WIDTH + 1):
+        f = first + s
+        ok = (f < N_FIELDS) & (f * WIDTH < byte * 8 + 8)
+        f_idx = tl.broadcast_to(tl.minimum(f, F - 1), (R, NBYTES_PAD))
+        v = tl.gather(values, f_idx, 1)
+        sh = f * WIDTH - byte * 8
+        part = tl.where(sh >= 0, v << tl.maximum(sh, 0), v >> tl.maximum(-sh, 0))
+        acc = acc | tl.where(ok, part & 0xFF, 0)
+    tl.store(out_row_ptr + byte, acc.to(tl.uint8), mask=row_mask & (byte < NBYTES))
