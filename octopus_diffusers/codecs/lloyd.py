@@ -15,6 +15,8 @@ units of the data) or after ``max_iter`` steps. Initialisation is at the equal-m
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 DEFAULT_TOL = 1e-10
@@ -81,7 +83,9 @@ def lloyd_max(points: WeightedPoints, levels: int, tol: float = DEFAULT_TOL,
         moved = float(np.max(np.abs(new - c)))
         c = new
         if moved <= tol:
-            break
+            return c
+    warnings.warn(f"lloyd: {levels} levels not converged to tol {tol} in {max_iter} iterations "
+                  f"(last move {moved:.3g})", RuntimeWarning, stacklevel=2)
     return c
 
 
