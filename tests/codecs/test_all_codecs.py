@@ -64,7 +64,8 @@ CASES: dict[str, tuple[str, Case]] = {
     "turboquant": ("turboquant", Case(bits=3, bits_ladder=(1, 2, 3, 4), bad_bits=(0, -1, 99))),
     "turboquant_prod": ("turboquant_prod", Case(bits=3, bits_ladder=(2, 3, 4), bad_bits=(0, 99))),
     "octopus": ("octopus", Case(bits=3, bits_ladder=(2, 3, 4), bad_bits=(0, 99))),
-    "qjl": ("qjl", Case(bits=2, bits_ladder=(1, 2, 4), bad_bits=(0, -1))),
+    # QJL decodes to its unbiased inner-product estimator, whose squared error is about (pi/2) / bits.
+    "qjl": ("qjl", Case(bits=4, bits_ladder=(1, 2, 4), bad_bits=(0, -1), max_rel_error=0.6)),
 }
 
 
