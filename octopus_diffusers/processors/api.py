@@ -168,16 +168,20 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
 
     plans: list[tuple[torch.nn.Module, str, torch.nn.Module, type[QuantizedAttnProcessorBase]]] = []
     for model_name, model in models:
-        modules = attention_modules(model)
-        if not modules:
+        all_modules = attention_modules(model)
+        if not all_modules:
             raise ValueError(f"{type(model).__name__} ({model_name}) has no attention modules to quantize")
-        missing = sorted({type(m.processor).__name__ for _, m in modules
-                          if quantized_processor_class(type(m.processor)) is None
-                          and not isinstance(m.processor, QuantizedAttnProcessorBase)})
+        modules = [(n, m) for n, m in all_modules if select(n)]
+        missing = {}
+        for n, m in modules:
+            if quantized_processor_class(type(m.processor)) is None and not isinstance(m.processor,
+                                                                                     QuantizedAttnProcessorBase):
+                missing.setdefault(type(m.processor).__name__, n)
         if missing:
             known = ", ".join(sorted(c.__name__ for c in registered_processors()))
-            raise TypeError(f"cannot hook {type(model).__name__}: its attention processor(s) {', '.join(missing)} "
-                            f"have no quantized counterpart (supported: {known})")
+            found = ", ".join(f"{cls} (e.g. {n})" for cls, n in sorted(missing.items()))
+            raise TypeError(f"cannot hook {type(model).__name__}: attention processor(s) {found} have no quantized "
+                            f"counterpart; supported: {known}. Exclude those modules with `layers=`.")
         for name, module in modules:
             if hasattr(module, _HOOK_ATTRIBUTE) or isinstance(module.processor, QuantizedAttnProcessorBase):
                 raise RuntimeError(f"{model_name}.{name} is already quantized; restore() the first handle "
@@ -198,7 +202,7 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
         layer_quantizers: list[KVQuantizer | None] = []
         for stream in cls.streams(module, name, model):
             wanted = cross_attention if stream.kind == "cross" else self_attention
-            if not (wanted and select(name)):
+            if not wanted:
                 layer_quantizers.append(None)
                 continue
             try:
