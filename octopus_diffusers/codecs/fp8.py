@@ -4,8 +4,8 @@ Two modes:
 
 * ``scale="none"``: every scalar is cast to ``torch.float8_e4m3fn`` (round to nearest even). The
   format's largest finite value is 448; larger magnitudes would become NaN (e4m3fn has no Inf), so
-  they are refused with a :class:`CodecError` instead of being silently saturated.
-  Rate: exactly 8 bits per scalar.
+  they are refused with a :class:`CodecError` instead of being silently saturated. Magnitudes
+  below 2^-10 round to zero (the smallest subnormal is 2^-9). Rate: exactly 8 bits per scalar.
 * ``scale="vector"``: each vector is divided by ``s = max|x| / 448`` (stored as float16, rounded
   up so that ``|x| / s <= 448``) before the cast, so any magnitude fits and the full e4m3 range is
   used. Rate: ``8 + 16 / head_dim`` bits per scalar.
@@ -47,22 +47,23 @@ class FP8Codec(Codec):
 
     def _encode(self, x: torch.Tensor) -> PackedTensor:
         xf = x.float()
-        fields: dict[str, torch.Tensor] = {}
         if self.scale == "none":
             peak = float(xf.abs().max()) if xf.numel() else 0.0
             if peak > E4M3_MAX:
                 raise CodecError(f"fp8: |x| reaches {peak:g}, beyond e4m3's largest value {E4M3_MAX:g}; "
                                  "use scale='vector' (per-vector scaling) for such inputs")
+            fields = {"values": xf.to(torch.float8_e4m3fn)}
         else:
             scales = _absmax_scales(xf)
-            fields["scales"] = scales
-            xf = xf / torch.where(scales > 0, scales.float(), 1.0).unsqueeze(-1)
-        fields = {"values": xf.to(torch.float8_e4m3fn), **fields}
+            scaled = xf / torch.where(scales > 0, scales.float(), 1.0).unsqueeze(-1)
+            fields = {"values": scaled.to(torch.float8_e4m3fn), "scales": scales}
         return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, {"scale": self.scale})
 
     def _decode(self, packed: PackedTensor) -> torch.Tensor:
+        if packed.meta != {"scale": self.scale}:
+            raise CodecError(f"fp8: packed with {packed.meta}, this codec has scale={self.scale!r}")
         values = packed.fields["values"].float()
-        if packed.meta.get("scale", "none") == "vector":
+        if self.scale == "vector":
             values = values * packed.fields["scales"].float().unsqueeze(-1)
         return values
 

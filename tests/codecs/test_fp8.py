@@ -71,3 +71,9 @@ def test_rate_and_options() -> None:
     assert get_codec("fp8", 64, 8, scale="vector").bits_per_scalar == 8.25
     with pytest.raises(CodecError, match="scale"):
         get_codec("fp8", 64, 8, scale="tensor")
+
+
+def test_decode_refuses_data_packed_with_the_other_scale_mode() -> None:
+    packed = get_codec("fp8", 8, 8, scale="vector").encode(torch.ones(2, 8))
+    with pytest.raises(CodecError, match="packed with"):
+        get_codec("fp8", 8, 8).decode(packed)
