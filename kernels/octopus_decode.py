@@ -1,0 +1,105 @@
+"""OCTOPUS decode: packed triplet codes -> rotated unit vectors (optionally times gamma), one pass.
+
+The kernel reads each vector's packed row once, looks the three indices of every triplet up in
+codebooks held in registers, unfolds the octahedron, normalises and scales by rho, and writes the
+``d`` coordinates (the padded ones dropped). Two outputs:
+
+* ``rotated=True`` (what decode-then-attend uses): ``gamma * y_hat`` in the rotated basis, in the
+  attention dtype, so that ``q_rot . k_rot = q . k_hat``;
+* :func:`octopus_decode` (the reference's ``decode``): ``y_hat`` in float32 from the kernel, then the
+  same ``rotation.inverse(y_hat) * gamma`` as :meth:`OctopusCodec._decode`, so the GPU path and the
+  reference agree bit for bit on one device.
+
+:func:`octopus_decode_reference` is the reference meaning (the codec's own ``dequantize_rotated``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from octopus_diffusers.codecs import CodecError, PackedTensor
+
+from .codec_spec import OctopusSpec, kernel_spec, plane_width
+from .tl_exact import norm3
+from .tl_helpers import load_codebook, lookup, octahedral_unfold, unpack_field
+
+
+@triton.jit
+def _octopus_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS,
+                           D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BX: tl.constexpr,
+                           BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr,
+                           SCALE_BY_NORM: tl.constexpr, BLOCK_R: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_mask = rows < N_ROWS
+    i = tl.arange(0, TP)[None, :]
+    valid = i < T
+    v = unpack_field(CODES + rows[:, None].to(tl.int64) * s_c, i * (BX + BE + BR),
+                     r_mask[:, None] & valid, NBYTES, BX + BE + BR)
+    xi = lookup(load_codebook(CBX, BLOCK_R, 1 << BX), v & ((1 << BX) - 1))
+    eta = lookup(load_codebook(CBE, BLOCK_R, 1 << BE), (v >> BX) & ((1 << BE) - 1))
+    rho = lookup(load_codebook(CBR, BLOCK_R, 1 << BR), v >> (BX + BE))
+    x, y, z = octahedral_unfold(xi, eta)
+    nrm = norm3(x, y, z)
+    # (p / ||p||) * rho, in the reference's order of operations.
+    x = tl.div_rn(x, nrm) * rho
+    y = tl.div_rn(y, nrm) * rho
+    z = tl.div_rn(z, nrm) * rho
+    if SCALE_BY_NORM:
+        g = tl.load(NORMS + rows, mask=r_mask, other=0.0).to(tl.float32)[:, None]
+        x, y, z = x * g, y * g, z * g
+    out = OUT + rows[:, None].to(tl.int64) * s_o + 3 * i
+    m = r_mask[:, None] & valid
+    tl.store(out, x.to(OUT.dtype.element_ty), mask=m)
+    tl.store(out + 1, y.to(OUT.dtype.element_ty), mask=m & (3 * i + 1 < D))
+    tl.store(out + 2, z.to(OUT.dtype.element_ty), mask=m & (3 * i + 2 < D))
+
+
+def _block_rows() -> int:
+    return 64 if torch.cuda.is_available() else 16
+
+
+def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusSpec,
+                        out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False) -> torch.Tensor:
+    """Rotated reconstruction of every row of ``codes`` ``(..., nbytes)``: ``(..., d)`` in ``out_dtype``
+    (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``)."""
+    if codes.dtype != torch.uint8 or codes.shape[-1] != spec.nbytes:
+        raise CodecError(f"octopus kernel: expected uint8 codes (..., {spec.nbytes}), got {codes.dtype} "
+                         f"{tuple(codes.shape)}")
+    lead = codes.shape[:-1]
+    c2 = codes.reshape(-1, spec.nbytes)
+    n2 = norms.reshape(-1)
+    out = torch.empty((c2.shape[0], spec.head_dim), device=codes.device, dtype=out_dtype)
+    dev = codes.device
+    br = _block_rows()
+    grid = (triton.cdiv(c2.shape[0], br),)
+    if c2.shape[0]:
+        _octopus_decode_kernel[grid](
+            c2, c2.stride(0), n2, out, out.stride(0), spec.xi_codebook.to(dev), spec.eta_codebook.to(dev),
+            spec.rho_codebook.to(dev), c2.shape[0], D=spec.head_dim, T=spec.n_triplets,
+            TP=plane_width(spec.head_dim), BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
+            SCALE_BY_NORM=scale_by_norm, BLOCK_R=br, num_warps=4, enable_fp_fusion=False)
+    return out.reshape(*lead, spec.head_dim)
+
+
+def octopus_decode(codec, packed: PackedTensor) -> torch.Tensor:
+    """GPU path of ``codec.decode(packed)`` (same result, same dtype and shape)."""
+    spec = kernel_spec(codec)
+    if packed.codec != "octopus" or packed.meta.get("allocation") != [spec.bx, spec.be, spec.br]:
+        raise CodecError(f"octopus kernel: packed data ({packed.codec}, {packed.meta}) does not match "
+                         f"the codec's allocation {(spec.bx, spec.be, spec.br)}")
+    y_hat = octopus_decode_rows(packed.fields["codes"], packed.fields["norms"], spec)
+    gamma = packed.fields["norms"].to(torch.float32)
+    return (codec.rotation.inverse(y_hat) * gamma[..., None]).to(packed.dtype)
+
+
+def octopus_decode_reference(codec, packed: PackedTensor, rotated: bool = False) -> torch.Tensor:
+    """Reference: the codec's own decode (``rotated=True``: ``gamma * y_hat`` before ``R``)."""
+    if not rotated:
+        return codec.decode(packed)
+    from octopus_diffusers.codecs.packing import unpack_bits
+
+    idx = unpack_bits(packed.fields["codes"], codec._widths)
+    y_hat = codec.dequantize_rotated(idx.view(*idx.shape[:-1], codec.n_triplets, 3))
+    return y_hat * packed.fields["norms"].to(torch.float32)[..., None]
