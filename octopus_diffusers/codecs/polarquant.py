@@ -50,7 +50,7 @@ _FP16_MAX = float(torch.finfo(torch.float16).max)
 #: Deepest level with shipped angle codebooks (level 1 needs none), and their bit widths.
 MAX_LEVELS = CODEBOOK_SETTINGS["polar_levels"][1]
 LEVEL_BITS_RANGE = tuple(CODEBOOK_SETTINGS["polar_bits"])
-MAX_NOMINAL_BITS = 8
+MAX_NOMINAL_BITS = LEVEL_BITS_RANGE[1] + 2  # the nominal rule gives levels >= 2 bits - 2
 
 
 class PolarQuantCodec(Codec):
