@@ -87,3 +87,8 @@ def load_codebook(family: str, bits: int, head_dim: int | None = None, level: in
         key = (turboquant_key(head_dim, bits) if family == "turboquant"
                else octopus_key(family.removeprefix("octopus_"), head_dim, bits))
     return _all_codebooks()[key].clone()
+
+
+def nearest_index(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index (int64) of the nearest of the sorted ``centroids`` for each value; ties go to the lower one."""
+    return torch.bucketize(values, 0.5 * (centroids[1:] + centroids[:-1]))

@@ -18,16 +18,15 @@ fields ``qjl_signs`` and ``qjl_norms``) and its unbiased estimate is added back,
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .base import Codec, CodecError, PackedTensor
-from .codebooks import check_head_dim, load_codebook
+from .base import CodecError
+from .codebooks import check_head_dim, load_codebook, nearest_index
+from .norm_split import NormSplitRotationCodec
 from .octahedral import from_triplets, n_triplets, octahedral_decode, octahedral_encode, to_triplets
-from .packing import pack_bits, packed_nbytes, unpack_bits
-from .qjl import SignSketch
-from .rotation import Rotation
 
-NORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _NEIGHBOURS = torch.tensor([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)], dtype=torch.int64)
 
 
@@ -36,13 +35,7 @@ def default_allocation(bits: int) -> tuple[int, int, int]:
     return (bits + 1, bits + 1, bits - 1)
 
 
-def nearest_index(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest sorted centroid (ties to the lower one), int64."""
-    thresholds = 0.5 * (centroids[1:] + centroids[:-1])
-    return torch.bucketize(values, thresholds)
-
-
-class OctopusCodec(Codec):
+class OctopusCodec(NormSplitRotationCodec):
     """OCTOPUS codec; see the module docstring. ``bits`` is the nominal integer rate b whose default
     allocation is (b+1, b+1, b-1); an explicit ``allocation=(b_xi, b_eta, b_rho)`` defines the rate
     itself (``bits`` then only labels the configuration; reports use :attr:`bits_per_scalar`)."""
@@ -53,7 +46,7 @@ class OctopusCodec(Codec):
     def __init__(self, head_dim: int, bits: float = 3, seed: int = 0,
                  allocation: tuple[int, int, int] | None = None, joint_rounding: bool = True,
                  qjl_residual: bool = False, norm_dtype: torch.dtype = torch.float16) -> None:
-        super().__init__(head_dim, bits, seed)
+        super().__init__(head_dim, bits, seed, norm_dtype, qjl_residual)
         if allocation is None:
             if bits != int(bits):
                 raise CodecError(
@@ -69,34 +62,22 @@ class OctopusCodec(Codec):
                 or not (1 <= allocation[0] <= 8 and 1 <= allocation[1] <= 8 and 0 <= allocation[2] <= 8)):
             raise CodecError(f"octopus: allocation must be three ints (b_xi, b_eta, b_rho) with b_xi, b_eta "
                              f"in 1..8 and b_rho in 0..8, got {allocation!r}")
-        if norm_dtype not in NORM_DTYPES:
-            raise CodecError(f"octopus: norm_dtype must be float16, bfloat16 or float32, got {norm_dtype}")
         check_head_dim(head_dim, "octopus")
         self.allocation: tuple[int, int, int] = allocation
         self.joint_rounding = bool(joint_rounding)
-        self.qjl_residual = bool(qjl_residual)
-        self.norm_dtype = norm_dtype
-        self.rotation = Rotation(head_dim, self.seed)
         self.n_triplets = n_triplets(head_dim)
         self.bits_per_triplet = sum(allocation)
         self.xi_codebook = load_codebook("octopus_dir", allocation[0], head_dim)
         self.eta_codebook = load_codebook("octopus_dir", allocation[1], head_dim)
         self.rho_codebook = load_codebook("octopus_rho", allocation[2], head_dim)
-        self._widths = list(allocation) * self.n_triplets
-        self.sketch = SignSketch(head_dim, head_dim, self.seed) if self.qjl_residual else None
+        self.code_widths = list(allocation) * self.n_triplets
         self._codebook_cache: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
-    # ---- rate -----------------------------------------------------------------------------------
-    @property
-    def bits_per_scalar(self) -> float:
-        bits = 8 * packed_nbytes(self._widths) + 8 * torch.empty(0, dtype=self.norm_dtype).element_size()
-        if self.sketch is not None:
-            bits += self.sketch.rate_bits(self.norm_dtype)
-        return bits / self.head_dim
+    def packed_meta(self) -> dict[str, Any]:
+        return {"allocation": list(self.allocation), "qjl_residual": self.qjl_residual}
 
-    def config(self) -> dict:
-        return {**super().config(), "allocation": list(self.allocation), "joint_rounding": self.joint_rounding,
-                "qjl_residual": self.qjl_residual, "norm_dtype": str(self.norm_dtype).removeprefix("torch.")}
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "allocation": list(self.allocation), "joint_rounding": self.joint_rounding}
 
     # ---- the unit-vector quantizer (rotated basis) ---------------------------------------------------
     def _codebooks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,37 +114,8 @@ class OctopusCodec(Codec):
         t_hat = cb_rho[idx[..., 2]][..., None] * octahedral_decode(cb_xi[idx[..., 0]], cb_eta[idx[..., 1]])
         return from_triplets(t_hat, self.head_dim)
 
-    def encode_unit(self, u: torch.Tensor) -> torch.Tensor:
-        """Triplet indices of unit vectors ``u`` given in the original basis (no norm, no packing)."""
-        return self.quantize_rotated(self.rotation.forward(u.to(torch.float32)))
+    def quantize_fields(self, y: torch.Tensor) -> torch.Tensor:
+        return self.quantize_rotated(y).flatten(-2)
 
-    def decode_unit(self, idx: torch.Tensor) -> torch.Tensor:
-        """Unit-vector reconstruction in the original basis: ``E||u - decode_unit(encode_unit(u))||²``."""
-        return self.rotation.inverse(self.dequantize_rotated(idx))
-
-    # ---- Codec interface -------------------------------------------------------------------------
-    def _encode(self, x: torch.Tensor) -> PackedTensor:
-        xf = x.to(torch.float32)
-        gamma = torch.linalg.vector_norm(xf, dim=-1)
-        y = self.rotation.forward(xf) / torch.where(gamma > 0, gamma, 1.0)[..., None]
-        idx = self.quantize_rotated(y)
-        fields = {"codes": pack_bits(idx.flatten(-2), self._widths), "norms": gamma.to(self.norm_dtype)}
-        if self.sketch is not None:
-            r = y - self.dequantize_rotated(idx)
-            fields["qjl_signs"] = self.sketch.signs(r)
-            fields["qjl_norms"] = torch.linalg.vector_norm(r, dim=-1).to(self.norm_dtype)
-        return PackedTensor(self.name, tuple(x.shape), x.dtype, fields,
-                            {"allocation": list(self.allocation), "qjl_residual": self.qjl_residual})
-
-    def _decode(self, packed: PackedTensor) -> torch.Tensor:
-        if packed.meta.get("allocation") != list(self.allocation) or \
-                packed.meta.get("qjl_residual") != self.qjl_residual:
-            raise CodecError(f"octopus: packed with allocation {packed.meta.get('allocation')} / qjl_residual "
-                             f"{packed.meta.get('qjl_residual')}, this codec uses {list(self.allocation)} / "
-                             f"{self.qjl_residual}")
-        idx = unpack_bits(packed.fields["codes"], self._widths)
-        y_hat = self.dequantize_rotated(idx.view(*idx.shape[:-1], self.n_triplets, 3))
-        if self.sketch is not None:
-            y_hat = y_hat + self.sketch.estimate(packed.fields["qjl_signs"], packed.fields["qjl_norms"])
-        gamma = packed.fields["norms"].to(torch.float32)
-        return self.rotation.inverse(y_hat) * gamma[..., None]
+    def dequantize_fields(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.dequantize_rotated(idx.reshape(*idx.shape[:-1], self.n_triplets, 3))

@@ -52,6 +52,16 @@ class SignSketch:
         scale = math.sqrt(math.pi / 2) / self.m * norms.to(torch.float32)
         return (pm1 @ self.matrix_on(packed_signs.device)) * scale[..., None]
 
+    def encode_fields(self, r: torch.Tensor, norm_dtype: torch.dtype, prefix: str = "qjl_"
+                      ) -> dict[str, torch.Tensor]:
+        """PackedTensor fields ``{prefix}signs`` and ``{prefix}norms`` sketching float32 ``r``."""
+        return {f"{prefix}signs": self.signs(r),
+                f"{prefix}norms": torch.linalg.vector_norm(r, dim=-1).to(norm_dtype)}
+
+    def decode_fields(self, fields: dict[str, torch.Tensor], prefix: str = "qjl_") -> torch.Tensor:
+        """The unbiased estimate of the vector sketched into ``fields`` by :meth:`encode_fields`."""
+        return self.estimate(fields[f"{prefix}signs"], fields[f"{prefix}norms"])
+
     def rate_bits(self, norm_dtype: torch.dtype) -> int:
         """Stored bits per sketched vector: packed signs plus the norm."""
         return 8 * self.sign_nbytes + 8 * torch.empty(0, dtype=norm_dtype).element_size()
@@ -87,10 +97,10 @@ class QJLCodec(Codec):
         return self.sketch.rate_bits(self.norm_dtype) / self.head_dim
 
     def _encode(self, x: torch.Tensor) -> PackedTensor:
-        xf = x.to(torch.float32)
-        norms = torch.linalg.vector_norm(xf, dim=-1).to(self.norm_dtype)
-        return PackedTensor(self.name, tuple(x.shape), x.dtype,
-                            {"signs": self.sketch.signs(xf), "norms": norms}, {"m": self.m})
+        fields = self.sketch.encode_fields(x.to(torch.float32), self.norm_dtype, prefix="")
+        return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, {"m": self.m})
 
     def _decode(self, packed: PackedTensor) -> torch.Tensor:
-        return self.sketch.estimate(packed.fields["signs"], packed.fields["norms"])
+        if packed.meta.get("m") != self.m:
+            raise CodecError(f"qjl: packed with m={packed.meta.get('m')} sketch rows, this codec has m={self.m}")
+        return self.sketch.decode_fields(packed.fields, prefix="")
