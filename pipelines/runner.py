@@ -236,7 +236,12 @@ def check_variants(model: LoadedModel, config: RunConfig) -> None:
     """Hook and restore every variant once before generating anything, so a codec that cannot take a bit
     width at this model's head_dim fails in a second, not after the baseline's minutes."""
     for codec, bits in config.variants()[1:]:
-        _quantize(model, config, codec, bits).restore()
+        try:
+            handle = _quantize(model, config, codec, bits)
+        except (TypeError, ValueError, RuntimeError) as err:  # CodecError is a ValueError
+            raise RunnerError(f"{model.spec.name}: cannot quantize with codec {codec!r} at {bits:g} bits: "
+                              f"{err}") from err
+        handle.restore()
 
 
 def run_comparison(model: LoadedModel, config: RunConfig, out_dir: str | Path, progress: bool = True) -> Path:
