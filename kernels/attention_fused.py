@@ -32,32 +32,11 @@ import triton.language as tl
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
 from .codec_spec import KernelSpec, OctopusSpec, TurboQuantSpec, plane_width
-from .tl_helpers import load_codebook, lookup, octahedral_unfold, unpack_field
+from .octopus_decode import octopus_planes_tile
+from .tl_helpers import load_codebook
+from .turboquant_codec import tq_tile
 
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _tq_tile(row_ptr, n_mask, cb, D: tl.constexpr, BITS: tl.constexpr, NBYTES: tl.constexpr):
-    """Rotated unit vectors of a TurboQuant tile: float32 ``[BN, D]``."""
-    j = tl.arange(0, D)[None, :]
-    idx = unpack_field(row_ptr, j * BITS, n_mask, NBYTES, BITS)
-    return lookup(cb, idx)
-
-
-@triton.jit
-def _oct_tile(row_ptr, n_mask, cbx, cbe, cbr, T: tl.constexpr, TP: tl.constexpr, BX: tl.constexpr,
-              BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr):
-    """Rotated unit vectors of an OCTOPUS tile as three float32 ``[BN, TP]`` planes (x, y, z)."""
-    i = tl.arange(0, TP)[None, :]
-    valid = i < T
-    v = unpack_field(row_ptr, i * (BX + BE + BR), n_mask & valid, NBYTES, BX + BE + BR)
-    xi = lookup(cbx, v & ((1 << BX) - 1))
-    eta = lookup(cbe, (v >> BX) & ((1 << BE) - 1))
-    rho = lookup(cbr, v >> (BX + BE))
-    x, y, z = octahedral_unfold(xi, eta)
-    r = tl.where(valid, rho / tl.sqrt(x * x + y * y + z * z), 0.0)
-    return x * r, y * r, z * r
 
 
 @triton.jit
@@ -99,6 +78,7 @@ def _fused_attention_kernel(
     else:
         q0 = tl.load(q_rows + tl.arange(0, D)[None, :], mask=m_mask[:, None], other=0.0)
         kcb0 = load_codebook(KCB0, BLOCK_N, 1 << K_B0)
+        kcb1 = load_codebook(KCB1, BLOCK_N, 1 << K_B1)
     if V_OCT:
         vcb0 = load_codebook(VCB0, BLOCK_N, 1 << V_B0)
         vcb1 = load_codebook(VCB1, BLOCK_N, 1 << V_B1)
@@ -108,6 +88,7 @@ def _fused_attention_kernel(
         acc2 = tl.zeros((BLOCK_M, TP), dtype=tl.float32)
     else:
         vcb0 = load_codebook(VCB0, BLOCK_N, 1 << V_B0)
+        vcb1 = load_codebook(VCB1, BLOCK_N, 1 << V_B1)
         acc0 = tl.zeros((BLOCK_M, D), dtype=tl.float32)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -126,13 +107,13 @@ def _fused_attention_kernel(
         # ---- scores in base 2: (q_rot * scale * log2 e) . u_k * gamma_k ----------------------
         k_rows = kc_base + offs_n[:, None] * s_kcn
         if K_OCT:
-            kx, ky, kz = _oct_tile(k_rows, n_mask[:, None], kcb0, kcb1, kcb2, T, TP, K_B0, K_B1, K_B2,
-                                   K_NBYTES)
+            kx, ky, kz = octopus_planes_tile(k_rows, n_mask[:, None], kcb0, kcb1, kcb2, T, TP, K_B0, K_B1,
+                                             K_B2, K_NBYTES)
             s = tl.dot(q0, tl.trans(kx.to(tl.float16)))
             s = tl.dot(q1, tl.trans(ky.to(tl.float16)), s)
             s = tl.dot(q2, tl.trans(kz.to(tl.float16)), s)
         else:
-            k = _tq_tile(k_rows, n_mask[:, None], kcb0, D, K_B0, K_NBYTES)
+            k = tq_tile(k_rows, n_mask[:, None], kcb0, kcb1, D, K_B2, K_B0, K_B1, K_NBYTES)
             s = tl.dot(q0, tl.trans(k.to(tl.float16)))
         g_k = tl.load(kg_base + offs_n * s_kgn, mask=n_mask, other=0.0).to(tl.float32)
         s = s * g_k[None, :]
@@ -156,13 +137,13 @@ def _fused_attention_kernel(
         pv = (p * g_v[None, :]).to(tl.float16)
         v_rows = vc_base + offs_n[:, None] * s_vcn
         if V_OCT:
-            vx, vy, vz = _oct_tile(v_rows, n_mask[:, None], vcb0, vcb1, vcb2, T, TP, V_B0, V_B1, V_B2,
-                                   V_NBYTES)
+            vx, vy, vz = octopus_planes_tile(v_rows, n_mask[:, None], vcb0, vcb1, vcb2, T, TP, V_B0, V_B1,
+                                             V_B2, V_NBYTES)
             acc0 = tl.dot(pv, vx.to(tl.float16), acc0 * alpha[:, None])
             acc1 = tl.dot(pv, vy.to(tl.float16), acc1 * alpha[:, None])
             acc2 = tl.dot(pv, vz.to(tl.float16), acc2 * alpha[:, None])
         else:
-            v = _tq_tile(v_rows, n_mask[:, None], vcb0, D, V_B0, V_NBYTES)
+            v = tq_tile(v_rows, n_mask[:, None], vcb0, vcb1, D, V_B2, V_B0, V_B1, V_NBYTES)
             acc0 = tl.dot(pv, v.to(tl.float16), acc0 * alpha[:, None])
 
     # ---- normalise and store (rows with no unmasked key give 0) ------------------------------
@@ -192,7 +173,7 @@ _MATRIX_CACHE: dict[tuple, torch.Tensor] = {}
 def query_matrix(spec: KernelSpec, device: torch.device) -> torch.Tensor:
     """``(d, QW)`` float32 matrix taking q to the kernel's query layout: ``q @ R.T``, as planes for
     OCTOPUS keys (column ``c * TP + i`` holds rotated coordinate ``3 i + c``)."""
-    key = ("q", id(spec), device)
+    key = ("q", spec, device)
     if key not in _MATRIX_CACHE:
         r = spec.rotation.to(torch.float32)
         if isinstance(spec, OctopusSpec):
@@ -205,7 +186,7 @@ def query_matrix(spec: KernelSpec, device: torch.device) -> torch.Tensor:
 def output_matrix(spec: KernelSpec, device: torch.device) -> torch.Tensor:
     """``(OW, d)`` float32 matrix taking the kernel's rotated output back: ``o_rot @ R`` (planes for
     OCTOPUS values)."""
-    key = ("o", id(spec), device)
+    key = ("o", spec, device)
     if key not in _MATRIX_CACHE:
         r = spec.rotation.to(torch.float32)
         rows = _plane_rows(r, spec.head_dim) if isinstance(spec, OctopusSpec) else r
@@ -224,15 +205,19 @@ def _plane_rows(r: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def _codebooks(spec: KernelSpec, device: torch.device) -> tuple[list[torch.Tensor], tuple[int, int, int]]:
-    key = ("cb", id(spec), device)
+    """Three codebooks and three integers per codec: OCTOPUS (xi, eta, rho) codebooks and widths;
+    TurboQuant (hi, lo, hi) codebooks and (bits_hi, bits_lo, n_high)."""
+    key = ("cb", spec, device)
     if key not in _MATRIX_CACHE:
         if isinstance(spec, OctopusSpec):
             _MATRIX_CACHE[key] = [spec.xi_codebook.to(device), spec.eta_codebook.to(device),
                                   spec.rho_codebook.to(device)]
         else:
-            _MATRIX_CACHE[key] = [spec.codebook.to(device)] * 3
-    bits = (spec.bx, spec.be, spec.br) if isinstance(spec, OctopusSpec) else (spec.bits, spec.bits, spec.bits)
-    return _MATRIX_CACHE[key], bits
+            _MATRIX_CACHE[key] = [spec.codebook_hi.to(device), spec.codebook_lo.to(device),
+                                  spec.codebook_hi.to(device)]
+    if isinstance(spec, OctopusSpec):
+        return _MATRIX_CACHE[key], (spec.bx, spec.be, spec.br)
+    return _MATRIX_CACHE[key], (spec.bits_hi, spec.bits_lo, spec.n_high)
 
 
 def _row_strides(packed: PackedTensor, layout: str) -> tuple[torch.Tensor, tuple[int, int, int],

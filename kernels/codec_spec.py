@@ -9,11 +9,12 @@ PyTorch reference codecs.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 
-from octopus_diffusers.codecs import Codec, CodecError
+from octopus_diffusers.codecs import Codec, CodecError, PackedTensor
 
 #: head_dims the kernels implement (power-of-two tiles; every model in performance.md uses one).
 KERNEL_HEAD_DIMS = (64, 128)
@@ -34,22 +35,26 @@ def _codebook(values: torch.Tensor | object, bits: int, what: str) -> torch.Tens
     return cb.contiguous()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TurboQuantSpec:
-    """TurboQuant-mse with one integer width for every coordinate."""
+    """TurboQuant-mse: channels ``[0, n_high)`` use ``bits_hi`` bits, the rest ``bits_lo`` (equal for an
+    integer rate)."""
 
     head_dim: int
-    bits: int
-    codebook: torch.Tensor  # (2**bits,) sorted float32 centroids of a rotated unit-vector coordinate
+    bits_hi: int
+    bits_lo: int
+    n_high: int
+    codebook_hi: torch.Tensor  # sorted float32 centroids of a rotated unit-vector coordinate
+    codebook_lo: torch.Tensor
     rotation: torch.Tensor  # (d, d) float32, y = x @ R.T
     kind: str = field(default="turboquant", init=False)
 
     @property
     def nbytes(self) -> int:
-        return (self.head_dim * self.bits + 7) // 8
+        return (self.n_high * self.bits_hi + (self.head_dim - self.n_high) * self.bits_lo + 7) // 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OctopusSpec:
     """OCTOPUS: triplets of (xi, eta, rho) indices with widths (bx, be, br)."""
 
@@ -79,13 +84,15 @@ class OctopusSpec:
 
 KernelSpec = TurboQuantSpec | OctopusSpec
 
-_SPEC_CACHE: dict[int, KernelSpec] = {}
+#: Specs per codec object (weak: a spec lives as long as its codec). Specs compare by identity, so the
+#: launchers' per-spec caches key on the spec object itself.
+_SPEC_CACHE: "weakref.WeakKeyDictionary[Codec, KernelSpec]" = weakref.WeakKeyDictionary()
 
 
 def kernel_spec(codec: Codec) -> KernelSpec:
     """The kernel spec of ``codec`` (cached per codec object); refuses what the kernels lack."""
-    cached = _SPEC_CACHE.get(id(codec))
-    if cached is not None and cached.head_dim == codec.head_dim:
+    cached = _SPEC_CACHE.get(codec)
+    if cached is not None:
         return cached
     _check_head_dim(codec)
     if codec.name == "turboquant":
@@ -95,23 +102,26 @@ def kernel_spec(codec: Codec) -> KernelSpec:
     else:
         raise CodecError(f"kernels: codec {codec.name!r} has no Triton kernel (kernels implement "
                          "'octopus' and 'turboquant')")
-    _SPEC_CACHE[id(codec)] = spec
+    _SPEC_CACHE[codec] = spec
     return spec
 
 
 def _turboquant_spec(codec: Codec) -> TurboQuantSpec:
-    widths = tuple(int(w) for w in codec.widths)
-    if len(set(widths)) != 1:
-        raise CodecError(f"kernels: TurboQuant with mixed widths {sorted(set(widths))} (fractional "
-                         f"bits={codec.bits}) is not implemented; use an integer bits value")
-    bits = widths[0]
-    return TurboQuantSpec(head_dim=codec.head_dim, bits=bits,
-                          codebook=_codebook(codec.codebook_for_width(bits), bits, "turboquant"),
+    if getattr(codec, "qjl_residual", False):
+        raise CodecError("kernels: TurboQuant with a QJL residual (turboquant_prod) is not implemented")
+    widths = [int(w) for w in codec.code_widths]
+    hi, lo = max(widths), min(widths)
+    n_high = int(codec.n_high) if hi != lo else codec.head_dim
+    if widths != [hi] * n_high + [lo] * (codec.head_dim - n_high):
+        raise CodecError(f"kernels: TurboQuant widths must be {hi} bits on the first channels then {lo}")
+    return TurboQuantSpec(head_dim=codec.head_dim, bits_hi=hi, bits_lo=lo, n_high=n_high,
+                          codebook_hi=_codebook(codec.codebooks[hi], hi, "turboquant"),
+                          codebook_lo=_codebook(codec.codebooks[lo], lo, "turboquant"),
                           rotation=codec.rotation.matrix.contiguous())
 
 
 def _octopus_spec(codec: Codec) -> OctopusSpec:
-    if getattr(codec, "qjl", False):
+    if getattr(codec, "qjl_residual", False):
         raise CodecError("kernels: OCTOPUS with a QJL residual is not implemented")
     bx, be, br = (int(b) for b in codec.allocation)
     return OctopusSpec(head_dim=codec.head_dim, bx=bx, be=be, br=br,
@@ -120,6 +130,42 @@ def _octopus_spec(codec: Codec) -> OctopusSpec:
                        rho_codebook=_codebook(codec.rho_codebook, br, "octopus rho"),
                        rotation=codec.rotation.matrix.contiguous(),
                        joint_rounding=bool(codec.joint_rounding))
+
+
+def packed_meta(codec: Codec) -> dict:
+    """The ``meta`` the reference codec stores with a packed tensor (so kernel output is identical)."""
+    if hasattr(codec, "packed_meta"):
+        return codec.packed_meta()
+    return {"allocation": list(codec.allocation), "qjl_residual": False}
+
+
+def check_packed(codec: Codec, packed: PackedTensor, spec: KernelSpec) -> None:
+    """Refuse packed data from another codec or configuration (before any kernel runs)."""
+    if packed.codec != codec.name:
+        raise CodecError(f"kernels: cannot decode data packed by codec {packed.codec!r} with {codec.name!r}")
+    if packed.meta != packed_meta(codec):
+        raise CodecError(f"kernels: packed with configuration {packed.meta}, the codec has "
+                         f"{packed_meta(codec)}")
+    codes = packed.fields["codes"]
+    if codes.dtype != torch.uint8 or codes.shape[-1] != spec.nbytes or packed.shape[-1] != spec.head_dim:
+        raise CodecError(f"kernels: codes {codes.dtype} {tuple(codes.shape)} do not match the codec "
+                         f"({spec.nbytes} bytes per vector, head_dim {spec.head_dim})")
+
+
+def reference_rotated(codec: Codec, packed: PackedTensor) -> torch.Tensor:
+    """The reference codec's rotated reconstruction ``gamma * y_hat`` (float32), through its public
+    quantizer methods: what the kernels' rotated-basis decode must reproduce."""
+    from octopus_diffusers.codecs.packing import unpack_bits
+
+    codes = packed.fields["codes"]
+    if codec.name == "octopus":
+        idx = unpack_bits(codes, list(codec.allocation) * codec.n_triplets)
+        y_hat = codec.dequantize_rotated(idx.view(*idx.shape[:-1], codec.n_triplets, 3))
+    elif codec.name == "turboquant":
+        y_hat = codec.dequantize_fields(unpack_bits(codes, codec.code_widths))
+    else:
+        raise CodecError(f"kernels: no rotated reference for codec {codec.name!r}")
+    return y_hat * packed.fields["norms"].to(torch.float32)[..., None]
 
 
 def plane_width(head_dim: int) -> int:

@@ -21,9 +21,26 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import OctopusSpec, kernel_spec, plane_width
+from .codec_spec import OctopusSpec, check_packed, kernel_spec, plane_width, reference_rotated
 from .tl_exact import norm3
 from .tl_helpers import load_codebook, lookup, octahedral_unfold, unpack_field
+
+
+@triton.jit
+def octopus_planes_tile(row_ptr, row_mask, cbx, cbe, cbr, T: tl.constexpr, TP: tl.constexpr,
+                        BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr):
+    """Rotated unit vectors of a tile of packed rows as three float32 ``[R, TP]`` planes (x, y, z of
+    each triplet; zero beyond ``T``), for attention. Fast arithmetic (one reciprocal square root per
+    triplet): within float32 rounding of the reference, not bit-exact."""
+    i = tl.arange(0, TP)[None, :]
+    valid = i < T
+    v = unpack_field(row_ptr, i * (BX + BE + BR), row_mask & valid, NBYTES, BX + BE + BR)
+    xi = lookup(cbx, v & ((1 << BX) - 1))
+    eta = lookup(cbe, (v >> BX) & ((1 << BE) - 1))
+    rho = lookup(cbr, v >> (BX + BE))
+    x, y, z = octahedral_unfold(xi, eta)
+    r = tl.where(valid, rho * tl.rsqrt(x * x + y * y + z * z), 0.0)
+    return x * r, y * r, z * r
 
 
 @triton.jit
@@ -86,9 +103,7 @@ def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusS
 def octopus_decode(codec, packed: PackedTensor) -> torch.Tensor:
     """GPU path of ``codec.decode(packed)`` (same result, same dtype and shape)."""
     spec = kernel_spec(codec)
-    if packed.codec != "octopus" or packed.meta.get("allocation") != [spec.bx, spec.be, spec.br]:
-        raise CodecError(f"octopus kernel: packed data ({packed.codec}, {packed.meta}) does not match "
-                         f"the codec's allocation {(spec.bx, spec.be, spec.br)}")
+    check_packed(codec, packed, spec)
     y_hat = octopus_decode_rows(packed.fields["codes"], packed.fields["norms"], spec)
     gamma = packed.fields["norms"].to(torch.float32)
     return (codec.rotation.inverse(y_hat) * gamma[..., None]).to(packed.dtype)
@@ -96,10 +111,4 @@ def octopus_decode(codec, packed: PackedTensor) -> torch.Tensor:
 
 def octopus_decode_reference(codec, packed: PackedTensor, rotated: bool = False) -> torch.Tensor:
     """Reference: the codec's own decode (``rotated=True``: ``gamma * y_hat`` before ``R``)."""
-    if not rotated:
-        return codec.decode(packed)
-    from octopus_diffusers.codecs.packing import unpack_bits
-
-    idx = unpack_bits(packed.fields["codes"], codec._widths)
-    y_hat = codec.dequantize_rotated(idx.view(*idx.shape[:-1], codec.n_triplets, 3))
-    return y_hat * packed.fields["norms"].to(torch.float32)[..., None]
+    return reference_rotated(codec, packed) if rotated else codec.decode(packed)

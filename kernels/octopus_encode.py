@@ -24,7 +24,7 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import OctopusSpec, kernel_spec, plane_width
+from .codec_spec import OctopusSpec, kernel_spec, packed_meta, plane_width
 from .tl_exact import norm3
 from .tl_helpers import (load_codebook, lookup, octahedral_unfold, pack_fields_to_bytes, sign_nonzero)
 
@@ -115,8 +115,8 @@ def _octopus_encode_kernel(X, s_x, GAMMA, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt
         t1 = tl.load(x_rows + 3 * i + 1, mask=m & (3 * i + 1 < D), other=0.0)
         t2 = tl.load(x_rows + 3 * i + 2, mask=m & (3 * i + 2 < D), other=0.0)
     v = _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R, BX, BE, BR, JOINT)
-    pack_fields_to_bytes(v, CODES + rows[:, None].to(tl.int64) * s_c, r_mask[:, None], T, BX + BE + BR,
-                         NBYTES, NBYTES_PAD)
+    pack_fields_to_bytes(v, CODES + rows[:, None].to(tl.int64) * s_c, r_mask[:, None], T, T, BX + BE + BR,
+                         BX + BE + BR, NBYTES, NBYTES_PAD)
 
 
 _TABLES: dict[tuple, tuple[torch.Tensor, ...]] = {}
@@ -124,7 +124,7 @@ _TABLES: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
 def _tables(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Codebooks, their midpoints (float32, as ``nearest_index``) and the plane sign matrix."""
-    key = (id(spec), device)
+    key = (spec, device)
     if key not in _TABLES:
         def mids(c: torch.Tensor) -> torch.Tensor:
             t = 0.5 * (c[1:] + c[:-1])
@@ -186,7 +186,7 @@ def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False) -> Pack
             FUSED_ROTATION=fused_rotation, BLOCK_R=br, num_warps=4, enable_fp_fusion=False)
     return PackedTensor("octopus", tuple(x.shape), x.dtype,
                         {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},
-                        {"allocation": [spec.bx, spec.be, spec.br], "qjl_residual": False})
+                        packed_meta(codec))
 
 
 def octopus_encode_reference(codec, x: torch.Tensor) -> PackedTensor:

@@ -7,7 +7,8 @@ Everything here is a ``@triton.jit`` function inlined into the kernels that call
 * :func:`lookup` reads a codebook held in registers with ``tl.gather`` (a table read through
   ``tl.load(table_ptr + idx)`` inside an attention loop collapses throughput 13x, performance.md);
 * :func:`octahedral_unfold` is the inverse octahedral map without normalisation;
-* :func:`pack_fields_to_bytes` is the inverse of :func:`unpack_field` for a tile of equal-width fields.
+* :func:`pack_fields_to_bytes` is the inverse of :func:`unpack_field` for a tile of fields (one width,
+  or two: TurboQuant's fractional rates give the first channels one bit more).
 """
 
 from __future__ import annotations
@@ -65,24 +66,35 @@ def octahedral_unfold(xi, eta):
 
 
 @triton.jit
-def pack_fields_to_bytes(values, out_row_ptr, row_mask, N_FIELDS: tl.constexpr, WIDTH: tl.constexpr,
-                         NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr):
-    """Store ``values`` (int32 ``[R, F]``, field f at stream bit ``f * WIDTH``) as packed bytes.
+def field_offset(f, N_HI: tl.constexpr, W_HI: tl.constexpr, W_LO: tl.constexpr):
+    """Stream bit offset of field ``f`` when fields ``[0, N_HI)`` are ``W_HI`` wide, the rest ``W_LO``."""
+    return tl.where(f < N_HI, f * W_HI, N_HI * W_HI + (f - N_HI) * W_LO)
 
-    Byte B collects the fields overlapping its bits ``8B .. 8B+7``: at most ``ceil(8 / WIDTH) + 1``
-    of them, each fetched from the register tile with ``tl.gather``.
+
+@triton.jit
+def pack_fields_to_bytes(values, out_row_ptr, row_mask, N_FIELDS: tl.constexpr, N_HI: tl.constexpr,
+                         W_HI: tl.constexpr, W_LO: tl.constexpr, NBYTES: tl.constexpr,
+                         NBYTES_PAD: tl.constexpr):
+    """Store ``values`` (int32 ``[R, F]``, in range of their widths) as LSB-first packed bytes.
+
+    Field f sits at :func:`field_offset`. Byte B collects the fields overlapping its bits
+    ``8B .. 8B+7``: at most ``ceil(8 / min width) + 1`` of them, each fetched from the register tile
+    with ``tl.gather``.
     """
     F: tl.constexpr = values.shape[1]
     R: tl.constexpr = values.shape[0]
+    W_MIN: tl.constexpr = W_LO if W_LO < W_HI else W_HI
     byte = tl.arange(0, NBYTES_PAD)[None, :]
-    first = (byte * 8) // WIDTH
+    bit0 = byte * 8
+    first = tl.where(bit0 < N_HI * W_HI, bit0 // W_HI, N_HI + (bit0 - N_HI * W_HI) // W_LO)
     acc = tl.zeros((R, NBYTES_PAD), dtype=tl.int32)
-    for s in tl.static_range((8 + WIDTH - 1) // WIDTH + 1):
+    for s in tl.static_range((8 + W_MIN - 1) // W_MIN + 1):
         f = first + s
-        ok = (f < N_FIELDS) & (f * WIDTH < byte * 8 + 8)
+        off = field_offset(f, N_HI, W_HI, W_LO)
+        ok = (f < N_FIELDS) & (off < bit0 + 8)
         f_idx = tl.broadcast_to(tl.minimum(f, F - 1), (R, NBYTES_PAD))
         v = tl.gather(values, f_idx, 1)
-        sh = f * WIDTH - byte * 8
+        sh = off - bit0
         part = tl.where(sh >= 0, v << tl.maximum(sh, 0), v >> tl.maximum(-sh, 0))
         acc = acc | tl.where(ok, part & 0xFF, 0)
     tl.store(out_row_ptr + byte, acc.to(tl.uint8), mask=row_mask & (byte < NBYTES))
