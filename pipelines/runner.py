@@ -10,6 +10,7 @@ a run folder (:mod:`octopus_diffusers.pipelines.run_folder`).
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import time
@@ -78,6 +79,16 @@ def _audio_sample_rate(pipe: Any) -> int | None:
     return None
 
 
+def _absent_components(folder: Path) -> dict[str, None]:
+    """Components a local pipeline was saved without (``[null, null]`` in ``model_index.json``, e.g. a
+    tiny pipeline with no text encoder): diffusers needs them passed explicitly as ``None``."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise RunnerError(f"{folder} has no model_index.json: not a folder written by a pipeline's save_pretrained")
+    entries = json.loads(index.read_text())
+    return {name: None for name, value in entries.items() if value == [None, None]}
+
+
 def load_model(name: str, weights: str | None = None, tiny: bool = False, dtype: torch.dtype = torch.bfloat16,
                device: str = "cuda", cpu_offload: bool = False) -> LoadedModel:
     """Load model ``name`` (see :data:`octopus_diffusers.pipelines.models.MODELS`).
@@ -98,8 +109,9 @@ def load_model(name: str, weights: str | None = None, tiny: bool = False, dtype:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RunnerError(f"device {device!r} requested but CUDA is not available; pass --device cpu")
     try:
-        pipe = _pipeline_class(spec).from_pretrained(str(Path(source).expanduser()) if local else source,
-                                                    torch_dtype=dtype)
+        folder = Path(source).expanduser()
+        absent = _absent_components(folder) if local else {}
+        pipe = _pipeline_class(spec).from_pretrained(str(folder) if local else source, dtype=dtype, **absent)
     except (OSError, ValueError) as err:
         where = f"local folder {source!r}" if local else f"the Hugging Face Hub id {source!r}"
         raise RunnerError(
