@@ -1,0 +1,33 @@
+"""Shared helpers for the codec tests: seeded uniform unit vectors and inner-product bias."""
+
+import pytest
+import torch
+
+
+def uniform_unit_vectors(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    return g / g.norm(dim=-1, keepdim=True)
+
+
+def inner_product_slope(codec, n: int = 20_000, d: int | None = None, seed: int = 0) -> float:
+    """Least-squares slope of <q, decode(encode(k))> against <q, k> over random pairs.
+
+    1 for an unbiased estimator; an mse quantizer shrinks inner products (slope ~ 1 - distortion).
+    """
+    d = d or codec.head_dim
+    gen = torch.Generator().manual_seed(seed + 1)
+    k = torch.randn(n, d, generator=gen)
+    q = torch.randn(n, d, generator=gen)
+    true = (q * k).sum(-1)
+    est = (q * codec.roundtrip(k).float()).sum(-1)
+    return float((est * true).sum() / (true * true).sum())
+
+
+@pytest.fixture
+def unit_vectors():
+    return uniform_unit_vectors
+
+
+@pytest.fixture
+def ip_slope():
+    return inner_product_slope
