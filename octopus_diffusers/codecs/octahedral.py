@@ -54,7 +54,7 @@ def to_triplets(u: torch.Tensor) -> torch.Tensor:
     pad = 3 * n_triplets(d) - d
     if pad:
         u = torch.nn.functional.pad(u, (0, pad))
-    return u.reshape(*u.shape[:-1], -1, 3)
+    return u.reshape(*u.shape[:-1], u.shape[-1] // 3, 3)
 
 
 def from_triplets(t: torch.Tensor, head_dim: int) -> torch.Tensor:
