@@ -210,12 +210,18 @@ class QuantizedAttnProcessorBase:
             return quantizer.attend(query, key, value,
                                     lambda q, k, v: original_attention(q, k, v, *args, **kwargs), layout)
 
-        new_globals = dict(module_globals)
+        # Without `__name__`, torch.compile keys these globals by the dict itself, not by the module it
+        # would import under that name (whose globals hold the original, unquantized attention call).
+        # `__package__` stays, so relative imports inside the original code still resolve.
+        new_globals = {k: v for k, v in module_globals.items() if k != "__name__"}
         if self.intercept == "dispatch_attention_fn":
             new_globals["dispatch_attention_fn"] = quantizing_attention
         else:
             new_globals["F"] = _functional_with(quantizing_attention)
-        function = types.FunctionType(original_call.__code__, new_globals, original_call.__name__,
+        # A code object of its own: torch.compile caches compiled code per code object, and code that
+        # was compiled against another layer's globals must never run against these.
+        code = original_call.__code__.replace()
+        function = types.FunctionType(code, new_globals, original_call.__name__,
                                       original_call.__defaults__, original_call.__closure__)
         function.__kwdefaults__ = original_call.__kwdefaults__
         return function
