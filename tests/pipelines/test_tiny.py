@@ -10,8 +10,16 @@ from octopus_diffusers.pipelines.tiny import TINY_PIPELINES, TinyPipeline, build
 
 #: Output shapes each tiny pipeline must produce: video (B, F, C, H, W), audio (B, C, T).
 EXPECTED_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
-    "wan": {"video": (1, 9, 3, 16, 16)},
-    "wan-i2v": {"video": (1, 9, 3, 16, 16)},
+    "wan": {"video": (1, 9, 3, 32, 32)},
+    "wan-i2v": {"video": (1, 9, 3, 32, 32)},
+    "skyreels-v2": {"video": (1, 13, 3, 32, 32)},
+    "ltx-video": {"video": (1, 9, 3, 32, 32)},
+    "ltx2": {"video": (1, 9, 3, 32, 32), "audio": (1, 2, 132)},
+    "cogvideox": {"video": (1, 9, 3, 32, 32)},
+    "hunyuan-video": {"video": (1, 9, 3, 16, 16)},
+    "mochi": {"video": (1, 7, 3, 32, 32)},
+    "stable-audio": {"audio": (1, 2, 2048)},
+    "audioldm2": {"audio": (1, 1, 1024)},
 }
 
 _CACHE: dict[str, TinyPipeline] = {}
@@ -37,7 +45,12 @@ def test_generates_finite_output_of_right_shape_deterministically(name: str) -> 
         assert value.std() > 0, f"{key} is constant"
     again = pipeline.generate(seed=0)
     assert all(torch.equal(first[k], again[k]) for k in first)
-    other = pipeline.generate(seed=1)
+
+
+@pytest.mark.parametrize("name", ["wan", "stable-audio"])
+def test_seed_drives_the_noise(name: str) -> None:
+    pipeline = tiny(name)
+    first, other = pipeline.generate(seed=0), pipeline.generate(seed=1)
     assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
