@@ -35,7 +35,8 @@ def _codec_list(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in available_codecs()]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown codec(s) {', '.join(unknown) or text!r}; available: "
+        named = ", ".join(repr(n) for n in unknown) or repr(text)
+        raise argparse.ArgumentTypeError(f"unknown codec(s) {named}; available: "
                                          f"{', '.join(available_codecs())}")
     return names
 

@@ -1,0 +1,155 @@
+"""The ``octopus-diffusers`` command: the offline demo end to end (every file opened and checked), the help
+of every option, and clear errors for unknown models and codecs and bad bit widths."""
+
+import argparse
+import csv
+import math
+import subprocess
+
+import imageio.v3 as iio
+import imageio_ffmpeg
+import pytest
+import soundfile as sf
+from safetensors.torch import load_file
+
+from octopus_diffusers.cli import build_parser, main
+from octopus_diffusers.pipelines.run_folder import read_json
+from octopus_diffusers.pipelines.tiny import build_tiny_pipeline
+
+CODECS = ("none", "octopus", "uniform")
+BITS = (2, 4)
+QUANTIZED = [f"{c}-{b}b" for c in CODECS[1:] for b in BITS]
+VARIANTS = ["baseline", "none-16b", *QUANTIZED]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--out", str(out), "--codecs", ",".join(CODECS), "--bits", "2,4", "--quiet"]) == 0
+    return out
+
+
+def _variant(metrics, name):
+    return next(v for v in metrics["variants"] if v["name"] == name)
+
+
+def test_demo_writes_every_file(demo):
+    for media in ("video", "audio"):
+        run = demo / media
+        for name in ("manifest.json", "metrics.json", "metrics.csv", "report.md"):
+            assert (run / name).is_file(), f"{media}/{name}"
+        manifest = read_json(run / "manifest.json")
+        assert [v["name"] for v in manifest["variants"]] == VARIANTS
+        for v in manifest["variants"]:
+            for output in v["outputs"]:
+                assert (run / output[media]).is_file()
+        report = (run / "report.md").read_text()
+        for name in VARIANTS:
+            assert f"| {name} |" in report
+        for link in [line.split("](")[1].rstrip(")") for line in report.splitlines() if "](" in line]:
+            assert (run / link).is_file(), link
+
+
+def test_demo_video_frames_and_mp4s(demo):
+    run = demo / "video"
+    tiny = build_tiny_pipeline("wan").inputs
+    frames = load_file(str(run / "outputs/baseline/prompt0.video.safetensors"))["frames"]
+    assert tuple(frames.shape) == (tiny["num_frames"], 3, tiny["height"], tiny["width"])
+    for bits, tiles in (("2b", 3), ("4b", 3), ("16b", 2)):
+        video = iio.imread(run / f"renders/compare_{bits}_prompt0.mp4", plugin="FFMPEG")
+        scale = math.ceil(192 / tiny["height"])
+        tile_w, tile_h = tiny["width"] * scale, tiny["height"] * scale + 18
+        width, height = tiles * tile_w + 2 * (tiles - 1), 2 * tile_h + 2
+        assert video.shape == (tiny["num_frames"], height + height % 2, width + width % 2, 3), bits
+    for plot in ("video_psnr_vs_bits.png", "video_psnr_per_frame_prompt0.png"):
+        assert iio.imread(run / "plots" / plot).ndim == 3
+
+
+def test_demo_video_metrics(demo):
+    metrics = read_json(demo / "video/metrics.json")
+    for exact in ("baseline", "none-16b"):
+        summary = _variant(metrics, exact)["metrics"]["video"]["summary"]
+        assert math.isinf(summary["psnr"]["mean"]) and summary["l1"]["mean"] == 0
+    for codec in CODECS[1:]:
+        low, high = (_variant(metrics, f"{codec}-{b}b")["metrics"]["video"]["summary"]["psnr"]["mean"] for b in BITS)
+        assert math.isfinite(low) and low < high, codec
+        per_frame = _variant(metrics, f"{codec}-2b")["metrics"]["video"]["per_prompt"][0]["per_frame"]["psnr"]
+        assert len(per_frame) == build_tiny_pipeline("wan").inputs["num_frames"]
+    rows = list(csv.DictReader(open(demo / "video/metrics.csv")))
+    assert {r["variant"] for r in rows} == set(VARIANTS)
+    assert {r["metric"] for r in rows} >= {"psnr", "ssim", "l1"}
+
+
+def test_demo_audio_wavs_and_renders(demo):
+    run = demo / "audio"
+    tiny = build_tiny_pipeline("stable-audio")
+    expected = tiny.generate(seed=0)["audio"][0]  # (C, T)
+    for name in VARIANTS:
+        data, rate = sf.read(run / f"outputs/{name}/prompt0.wav", always_2d=True)
+        assert rate == tiny.sample_rate and data.shape == (expected.shape[1], expected.shape[0])
+    for bits in ("2b", "4b"):
+        assert iio.imread(run / f"renders/spectrograms_{bits}_prompt0.png").ndim == 3
+        info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i",
+                               str(run / f"renders/listen_{bits}_prompt0.mp4")], capture_output=True, text=True).stderr
+        assert "Video: h264" in info and "Audio: aac" in info
+
+
+def test_demo_audio_metrics(demo):
+    metrics = read_json(demo / "audio/metrics.json")
+    for exact in ("baseline", "none-16b"):
+        summary = _variant(metrics, exact)["metrics"]["audio"]["summary"]
+        assert summary["mrstft"] == 0 and summary["log_mel"] == 0
+    for codec in CODECS[1:]:
+        low, high = (_variant(metrics, f"{codec}-{b}b")["metrics"]["audio"]["summary"] for b in BITS)
+        assert low["si_sdr"] < high["si_sdr"] and low["log_mel"] > high["log_mel"], codec
+
+
+def _subparsers(parser):
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    commands = _subparsers(parser)
+    assert set(commands) == {"demo", "run", "eval", "render", "bench"}
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"{name}: {action.option_strings or action.dest} has no help"
+
+
+@pytest.mark.parametrize("command", ["demo", "run", "eval", "render", "bench"])
+def test_help_exits_cleanly(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: octopus-diffusers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--model", "nope", "--out", "x"], "argument --model: invalid choice: 'nope'"),
+    (["demo", "--codecs", "octopus,zip"], "unknown codec(s) 'zip'; available: octopus"),
+    (["demo", "--bits", "two"], "bit widths must be numbers"),
+    (["demo", "--bits", "0"], "bit widths must lie in (0, 32]"),
+])
+def test_command_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_errors_from_the_run_are_one_line(tmp_path, capsys):
+    code = main(["run", "--model", "wan2.1-t2v-1.3b", "--weights", str(tmp_path / "missing"), "--out",
+                 str(tmp_path / "o"), "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "octopus-diffusers run: error: weights folder" in err and "does not exist" in err
+    code = main(["run", "--model", "wan2.1-t2v-1.3b", "--tiny", "--device", "cpu", "--dtype", "float32",
+                 "--codecs", "octopus", "--bits", "0.5", "--out", str(tmp_path / "o2"), "--quiet"])
+    assert code == 2
+    assert "cannot quantize with codec 'octopus' at 0.5 bits" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+    assert main(["run", "--model", "wan2.1-t2v-1.3b", "--tiny", "--seconds", "3", "--out", str(tmp_path / "o3"),
+                 "--device", "cpu"]) == 2
+    assert "--seconds is for audio models" in capsys.readouterr().err
