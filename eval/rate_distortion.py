@@ -180,13 +180,27 @@ def build_datasets(size: BenchSize, kinds: Sequence[str], seed: int,
     return datasets
 
 
-def run_codecs(datasets: Sequence[RDDataset], variants: Sequence[Variant], rates: Sequence[float],
-               seed: int, device: str) -> tuple[list[dict], list[dict]]:
-    """Measure every variant at every rate on every dataset; returns (rows, skipped)."""
-    jobs = [(ds, v, b) for ds in datasets for v in variants
-            for b in sorted(set(rates) | set(v.extra_rates))]
-    rows, skipped, refused = [], [], set()
-    for ds, variant, bits in tqdm(jobs, desc="codecs", unit="cfg", leave=False):
+def turboquant_bits_for_rate(head_dim: int, true_rate: float) -> float | None:
+    """Nominal TurboQuant bits whose true rate is exactly ``true_rate`` (``None`` if none is).
+
+    TurboQuant takes any whole number of code bits per vector, so it can match another codec's
+    true rate exactly: subtract its norm overhead (read from its ``bits_per_scalar`` at 1 bit) and
+    verify the candidate's own ``bits_per_scalar``.
+    """
+    try:
+        overhead = get_codec("turboquant", head_dim, 1).bits_per_scalar - 1.0
+        bits = round((true_rate - overhead) * head_dim) / head_dim
+        if abs(get_codec("turboquant", head_dim, bits).bits_per_scalar - true_rate) < 1e-9:
+            return bits
+    except CodecError:
+        pass
+    return None
+
+
+def _measure_all(jobs: Sequence[tuple[RDDataset, Variant, float]], seed: int, device: str,
+                 rows: list[dict], skipped: list[dict], desc: str) -> None:
+    refused: set[tuple[str, int, float]] = set()
+    for ds, variant, bits in tqdm(jobs, desc=desc, unit="cfg", leave=False):
         if (variant.label, ds.head_dim, bits) in refused:
             continue
         try:
@@ -195,6 +209,29 @@ def run_codecs(datasets: Sequence[RDDataset], variants: Sequence[Variant], rates
             refused.add((variant.label, ds.head_dim, bits))
             skipped.append({"codec": variant.label, "head_dim": ds.head_dim, "bits_nominal": bits,
                             "reason": str(err)})
+
+
+def run_codecs(datasets: Sequence[RDDataset], variants: Sequence[Variant], rates: Sequence[float],
+               seed: int, device: str) -> tuple[list[dict], list[dict]]:
+    """Measure every variant at every rate on every dataset; returns (rows, skipped).
+
+    TurboQuant is also measured at exactly the true rate of every OCTOPUS row of the same dataset,
+    so that the matched-rate comparison needs no interpolation there.
+    """
+    jobs = [(ds, v, b) for ds in datasets for v in variants
+            for b in sorted(set(rates) | set(v.extra_rates))]
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    _measure_all(jobs, seed, device, rows, skipped, "codecs")
+    turboquant = next((v for v in variants if v.label == "turboquant"), None)
+    if turboquant is not None:
+        extra = []
+        for ds in datasets:
+            have = {r["bits_nominal"] for r in rows if r["dataset"] == ds.label and r["codec"] == "turboquant"}
+            wanted = {turboquant_bits_for_rate(ds.head_dim, r["bits_per_scalar"]) for r in rows
+                      if r["dataset"] == ds.label and r["registry_name"] == "octopus"}
+            extra += [(ds, turboquant, b) for b in sorted(wanted - have - {None})]
+        _measure_all(extra, seed, device, rows, skipped, "turboquant at OCTOPUS rates")
     return rows, skipped
 
 
@@ -222,25 +259,10 @@ def allocation_sweep(size: BenchSize, seed: int, device: str) -> dict[str, Any]:
                    if abs(bx - be) <= 1 and br <= max(bx, be)]
     result: dict[str, Any] = {"allocations": [], "turboquant": [], "frontiers": [], "targets": [],
                               "skipped": []}
-    jobs = [(d, None, None) for d in size.head_dims] + [
-        (d, a, jr) for d in size.head_dims for jr in (True, False) for a in allocations]
-    tq_curves: dict[int, list[dict]] = {}
+    jobs = [(d, a, jr) for d in size.head_dims for jr in (True, False) for a in allocations]
     vectors = {d: _unit_vectors(size.sweep_vectors, d, seed) for d in size.head_dims}
     for d, alloc, joint in tqdm(jobs, desc="allocation sweep", unit="cfg", leave=False):
         u = vectors[d]
-        if alloc is None:  # TurboQuant reference curve at this head_dim
-            tq_curves[d] = []
-            for bits in size.turboquant_curve:
-                try:
-                    point = {"head_dim": d, "bits_nominal": bits,
-                             **_unit_point(get_codec("turboquant", d, bits, seed=seed), u, device)}
-                except CodecError as err:
-                    result["skipped"].append({"codec": "turboquant", "head_dim": d, "bits_nominal": bits,
-                                              "reason": str(err)})
-                    continue
-                tq_curves[d].append(point)
-            result["turboquant"].extend(tq_curves[d])
-            continue
         try:
             codec = get_codec("octopus", d, (sum(alloc) - 1) / 3, seed=seed, allocation=alloc,
                               joint_rounding=joint)
@@ -250,6 +272,22 @@ def allocation_sweep(size: BenchSize, seed: int, device: str) -> dict[str, Any]:
             continue
         result["allocations"].append({"head_dim": d, "allocation": list(alloc), "joint_rounding": joint,
                                       **_unit_point(codec, u, device)})
+    # TurboQuant: its grid plus exactly the true rate of every OCTOPUS allocation measured
+    tq_curves: dict[int, list[dict]] = {}
+    for d in size.head_dims:
+        exact = {turboquant_bits_for_rate(d, p["bits_per_scalar"]) for p in result["allocations"]
+                 if p["head_dim"] == d}
+        tq_curves[d] = []
+        for bits in tqdm(sorted(set(size.turboquant_curve) | (exact - {None})), desc=f"turboquant d={d}",
+                         unit="cfg", leave=False):
+            try:
+                tq_curves[d].append({"head_dim": d, "bits_nominal": bits,
+                                     **_unit_point(get_codec("turboquant", d, bits, seed=seed), vectors[d],
+                                                   device)})
+            except CodecError as err:
+                result["skipped"].append({"codec": "turboquant", "head_dim": d, "bits_nominal": bits,
+                                          "reason": str(err)})
+        result["turboquant"].extend(tq_curves[d])
     for d, joint in itertools.product(size.head_dims, (True, False)):
         points = [p for p in result["allocations"] if p["head_dim"] == d and p["joint_rounding"] == joint]
         tq = tq_curves.get(d, [])
