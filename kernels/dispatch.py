@@ -1,0 +1,37 @@
+"""Choose fused (decode inside the attention loop) or decode-then-attend, by shape.
+
+Decode-then-attend pays one decode pass (write and re-read of fp16 K/V) and then runs the fastest
+SDPA; the fused kernel never materialises K/V but decodes every KV tile once per query tile and runs
+a Triton loop slower than cuDNN. So the fused kernel wins when few query rows share a KV head
+(autoregressive chunks, decoding, cross-attention to a cached prompt) and loses on full-sequence
+self-attention. The crossover is the number of query rows per KV head (``Nq * Hq / Hkv``) below which
+the fused kernel was faster, MEASURED on the GPU by ``python -m octopus_diffusers.kernels.benchmark``
+(section "crossover") and copied into :data:`CROSSOVER` below with its source.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .codec_spec import KernelSpec, OctopusSpec
+
+#: (codec kind, head_dim) -> largest measured query-rows-per-KV-head at which the fused kernel was
+#: at least as fast as decode-then-attend. Source: docs/kernels/benchmark.md, section "crossover"
+#: (H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, Nkv = 32,760, 12 heads x 128, fp16, 3 bits).
+CROSSOVER: dict[tuple[str, int], int] = {}
+
+#: Used for a (kind, head_dim) that was not measured: never pick the fused kernel blindly.
+DEFAULT_CROSSOVER = 0
+
+
+def crossover(spec: KernelSpec) -> int:
+    kind = "octopus" if isinstance(spec, OctopusSpec) else "turboquant"
+    return CROSSOVER.get((kind, spec.head_dim), DEFAULT_CROSSOVER)
+
+
+def choose_method(q_rows_per_kv_head: int, k_spec: KernelSpec, v_spec: KernelSpec, device: torch.device) -> str:
+    """``"fused"`` or ``"decoded"`` for this shape (CPU: ``"decoded"``, the reference path)."""
+    if device.type != "cuda":
+        return "decoded"
+    limit = min(crossover(k_spec), crossover(v_spec))
+    return "fused" if q_rows_per_kv_head <= limit else "decoded"

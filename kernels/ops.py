@@ -1,0 +1,115 @@
+"""``torch.library`` custom ops (namespace ``octopus_diffusers``) with fake implementations.
+
+torch.compile sees each op as one opaque node with a known output shape and dtype (the fake
+implementation), so compiled graphs do not break at the Triton launches. Codecs are passed by a
+string key (:func:`register_codec`) because an op's arguments must be tensors and plain values.
+
+Ops (CUDA: Triton kernels; CPU: the PyTorch reference codecs, so one call works everywhere):
+
+* ``encode(x, key, fused_rotation) -> (codes, norms)``
+* ``decode(codes, norms, key, dtype) -> x_hat`` (original basis, as ``codec.decode``)
+* ``attention(q, k_codes, k_norms, v_codes, v_norms, k_key, v_key, attn_mask, scale, layout, method)``
+  with ``method`` ``"fused"`` or ``"decoded"`` (``"auto"`` is resolved by the caller, :mod:`.dispatch`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from octopus_diffusers.codecs import Codec, CodecError, PackedTensor
+
+from .attention_decoded import decoded_attention
+from .attention_fused import attention_fused_reference, fused_attention
+from .codec_spec import kernel_spec, packed_meta
+from .octopus_decode import octopus_decode
+from .octopus_encode import octopus_encode
+from .turboquant_codec import tq_decode, tq_encode
+
+_CODECS: dict[str, Codec] = {}
+
+
+def register_codec(codec: Codec) -> str:
+    """The string key of ``codec`` (its identity; the registry keeps the codec alive) by which the ops
+    find it. Plain string formatting and a dict store, so torch.compile traces it without a break."""
+    key = f"{codec.name}@{id(codec):x}"
+    _CODECS[key] = codec
+    return key
+
+
+def codec_for(key: str) -> Codec:
+    if key not in _CODECS:
+        raise CodecError(f"kernels: no codec registered under {key!r}; call register_codec first")
+    return _CODECS[key]
+
+
+def _packed(codec: Codec, codes: torch.Tensor, norms: torch.Tensor, dtype: torch.dtype) -> PackedTensor:
+    return PackedTensor(codec.name, tuple(norms.shape) + (codec.head_dim,), dtype,
+                        {"codes": codes, "norms": norms}, packed_meta(codec))
+
+
+# ---- encode ------------------------------------------------------------------------------------
+@torch.library.custom_op("octopus_diffusers::encode", mutates_args=())
+def encode_op(x: torch.Tensor, key: str, fused_rotation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    codec = codec_for(key)
+    if x.is_cuda:
+        enc = octopus_encode if codec.name == "octopus" else tq_encode
+        p = enc(codec, x, fused_rotation=fused_rotation)
+    else:
+        p = codec.encode(x)
+    return p.fields["codes"], p.fields["norms"]
+
+
+@encode_op.register_fake
+def _(x: torch.Tensor, key: str, fused_rotation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    codec = codec_for(key)
+    lead = x.shape[:-1]
+    return (x.new_empty((*lead, kernel_spec(codec).nbytes), dtype=torch.uint8),
+            x.new_empty(lead, dtype=getattr(codec, "norm_dtype", torch.float16)))
+
+
+# ---- decode ------------------------------------------------------------------------------------
+@torch.library.custom_op("octopus_diffusers::decode", mutates_args=())
+def decode_op(codes: torch.Tensor, norms: torch.Tensor, key: str, dtype: torch.dtype) -> torch.Tensor:
+    codec = codec_for(key)
+    packed = _packed(codec, codes, norms, dtype)
+    if codes.is_cuda:
+        return (octopus_decode if codec.name == "octopus" else tq_decode)(codec, packed)
+    return codec.decode(packed)
+
+
+@decode_op.register_fake
+def _(codes: torch.Tensor, norms: torch.Tensor, key: str, dtype: torch.dtype) -> torch.Tensor:
+    return codes.new_empty((*norms.shape, codec_for(key).head_dim), dtype=dtype)
+
+
+# ---- attention ---------------------------------------------------------------------------------
+@torch.library.custom_op("octopus_diffusers::attention", mutates_args=())
+def attention_op(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, v_codes: torch.Tensor,
+                 v_norms: torch.Tensor, k_key: str, v_key: str, attn_mask: torch.Tensor | None,
+                 scale: float | None, layout: str, method: str) -> torch.Tensor:
+    codec_k, codec_v = codec_for(k_key), codec_for(v_key)
+    k = _packed(codec_k, k_codes, k_norms, q.dtype)
+    v = _packed(codec_v, v_codes, v_norms, q.dtype)
+    if not q.is_cuda:
+        return reference_attention(q, k, v, codec_k, codec_v, attn_mask, scale, layout)
+    if method == "fused":
+        return fused_attention(q, k, v, kernel_spec(codec_k), kernel_spec(codec_v), attn_mask, scale, layout)
+    if method == "decoded":
+        return decoded_attention(q, k, v, kernel_spec(codec_k), kernel_spec(codec_v), attn_mask, scale, layout)
+    raise CodecError(f"attention: method must be 'fused' or 'decoded', got {method!r}")
+
+
+@attention_op.register_fake
+def _(q, k_codes, k_norms, v_codes, v_norms, k_key, v_key, attn_mask, scale, layout, method):
+    return torch.empty_like(q)
+
+
+def reference_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, codec_k: Codec, codec_v: Codec,
+                        attn_mask: torch.Tensor | None, scale: float | None, layout: str) -> torch.Tensor:
+    """The CPU path and the meaning of every attention kernel: decode with the reference codecs,
+    attend in float32, return ``q``'s dtype and layout."""
+    k_hat, v_hat = codec_k.decode(k), codec_v.decode(v)
+    if layout == "BSHD":
+        q, k_hat, v_hat = (t.transpose(1, 2) for t in (q, k_hat, v_hat))
+    out = attention_fused_reference(q, k_hat, v_hat, attn_mask, scale).to(q.dtype)
+    return out if layout == "BHSD" else out.transpose(1, 2)
