@@ -1,0 +1,58 @@
+"""HunyuanVideo joint attention on the tiny pipeline: boolean mask, rotary embeddings passed by keyword."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from diffusers.models.transformers import transformer_hunyuan_video
+
+from octopus_diffusers.processors import QuantizedHunyuanVideoAttnProcessor, quantize_attention
+
+#: The dual- and single-stream blocks (the token refiner's plain attention is another processor class).
+JOINT_BLOCKS = ["transformer_blocks.*", "single_transformer_blocks.*"]
+
+
+def test_hunyuan_none_is_bit_identical_with_the_boolean_mask(tiny_runs, attention_mask_spy):
+    ref = tiny_runs.reference("hunyuan-video")
+    seen = attention_mask_spy(transformer_hunyuan_video)
+    with quantize_attention(tiny_runs.pipeline("hunyuan-video").pipe, codec="none", bits=16,
+                            layers=JOINT_BLOCKS) as handle:
+        out = tiny_runs.output("hunyuan-video")
+        rows = handle.report()
+    assert torch.equal(out, ref)
+    assert {r["kind"] for r in rows} == {"joint"} and not any(r["cached"] for r in rows)
+    masks = [m for m in seen if m is not None]
+    assert masks and masks[0].dtype == torch.bool and not bool(masks[0].all())
+    assert torch.equal(tiny_runs.output("hunyuan-video"), ref)
+
+
+def test_hunyuan_error_falls_with_bits(tiny_runs, errors_by_bits, strictly_falling):
+    strictly_falling(errors_by_bits(tiny_runs, "hunyuan-video", "turboquant", (2, 4, 8), layers=JOINT_BLOCKS))
+
+
+class _ArgsKwargsWrapper(transformer_hunyuan_video.HunyuanVideoAttnProcessor2_0):
+    """The naive wrapper the signature rule guards against: diffusers then drops `image_rotary_emb`."""
+
+    def __call__(self, *args, **kwargs):  # noqa: D102
+        return super().__call__(*args, **kwargs)
+
+
+def test_rotary_embeddings_are_not_dropped(tiny_runs):
+    """Attention.forward passes Hunyuan's rotary embeddings by keyword, filtered by the processor's
+    signature: a (*args, **kwargs) wrapper silently loses them, the quantized processor does not."""
+    assert "image_rotary_emb" in inspect.signature(QuantizedHunyuanVideoAttnProcessor().__call__).parameters
+    ref = tiny_runs.reference("hunyuan-video")
+    transformer = tiny_runs.pipeline("hunyuan-video").denoiser
+    joint = {n: m for n, m in transformer.named_modules()
+             if isinstance(getattr(m, "processor", None), transformer_hunyuan_video.HunyuanVideoAttnProcessor2_0)}
+    originals = {n: m.processor for n, m in joint.items()}
+    try:
+        for m in joint.values():
+            m.set_processor(_ArgsKwargsWrapper())
+        assert not torch.equal(tiny_runs.output("hunyuan-video"), ref)  # the test can fail
+    finally:
+        for n, m in joint.items():
+            m.set_processor(originals[n])
+    with quantize_attention(transformer, codec="none", bits=16, layers=JOINT_BLOCKS):
+        assert torch.equal(tiny_runs.output("hunyuan-video"), ref)

@@ -1,0 +1,37 @@
+"""LTX-Video processor on the tiny pipeline: additive cross-attention mask, batched CFG cache."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.transformers import transformer_ltx
+
+from octopus_diffusers.processors import QuantizedLTXVideoAttnProcessor, quantize_attention
+
+
+def test_ltx_none_is_bit_identical_with_the_additive_mask(tiny_runs, attention_mask_spy):
+    ref = tiny_runs.reference("ltx-video")
+    pipe = tiny_runs.pipeline("ltx-video").pipe
+    seen = attention_mask_spy(transformer_ltx)
+    with quantize_attention(pipe, codec="none", bits=16) as handle:
+        assert all(isinstance(p, QuantizedLTXVideoAttnProcessor) for p in pipe.transformer.attn_processors.values())
+        out = tiny_runs.output("ltx-video")
+        kinds = {r["layer"]: r["kind"] for r in handle.report()}
+    assert torch.equal(out, ref)
+    assert kinds["transformer_blocks.0.attn1"] == "self" and kinds["transformer_blocks.0.attn2:text"] == "cross"
+    bias = [m for m in seen if m is not None]
+    assert bias and bias[0].is_floating_point() and bias[0].dim() == 4 and bias[0].shape[2] == 1
+    assert float(bias[0].min()) < 0 and float(bias[0].max()) == 0  # padded text tokens get a large negative bias
+    assert torch.equal(tiny_runs.output("ltx-video"), ref)  # restored
+
+
+def test_ltx_error_falls_with_bits(tiny_runs, errors_by_bits, strictly_falling):
+    strictly_falling(errors_by_bits(tiny_runs, "ltx-video", "turboquant", (2, 4, 8)))
+
+
+def test_ltx_cross_cache_holds_both_cfg_branches_in_one_entry(tiny_runs):
+    cached, stats = tiny_runs.quantized("ltx-video", codec="octopus", bits=3)
+    uncached, _ = tiny_runs.quantized("ltx-video", codec="octopus", bits=3, cache_cross_attention=False)
+    assert torch.equal(cached, uncached)
+    text = stats["layers"]["transformer_blocks.0.attn2:text"]
+    # CFG is batched: one transformer call per step, so one encode and then one reuse.
+    assert (text["calls"], text["cache_misses"], text["cache_hits"]) == (2, 1, 1)

@@ -1,0 +1,74 @@
+"""Wan 2.1 (T2V and I2V with the add_k_proj image branch) and SkyReels-V2 processors on tiny pipelines."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.transformers import transformer_skyreels_v2
+
+from octopus_diffusers.processors import (QuantizedSkyReelsV2AttnProcessor, QuantizedWanAttnProcessor,
+                                          quantize_attention)
+
+
+def test_wan_none_is_bit_identical_and_restore_is_exact(tiny_runs):
+    ref = tiny_runs.reference("wan")
+    pipe = tiny_runs.pipeline("wan").pipe
+    originals = dict(pipe.transformer.attn_processors)
+    with quantize_attention(pipe, codec="none", bits=16) as handle:
+        assert all(isinstance(p, QuantizedWanAttnProcessor) for p in pipe.transformer.attn_processors.values())
+        assert torch.equal(tiny_runs.output("wan"), ref)
+        assert [(r["layer"], r["kind"]) for r in handle.report()] == [
+            ("blocks.0.attn1", "self"), ("blocks.0.attn2:text", "cross"),
+            ("blocks.1.attn1", "self"), ("blocks.1.attn2:text", "cross")]
+    restored = pipe.transformer.attn_processors
+    assert all(restored[k] is originals[k] for k in originals)
+    assert torch.equal(tiny_runs.output("wan"), ref)
+
+
+def test_wan_error_falls_with_bits(tiny_runs, errors_by_bits, strictly_falling):
+    strictly_falling(errors_by_bits(tiny_runs, "wan", "turboquant", (2, 4, 8)))
+
+
+def test_wan_cross_attention_cache_is_exact_and_encodes_once_per_prompt(tiny_runs):
+    cached, stats = tiny_runs.quantized("wan", codec="turboquant", bits=3)
+    uncached, stats_off = tiny_runs.quantized("wan", codec="turboquant", bits=3, cache_cross_attention=False)
+    assert torch.equal(cached, uncached)
+    text = stats["layers"]["blocks.0.attn2:text"]
+    # 2 steps x (cond, uncond) passes: each prompt encoded at the first step, reused at the second.
+    assert (text["calls"], text["cache_misses"], text["cache_hits"]) == (4, 2, 2)
+    assert text["key_vectors"] == stats_off["layers"]["blocks.0.attn2:text"]["key_vectors"] // 2
+    assert stats["layers"]["blocks.0.attn1"]["cache_hits"] == 0
+    assert text["cached_bytes"] > 0
+
+
+def test_wan_i2v_quantizes_the_image_branch(tiny_runs):
+    ref = tiny_runs.reference("wan-i2v")
+    with quantize_attention(tiny_runs.pipeline("wan-i2v").pipe, codec="none", bits=16) as handle:
+        assert torch.equal(tiny_runs.output("wan-i2v"), ref)
+        rows = {r["layer"]: r["kind"] for r in handle.report()}
+        stats = handle.stats()["layers"]
+    assert rows["blocks.0.attn2:image"] == rows["blocks.0.attn2:text"] == "cross"
+    image, text = stats["blocks.0.attn2:image"], stats["blocks.0.attn2:text"]
+    assert image["key_vectors"] > 0 and text["key_vectors"] > 0
+    assert image["key_vectors"] != text["key_vectors"]  # 257 image tokens vs the text length
+    assert image["cache_hits"] > 0
+    out, _ = tiny_runs.quantized("wan-i2v", codec="turboquant", bits=2, self_attention=False)
+    assert not torch.equal(out, ref)
+
+
+def test_skyreels_block_causal_mask_reaches_attention(tiny_runs, attention_mask_spy):
+    ref = tiny_runs.reference("skyreels-v2")
+    seen = attention_mask_spy(transformer_skyreels_v2)
+    with quantize_attention(tiny_runs.pipeline("skyreels-v2").pipe, codec="none", bits=16) as handle:
+        assert all(isinstance(p, QuantizedSkyReelsV2AttnProcessor)
+                   for p in tiny_runs.pipeline("skyreels-v2").denoiser.attn_processors.values())
+        out = tiny_runs.output("skyreels-v2")
+        assert handle.stats()["total"]["calls"] == len(seen)
+    assert torch.equal(out, ref)
+    masks = [m for m in seen if m is not None]
+    assert masks, "diffusion forcing should pass a block-causal mask"
+    mask = masks[0]
+    assert mask.dtype == torch.bool and not bool(mask.all())  # some tokens are hidden
+
+
+def test_skyreels_error_falls_with_bits(tiny_runs, errors_by_bits, strictly_falling):
+    strictly_falling(errors_by_bits(tiny_runs, "skyreels-v2", "turboquant", (2, 4, 8)))
