@@ -275,6 +275,67 @@ def choose_splits(batch_heads: int, m_blocks: int, n_kv: int, block_n: int, devi
     return int(splits)
 
 
+def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
+                            v_spec: KernelSpec, attn_mask: torch.Tensor | None = None,
+                            scale: float | None = None, layout: str = "BHSD", splits: int | None = None,
+                            blocks: tuple[int, int, int, int] | None = None, fp32_out: bool = False,
+                            out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the kernel: per-split outputs ``(S, B, Hq, Nq, OW)`` in V's rotated basis (planes for
+    OCTOPUS) and, when ``S > 1``, their base-2 log-sum-exps ``(S, B, Hq, Nq)``; see
+    :func:`fused_attention` for the arguments. ``out`` (optional) is the buffer to write into."""
+    if layout not in ("BHSD", "BSHD"):
+        raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
+    qb = q if layout == "BHSD" else q.transpose(1, 2)
+    B, Hq, Nq, D = qb.shape
+    Hkv = k.shape[1] if layout == "BHSD" else k.shape[2]
+    Nkv = k.shape[2] if layout == "BHSD" else k.shape[1]
+    if Hq % Hkv:
+        raise CodecError(f"attention: {Hq} query heads is not a multiple of {Hkv} KV heads")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    dev = q.device
+    k_oct, v_oct = isinstance(k_spec, OctopusSpec), isinstance(v_spec, OctopusSpec)
+    tp = plane_width(D)
+    # Rotate (and split into planes) once; fold the softmax scale and log2(e) in.
+    q_in = ((qb.float() @ query_matrix(k_spec, dev)) * (scale * LOG2E)).to(torch.float16).contiguous()
+    ow = 3 * tp if v_oct else D
+
+    bm, bn, warps, stages = blocks or _default_blocks(Nq, 3 * tp if k_oct else D)
+    m_blocks = triton.cdiv(Nq, bm)
+    n_split = splits or choose_splits(B * Hq, m_blocks, Nkv, bn, dev)
+    kv_per_split = max(bn, triton.cdiv(triton.cdiv(Nkv, n_split), bn) * bn)
+    n_split = max(1, triton.cdiv(Nkv, kv_per_split))
+    split = n_split > 1
+    o_dtype = torch.float32 if split or fp32_out else torch.float16
+    if out is None:
+        out = torch.empty((n_split, B, Hq, Nq, ow), device=dev, dtype=o_dtype)
+    elif out.shape != (n_split, B, Hq, Nq, ow) or out.dtype != o_dtype or not out.is_contiguous():
+        raise CodecError(f"attention: out must be a contiguous {o_dtype} tensor {(n_split, B, Hq, Nq, ow)}")
+    lse = torch.empty((n_split, B, Hq, Nq), device=dev, dtype=torch.float32) if split else None
+
+    kc, kcs, kg, kgs = _row_strides(k, layout)
+    vc, vcs, vg, vgs = _row_strides(v, layout)
+    kcb, kbits = _codebooks(k_spec, dev)
+    vcb, vbits = _codebooks(v_spec, dev)
+    mask, mask_bool = prepare_mask(attn_mask, (B, Hq, Nq, Nkv))
+    ms = mask.stride() if mask is not None else (0, 0, 0, 0)
+    lse_arg = lse if lse is not None else out
+    lss = lse.stride() if lse is not None else (0, 0, 0, 0)
+
+    _fused_attention_kernel[(m_blocks, B * Hq, n_split)](
+        q_in, q_in.stride(0), q_in.stride(1), q_in.stride(2),
+        kc, *kcs, kg, *kgs, vc, *vcs, vg, *vgs,
+        kcb[0], kcb[1], kcb[2], vcb[0], vcb[1], vcb[2],
+        mask if mask is not None else q_in, *ms,
+        out, out.stride(1), out.stride(2), out.stride(3), out.stride(0),
+        lse_arg, lss[1], lss[2], lss[3], lss[0],
+        Hq, Nq, Nkv, Hq // Hkv, kv_per_split,
+        D=D, K_OCT=k_oct, K_B0=kbits[0], K_B1=kbits[1], K_B2=kbits[2], K_NBYTES=k_spec.nbytes,
+        V_OCT=v_oct, V_B0=vbits[0], V_B1=vbits[1], V_B2=vbits[2], V_NBYTES=v_spec.nbytes,
+        T=(D + 2) // 3, TP=tp, HAS_MASK=mask is not None, MASK_BOOL=mask_bool, SPLIT=split,
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    return out, lse
+
+
 def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
                     v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
                     layout: str = "BHSD", out_dtype: torch.dtype | None = None, splits: int | None = None,
@@ -284,64 +345,14 @@ def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: K
     ``q``: ``(B, Hq, Nq, D)`` for layout ``"BHSD"`` or ``(B, Nq, Hq, D)`` for ``"BSHD"``; ``k``/``v``
     packed from tensors of the same layout with ``Hkv`` heads (``Hq`` a multiple of ``Hkv``: GQA reads
     head ``h // (Hq / Hkv)``, nothing repeated). ``attn_mask``: bool (True = attend) or additive
-    float, broadcastable to ``(B, Hq, Nq, Nkv)``. ``out_dtype`` defaults to ``q.dtype``.
+    float, broadcastable to ``(B, Hq, Nq, Nkv)``. ``out_dtype`` defaults to ``q.dtype``. Rows whose
+    keys are all masked give 0. ``splits`` / ``blocks`` override the launch heuristics.
     """
-    if layout not in ("BHSD", "BSHD"):
-        raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
-    qb = q if layout == "BHSD" else q.transpose(1, 2)
-    B, Hq, Nq, D = qb.shape
-    kshape = k.shape if layout == "BHSD" else (k.shape[0], k.shape[2], k.shape[1], k.shape[3])
-    Hkv, Nkv = kshape[1], kshape[2]
-    if Hq % Hkv:
-        raise CodecError(f"attention: {Hq} query heads is not a multiple of {Hkv} KV heads")
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     out_dtype = q.dtype if out_dtype is None else out_dtype
-    dev = q.device
-
-    k_oct, v_oct = isinstance(k_spec, OctopusSpec), isinstance(v_spec, OctopusSpec)
-    tp = plane_width(D)
-    # Rotate (and split into planes) once; fold the softmax scale and log2(e) in.
-    q_in = (qb.float() @ query_matrix(k_spec, dev)) * (scale * LOG2E)
-    q_in = q_in.to(torch.float16).contiguous()
-    ow = 3 * tp if v_oct else D
-
-    bm, bn, warps, stages = blocks or _default_blocks(Nq, 3 * tp if k_oct else D)
-    m_blocks = triton.cdiv(Nq, bm)
-    n_split = splits or choose_splits(B * Hq, m_blocks, Nkv, bn, dev)
-    kv_per_split = triton.cdiv(triton.cdiv(Nkv, n_split), bn) * bn
-    n_split = triton.cdiv(Nkv, kv_per_split) if Nkv > 0 else 1
-    split = n_split > 1
-    o = torch.empty((n_split, B, Hq, Nq, ow), device=dev,
-                    dtype=torch.float32 if split or out_dtype == torch.float32 else torch.float16)
-    lse = torch.empty((n_split, B, Hq, Nq), device=dev, dtype=torch.float32) if split else o
-
-    kc, kcs, kg, kgs = _row_strides(k, layout)
-    vc, vcs, vg, vgs = _row_strides(v, layout)
-    kcb, kbits = _codebooks(k_spec, dev)
-    vcb, vbits = _codebooks(v_spec, dev)
-    mask, mask_bool = prepare_mask(attn_mask, (B, Hq, Nq, Nkv))
-    mask_arg = mask if mask is not None else q_in
-    ms = mask.stride() if mask is not None else (0, 0, 0, 0)
-
-    grid = (m_blocks, B * Hq, n_split)
-    _fused_attention_kernel[grid](
-        q_in, q_in.stride(0), q_in.stride(1), q_in.stride(2),
-        kc, *kcs, kg, *kgs, vc, *vcs, vg, *vgs,
-        kcb[0], kcb[1], kcb[2], vcb[0], vcb[1], vcb[2],
-        mask_arg, *ms,
-        o, o.stride(1), o.stride(2), o.stride(3), o.stride(0),
-        lse, lse.stride(1), lse.stride(2), lse.stride(3), lse.stride(0),
-        Hq, Nq, Nkv, Hq // Hkv, kv_per_split,
-        D=D, K_OCT=k_oct, K_B0=kbits[0], K_B1=kbits[1], K_B2=kbits[2], K_NBYTES=k_spec.nbytes,
-        V_OCT=v_oct, V_B0=vbits[0], V_B1=vbits[1], V_B2=vbits[2], V_NBYTES=v_spec.nbytes,
-        T=(D + 2) // 3, TP=tp, HAS_MASK=mask is not None, MASK_BOOL=mask_bool, SPLIT=split,
-        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
-
-    if split:
-        o_rot = combine_splits(o, lse)
-    else:
-        o_rot = o[0]
-    out = (o_rot.float() @ output_matrix(v_spec, dev)).to(out_dtype)
+    o, lse = fused_attention_rotated(q, k, v, k_spec, v_spec, attn_mask, scale, layout, splits, blocks,
+                                     fp32_out=out_dtype == torch.float32)
+    o_rot = combine_splits(o, lse) if lse is not None else o[0]
+    out = (o_rot.float() @ output_matrix(v_spec, q.device)).to(out_dtype)
     return out if layout == "BHSD" else out.transpose(1, 2)
 
 

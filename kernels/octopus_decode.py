@@ -78,16 +78,20 @@ def _block_rows() -> int:
 
 
 def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusSpec,
-                        out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False) -> torch.Tensor:
+                        out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
     """Rotated reconstruction of every row of ``codes`` ``(..., nbytes)``: ``(..., d)`` in ``out_dtype``
-    (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``)."""
+    (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``); written into ``out`` (rows x d) if given."""
     if codes.dtype != torch.uint8 or codes.shape[-1] != spec.nbytes:
         raise CodecError(f"octopus kernel: expected uint8 codes (..., {spec.nbytes}), got {codes.dtype} "
                          f"{tuple(codes.shape)}")
     lead = codes.shape[:-1]
     c2 = codes.reshape(-1, spec.nbytes)
     n2 = norms.reshape(-1)
-    out = torch.empty((c2.shape[0], spec.head_dim), device=codes.device, dtype=out_dtype)
+    if out is None:
+        out = torch.empty((c2.shape[0], spec.head_dim), device=codes.device, dtype=out_dtype)
+    elif out.shape != (c2.shape[0], spec.head_dim) or out.stride(-1) != 1:
+        raise CodecError(f"decode: out must be ({c2.shape[0]}, {spec.head_dim}) with unit last stride")
     dev = codes.device
     br = _block_rows()
     grid = (triton.cdiv(c2.shape[0], br),)

@@ -1,0 +1,107 @@
+"""Encode/decode kernels against the reference codecs (Triton interpreter on CPU, GPU when present).
+
+Bit-exactness rule (stated here, implemented in kernels/octopus_encode.py): with the default
+``fused_rotation=False`` the norm and rotation are computed by torch op for op as the reference
+does, and the kernel repeats the reference's float32 arithmetic (FMA-exact norms, IEEE division and
+square root) for everything after, so codes and norms are identical bit for bit on the same device.
+``fused_rotation=True`` rotates inside the kernel in another accumulation order: its codes may differ
+at float near-ties, so it is held to agreement >= 99.9 % of the code bytes and equal distortion.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from octopus_diffusers.codecs import CodecError, get_codec
+from octopus_diffusers.kernels.codec_spec import kernel_spec, reference_rotated
+from octopus_diffusers.kernels.octopus_decode import octopus_decode, octopus_decode_rows
+from octopus_diffusers.kernels.octopus_encode import octopus_encode
+from octopus_diffusers.kernels.turboquant_codec import tq_decode, tq_decode_rows, tq_encode
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+CASES = [  # (codec, head_dim, bits, options)
+    ("octopus", 64, 3, {}),
+    ("octopus", 64, 2, {"joint_rounding": False}),
+    ("octopus", 128, 4, {}),
+    ("octopus", 128, 3, {"allocation": (3, 3, 2)}),
+    ("turboquant", 64, 2, {}),
+    ("turboquant", 128, 3, {}),
+    ("turboquant", 128, 4, {}),
+    ("turboquant", 64, 2.5, {}),
+]
+IDS = [f"{c}-d{d}-b{b}{'-' + '-'.join(map(str, o.values())) if o else ''}" for c, d, b, o in CASES]
+
+
+def _kernels(name: str):
+    if name == "octopus":
+        return octopus_encode, octopus_decode, octopus_decode_rows
+    return tq_encode, tq_decode, tq_decode_rows
+
+
+def _data(head_dim: int, dtype: torch.dtype = torch.float32, rows: int = 24) -> torch.Tensor:
+    g = torch.Generator().manual_seed(head_dim + rows)
+    x = torch.randn(2, rows // 2, head_dim, generator=g) * torch.rand(2, rows // 2, 1, generator=g) * 4
+    x[0, 0] = 0.0  # a zero vector encodes as gamma = 0
+    return x.to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("name,head_dim,bits,options", CASES, ids=IDS)
+def test_encode_is_bit_exact(name, head_dim, bits, options):
+    codec = get_codec(name, head_dim, bits, seed=5, **options)
+    encode, _, _ = _kernels(name)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = _data(head_dim, dtype)
+        got, ref = encode(codec, x), codec.encode(x)
+        assert got.meta == ref.meta and got.shape == ref.shape and got.dtype == ref.dtype
+        assert torch.equal(got.fields["codes"], ref.fields["codes"])
+        assert torch.equal(got.fields["norms"], ref.fields["norms"])
+
+
+@pytest.mark.parametrize("name,head_dim,bits,options", CASES[::2], ids=IDS[::2])
+def test_fused_rotation_encode_agrees(name, head_dim, bits, options):
+    codec = get_codec(name, head_dim, bits, seed=2, **options)
+    encode, _, _ = _kernels(name)
+    x = _data(head_dim, torch.float16, rows=32)
+    got, ref = encode(codec, x, fused_rotation=True), codec.encode(x)
+    agree = (got.fields["codes"] == ref.fields["codes"]).float().mean().item()
+    assert agree >= 0.999, agree
+    torch.testing.assert_close(got.fields["norms"], ref.fields["norms"], rtol=1e-3, atol=0)
+    err_got = (codec.decode(got).float() - x.float()).pow(2).sum()
+    err_ref = (codec.decode(ref).float() - x.float()).pow(2).sum()
+    assert abs(err_got - err_ref) <= 1e-3 * err_ref
+
+
+def test_fused_rotation_refuses_float32():
+    codec = get_codec("octopus", 64, 3)
+    with pytest.raises(CodecError, match="float32"):
+        octopus_encode(codec, _data(64), fused_rotation=True)
+
+
+@pytest.mark.parametrize("name,head_dim,bits,options", CASES, ids=IDS)
+def test_decode_is_bit_exact_and_writes_every_element(name, head_dim, bits, options):
+    codec = get_codec(name, head_dim, bits, seed=7, **options)
+    _, decode, decode_rows = _kernels(name)
+    for dtype in (torch.float16, torch.bfloat16):
+        packed = codec.encode(_data(head_dim, dtype))
+        assert torch.equal(decode(codec, packed), codec.decode(packed))
+    # Rotated basis (what attention consumes): NaN canary, every element written, bit-exact.
+    canary = torch.full((packed.numel // head_dim, head_dim), float("nan"), device=DEVICE)
+    rot = decode_rows(packed.fields["codes"], packed.fields["norms"], kernel_spec(codec), scale_by_norm=True,
+                      out=canary)
+    assert not rot.isnan().any()
+    assert torch.equal(rot.view(packed.shape), reference_rotated(codec, packed))
+
+
+def test_unsupported_configurations_are_refused():
+    with pytest.raises(CodecError, match="head_dim 32"):
+        kernel_spec(get_codec("octopus", 32, 3))
+    with pytest.raises(CodecError, match="QJL"):
+        kernel_spec(get_codec("octopus", 64, 3, qjl_residual=True))
+    with pytest.raises(CodecError, match="no Triton kernel"):
+        kernel_spec(get_codec("uniform", 64, 4))
+    codec = get_codec("octopus", 64, 3)
+    other = get_codec("octopus", 64, 2).encode(_data(64))
+    with pytest.raises(CodecError, match="configuration"):
+        octopus_decode(codec, other)
