@@ -41,7 +41,7 @@ import torch
 
 from .base import Codec, CodecError, PackedTensor
 from .build_codebooks import SETTINGS as CODEBOOK_SETTINGS
-from .codebooks import load_codebook
+from .codebooks import load_codebook, nearest_index
 from .packing import MAX_WIDTH, pack_bits, packed_nbytes, unpack_bits
 from .rotation import Rotation
 
@@ -79,7 +79,7 @@ class PolarQuantCodec(Codec):
         # Shipped Lloyd-Max centroids for levels 2..L (validated here, not at first encode).
         self._codebooks = [load_codebook("polar_level", bits=b, level=lvl)
                            for lvl, b in zip(range(2, levels + 1), self.level_bits)]
-        self._device_books: dict[torch.device, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._device_books: dict[torch.device, list[torch.Tensor]] = {}
         self._widths = self._field_widths()
 
     def _deep_level_bits(self, nominal: int, level_bits: int | Sequence[int] | None) -> tuple[int, ...]:
@@ -114,11 +114,10 @@ class PolarQuantCodec(Codec):
     def _meta(self) -> dict:
         return {"levels": self.levels, "level1_bits": self.level1_bits, "level_bits": list(self.level_bits)}
 
-    def _books_on(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(centroids, decision thresholds) per level 2..L on ``device`` (cached)."""
+    def _books_on(self, device: torch.device) -> list[torch.Tensor]:
+        """Centroids per level 2..L on ``device`` (cached)."""
         if device not in self._device_books:
-            self._device_books[device] = [
-                (c.to(device), (0.5 * (c[1:] + c[:-1])).to(device)) for c in self._codebooks]
+            self._device_books[device] = [c.to(device) for c in self._codebooks]
         return self._device_books[device]
 
     # ---- encode ----------------------------------------------------------------------------------
@@ -130,8 +129,8 @@ class PolarQuantCodec(Codec):
                              f"range of the stored radius ({_FP16_MAX:g})")
         cells = 1 << self.level1_bits
         indices = [torch.floor(angles[0] * (cells / _TWO_PI)).long().remainder_(cells)]
-        for psi, (_, thresholds) in zip(angles[1:], self._books_on(y.device)):
-            indices.append(torch.bucketize(psi, thresholds))
+        for psi, centroids in zip(angles[1:], self._books_on(y.device)):
+            indices.append(nearest_index(psi, centroids))
         codes = pack_bits(torch.cat(indices, dim=-1), self._widths)
         fields = {"codes": codes, "radii": radii.to(torch.float16)}
         return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, self._meta())
@@ -145,7 +144,7 @@ class PolarQuantCodec(Codec):
         parts = torch.split(indices, sizes, dim=-1)
         cells = 1 << self.level1_bits
         angles = [(parts[0].float() + 0.5) * (_TWO_PI / cells)]
-        for idx, (centroids, _) in zip(parts[1:], self._books_on(indices.device)):
+        for idx, centroids in zip(parts[1:], self._books_on(indices.device)):
             angles.append(centroids[idx])
         y = inverse_polar_transform(angles, packed.fields["radii"].float())
         return self.rotation.inverse(y)
