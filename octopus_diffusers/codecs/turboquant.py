@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import torch
 
 from .base import CodecError
@@ -79,9 +77,6 @@ class TurboQuantMSECodec(NormSplitRotationCodec):
         idx = idx.long()
         k = self.n_high
         return torch.cat([hi[idx[..., :k]], lo[idx[..., k:]]], -1)
-
-    def packed_meta(self) -> dict[str, Any]:
-        return {"widths_sum": sum(self.code_widths), "qjl_residual": self.qjl_residual}
 
 
 class TurboQuantProdCodec(TurboQuantMSECodec):

@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -54,7 +53,8 @@ def test_footprint_equals_bits_per_scalar(name, d, bits):
     codec = get_codec(name, d, bits)
     x = torch.randn(4, 3, d)
     packed = codec.encode(x)
-    assert 8 * packed.nbytes / x.numel() == codec.bits_per_scalar == packed.bits_per_scalar
+    assert 8 * packed.nbytes / x.numel() == pytest.approx(codec.bits_per_scalar, rel=1e-12)
+    assert packed.bits_per_scalar == pytest.approx(codec.bits_per_scalar, rel=1e-12)
     mse_bits = bits - 1 if name == "turboquant_prod" else bits
     assert packed.fields["codes"].shape == (4, 3, math.ceil(round(mse_bits * d) / 8))
 
