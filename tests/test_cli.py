@@ -153,3 +153,28 @@ def test_errors_from_the_run_are_one_line(tmp_path, capsys):
     assert main(["run", "--model", "wan2.1-t2v-1.3b", "--tiny", "--seconds", "3", "--out", str(tmp_path / "o3"),
                  "--device", "cpu"]) == 2
     assert "--seconds is for audio models" in capsys.readouterr().err
+
+
+def test_eval_and_render_redo_a_run_folder(demo, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["eval", str(demo / "video"), "--out", str(out), "--lpips", "off", "--quiet"]) == 0
+    metrics = read_json(out / "metrics.json")
+    assert _variant(metrics, "octopus-2b")["metrics"]["video"]["skipped"]["lpips"] == "disabled"
+    assert (out / "report.md").is_file() and (out / "plots/video_psnr_vs_bits.png").is_file()
+    assert main(["render", str(demo / "video"), "--out", str(tmp_path / "r"), "--no-diff", "--quiet"]) == 0
+    one_row = iio.imread(tmp_path / "r/compare_2b_prompt0.mp4", plugin="FFMPEG")
+    two_rows = iio.imread(demo / "video/renders/compare_2b_prompt0.mp4", plugin="FFMPEG")
+    assert one_row.shape[0] == two_rows.shape[0] and one_row.shape[1] < two_rows.shape[1]
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_bench_runs_the_rate_distortion_benchmark(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--out", str(out), "--quick", "--codecs", "uniform", "--datasets", "unit", "--no-sweep",
+                 "--no-reproduction"]) == 0
+    results = read_json(out / "results.json")
+    assert results["rows"] and {r["codec"] for r in results["rows"]} == {"uniform"}
