@@ -10,8 +10,9 @@ from .base import Codec, CodecError, PackedTensor
 class IdentityCodec(Codec):
     """Keeps the input tensor as is; decode returns it bit-identically.
 
-    ``bits`` must be 16 (the fp16/bf16 baseline) or 32; the measured rate of a packed object is
-    the input's own element size.
+    ``bits`` (16, the fp16/bf16 baseline, or 32) is the declared rate. The tensor is stored in its own
+    dtype, so a float32 input packed by a 16-bit ``none`` codec measures 32 bits per scalar in
+    :attr:`PackedTensor.bits_per_scalar`; reports use that measured rate.
     """
 
     name = "none"
