@@ -1,0 +1,279 @@
+"""quantize_attention and the processor framework: report, counters, restore, errors, direct use, compile."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from diffusers import LTXVideoTransformer3DModel
+
+from octopus_diffusers.codecs import Codec, CodecError, PackedTensor
+from octopus_diffusers.processors import (ForwardState, KVQuantizer, PromptKey, QuantizedWanAttnProcessor,
+                                          attention_modules, quantize_attention, registered_processors)
+
+
+def _wan(tiny_runs):
+    return tiny_runs.pipeline("wan")
+
+
+def _wan_inputs():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(1, 16, 3, 4, 4, generator=g), torch.tensor([500]), torch.randn(1, 16, 32, generator=g))
+
+
+# ---- processor classes -------------------------------------------------------------------------------
+
+def test_every_quantized_processor_has_the_exact_signature_it_replaces():
+    pairs = registered_processors()
+    assert len(pairs) >= 6
+    for original, quantized in pairs.items():
+        assert issubclass(quantized, original)
+        assert inspect.signature(quantized.__call__) == inspect.signature(original.__call__), quantized.__name__
+        assert inspect.signature(quantized().__call__) == inspect.signature(original().__call__), quantized.__name__
+        assert hasattr(quantized(), "_attention_backend") and hasattr(quantized(), "_parallel_config")
+
+
+@torch.no_grad()
+def test_attention_backend_is_carried_in_and_set_through(tiny_runs):
+    transformer = _wan(tiny_runs).denoiser
+    x, t, ehs = _wan_inputs()
+    ref = transformer(x, t, ehs, return_dict=False)[0]
+    transformer.set_attention_backend("_native_math")
+    try:
+        math_ref = transformer(x, t, ehs, return_dict=False)[0]
+        with quantize_attention(transformer, codec="none", bits=16):
+            processors = list(transformer.attn_processors.values())
+            assert {p._attention_backend.value for p in processors} == {"_native_math"}
+            assert torch.equal(transformer(x, t, ehs, return_dict=False)[0], math_ref)
+            transformer.set_attention_backend("native")
+            assert {p._attention_backend.value for p in processors} == {"native"}
+            assert torch.equal(transformer(x, t, ehs, return_dict=False)[0], ref)
+    finally:
+        transformer.reset_attention_backend()
+
+
+# ---- the handle ------------------------------------------------------------------------------------------
+
+def test_report_table_and_context_manager(tiny_runs):
+    pipe = _wan(tiny_runs).pipe
+    with quantize_attention(pipe, codec="octopus", bits=3, value_bits=4) as handle:
+        rows = handle.report()
+        table = handle.table()
+    assert handle.restored
+    assert [r["kind"] for r in rows] == ["self", "cross", "self", "cross"]
+    row = rows[0]
+    assert (row["heads"], row["kv_heads"], row["head_dim"], row["codec"]) == (2, 2, 16, "octopus")
+    assert row["key_bits"] < row["value_bits"]  # true rates of the 3- and 4-bit codecs, norms included
+    assert table.splitlines()[0].split() == ["layer", "kind", "heads", "kv_heads", "head_dim", "codec",
+                                             "key_bits", "value_bits", "cached"]
+    assert len(table.splitlines()) == 1 + len(rows) and "blocks.1.attn2:text" in table
+    assert not any(isinstance(p, QuantizedWanAttnProcessor) for p in pipe.transformer.attn_processors.values())
+
+
+def test_context_manager_restores_when_the_body_raises(tiny_runs):
+    pipe = _wan(tiny_runs).pipe
+    originals = dict(pipe.transformer.attn_processors)
+    with pytest.raises(KeyError):
+        with quantize_attention(pipe, codec="none", bits=16):
+            raise KeyError("boom")
+    assert all(pipe.transformer.attn_processors[k] is v for k, v in originals.items())
+
+
+def test_reported_bytes_equal_the_bytes_actually_stored(tiny_runs):
+    pipe = _wan(tiny_runs).pipe
+    stored: list[PackedTensor] = []
+    with quantize_attention(pipe, codec="uniform", bits=3) as handle:
+        for q in handle.quantizers:
+            for codec in (q.key_codec, q.value_codec):
+                def recording_encode(x, _encode=codec.encode):
+                    packed = _encode(x)
+                    stored.append(packed)
+                    return packed
+                codec.encode = recording_encode
+        tiny_runs.output("wan")
+        total = handle.stats()["total"]
+    assert total["bytes_stored"] == sum(p.nbytes for p in stored) > 0
+    assert total["vectors_encoded"] == sum(p.numel // p.shape[-1] for p in stored)
+    assert total["fp16_bytes"] == 2 * sum(p.numel for p in stored)
+    assert total["compression"] == pytest.approx(total["fp16_bytes"] / total["bytes_stored"])
+
+
+def test_full_precision_steps(tiny_runs):
+    ref = tiny_runs.reference("wan")
+    all_steps, stats = tiny_runs.quantized("wan", codec="turboquant", bits=2, full_precision_steps=2)
+    assert torch.equal(all_steps, ref)
+    assert stats["total"]["full_precision_calls"] == stats["total"]["calls"] == 16
+    first_step, stats = tiny_runs.quantized("wan", codec="turboquant", bits=2, full_precision_steps=1)
+    none_fp, _ = tiny_runs.quantized("wan", codec="turboquant", bits=2)
+    assert stats["total"]["full_precision_calls"] == 8  # 4 attention modules x (cond, uncond) at step 0
+    assert not torch.equal(first_step, ref) and not torch.equal(first_step, none_fp)
+
+
+def test_step_rule_of_the_forward_state():
+    state = ForwardState((), track_steps=True)
+    steps = []
+    for t in (900, 900, 500, 500, 100, 950, 950, 400):  # CFG passes repeat t; a larger t starts over
+        state._advance(torch.tensor([t]))
+        steps.append(state.step_index)
+    assert steps == [0, 0, 1, 1, 2, 0, 0, 1]
+
+
+def test_prompt_key_follows_identity_and_in_place_changes():
+    a = torch.randn(2, 3)
+    key = PromptKey([a, None])
+    assert PromptKey([a, None]) == key and hash(PromptKey([a, None])) == hash(key)
+    assert PromptKey([a.clone(), None]) != key
+    a.add_(1)
+    assert PromptKey([a, None]) != key
+    b = torch.randn(2, 3)
+    dead = PromptKey([b])
+    del b
+    assert not dead.alive()
+
+
+def test_layer_and_kind_selection(tiny_runs):
+    pipe = _wan(tiny_runs).pipe
+    with quantize_attention(pipe, codec="none", bits=16, layers=[1]) as handle:
+        assert [r["layer"] for r in handle.report()] == ["blocks.1.attn1", "blocks.1.attn2:text"]
+        untouched = pipe.transformer.blocks[0].attn1.processor
+        assert not isinstance(untouched, QuantizedWanAttnProcessor)
+    with quantize_attention(pipe, codec="none", bits=16, self_attention=False) as handle:
+        assert {r["kind"] for r in handle.report()} == {"cross"}
+    with quantize_attention(pipe, codec="none", bits=16, layers="blocks.*.attn1") as handle:
+        assert [r["layer"] for r in handle.report()] == ["blocks.0.attn1", "blocks.1.attn1"]
+    with pytest.raises(ValueError, match="matched no attention call"):
+        quantize_attention(pipe, codec="none", bits=16, layers=[7])
+    with pytest.raises(TypeError, match="layers"):
+        quantize_attention(pipe, codec="none", bits=16, layers=[1.5])
+
+
+# ---- bad input -------------------------------------------------------------------------------------------
+
+def test_bad_codec_or_bits_fail_before_touching_the_model(tiny_runs):
+    pipe = _wan(tiny_runs).pipe
+    originals = dict(pipe.transformer.attn_processors)
+    with pytest.raises(CodecError, match="unknown codec 'nope'"):
+        quantize_attention(pipe, codec="nope")
+    with pytest.raises(CodecError, match="blocks.0.attn1: none: bits must be 16 or 32"):
+        quantize_attention(pipe, codec="none", bits=3)
+    with pytest.raises(CodecError, match="octopus: bits"):
+        quantize_attention(pipe, codec="octopus", bits=8)
+    with pytest.raises(ValueError, match="full_precision_steps"):
+        quantize_attention(pipe, codec="none", bits=16, full_precision_steps=-1)
+    assert all(pipe.transformer.attn_processors[k] is v for k, v in originals.items())
+
+
+def test_model_without_attention_and_non_models_are_refused():
+    with pytest.raises(ValueError, match="Sequential .* has no attention modules"):
+        quantize_attention(torch.nn.Sequential(torch.nn.Linear(4, 4)), codec="none", bits=16)
+    with pytest.raises(TypeError, match="diffusers pipeline or a torch.nn.Module"):
+        quantize_attention("transformer", codec="none", bits=16)
+
+
+def test_hooking_twice_and_restoring_twice_are_errors(tiny_runs):
+    pipe = _wan(tiny_runs).pipe
+    handle = quantize_attention(pipe, codec="none", bits=16)
+    try:
+        with pytest.raises(RuntimeError, match="already quantized"):
+            quantize_attention(pipe.transformer, codec="none", bits=16)
+    finally:
+        handle.restore()
+    with pytest.raises(RuntimeError, match="already restored"):
+        handle.restore()
+
+
+def test_unsupported_model_family_is_named():
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    class CustomProcessor(AttnProcessor2_0):
+        pass
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = Attention(query_dim=8, heads=2, dim_head=4, processor=CustomProcessor())
+
+    with pytest.raises(TypeError, match=r"cannot hook Model: attention processor\(s\) CustomProcessor \(e.g. attn\)"):
+        quantize_attention(Model(), codec="none", bits=16)
+
+
+@torch.no_grad()
+def test_processor_of_another_family_is_refused():
+    torch.manual_seed(0)
+    ltx = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                     num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                     num_layers=1, caption_channels=16)
+    ltx.set_attn_processor(QuantizedWanAttnProcessor(codec="none", bits=16))
+    with pytest.raises(TypeError, match="QuantizedWanAttnProcessor replaces WanAttnProcessor .* LTXAttention"):
+        ltx(torch.randn(1, 8, 8), torch.randn(1, 4, 16), torch.tensor([10]),
+            encoder_attention_mask=torch.ones(1, 4), num_frames=2, height=2, width=2)
+
+
+# ---- direct use with set_attn_processor ---------------------------------------------------------------------
+
+@torch.no_grad()
+def test_direct_processor_use_matches_quantize_attention(tiny_runs):
+    transformer = _wan(tiny_runs).denoiser
+    x, t, ehs = _wan_inputs()
+    originals = dict(transformer.attn_processors)
+    with quantize_attention(transformer, codec="turboquant", bits=3, seed=5, cache_cross_attention=False):
+        hooked = transformer(x, t, ehs, return_dict=False)[0]
+    try:
+        shared = QuantizedWanAttnProcessor(codec="turboquant", bits=3, seed=5)
+        transformer.set_attn_processor(shared)  # one object for every layer: state is kept per module
+        assert torch.equal(transformer(x, t, ehs, return_dict=False)[0], hooked)
+        assert len(shared.bound_quantizers()) == 4
+        per_layer = {name: QuantizedWanAttnProcessor(codec="turboquant", bits=3, seed=5 + 2 * i)
+                     for i, name in enumerate(originals)}
+        transformer.set_attn_processor(per_layer)
+        assert torch.equal(transformer(x, t, ehs, return_dict=False)[0], hooked)
+    finally:
+        transformer.set_attn_processor(dict(originals))
+
+
+# ---- torch.compile --------------------------------------------------------------------------------------
+
+class _HalfCodec(Codec):
+    """A compile-friendly stand-in codec (fp16 storage, no data-dependent input check), so this test
+    isolates the processor machinery; the real codecs reach torch.compile through the kernels' custom ops."""
+
+    name = "test_fp16"
+    bits_per_scalar = 16.0
+
+    def encode(self, x):
+        return self._encode(x.contiguous())
+
+    def _encode(self, x):
+        return PackedTensor(self.name, tuple(x.shape), x.dtype, {"values": x.to(torch.float16)})
+
+    def _decode(self, packed):
+        return packed.fields["values"].float()
+
+
+@torch.no_grad()
+def test_quantized_wan_transformer_compiles_without_graph_breaks(tiny_runs):
+    transformer = _wan(tiny_runs).denoiser
+    x, t, ehs = _wan_inputs()
+    originals = dict(transformer.attn_processors)
+    unquantized = transformer(x, t, ehs, return_dict=False)[0]
+    quantizers = []
+    try:
+        for name, module in attention_modules(transformer):
+            processor = QuantizedWanAttnProcessor(original=module.processor)
+            streams = processor.streams(module, name, transformer)
+            bound = [KVQuantizer(name, s, 2, 2, 16, _HalfCodec(16, 16), _HalfCodec(16, 16)) for s in streams]
+            processor.bind(module, bound)
+            module.set_processor(processor)
+            quantizers += bound
+        eager = transformer(x, t, ehs, return_dict=False)[0]
+        assert not torch.equal(eager, unquantized)  # the fp16 round trip is in the path
+        torch._dynamo.reset()
+        compiled = torch.compile(transformer, fullgraph=True, backend="eager")
+        assert torch.equal(compiled(x, t, ehs, return_dict=False)[0], eager)
+        assert torch.equal(compiled(x, t, ehs, return_dict=False)[0], eager)
+        # Counters are Python side effects: they advance on every compiled call too.
+        assert [q.stats.calls for q in quantizers] == [3, 3, 3, 3]
+    finally:
+        torch._dynamo.reset()
+        transformer.set_attn_processor(dict(originals))
