@@ -9,8 +9,8 @@ here on torchaudio transforms, lower is better, 0 for identical signals):
 * log-mel distance: mean absolute difference of natural-log mel magnitudes (``log(mel + 1e-5)``);
 * log-spectral distance: per STFT frame, the RMS over frequency of the dB power difference, averaged.
 
-Speech metrics run only when their package is installed and the signal suits them: STOI (pystoi) at
-sample rates of at least 10 kHz (its internal rate) and at least 0.5 s long, PESQ (pesq) only at
+Speech metrics run only when their package is installed and the signal suits them: at least 0.5 s
+long, and for STOI (pystoi) a sample rate of at least 10 kHz (its internal rate), for PESQ (pesq)
 its native 8 or 16 kHz rates (no silent resampling). Otherwise they are listed in ``skipped`` with the
 reason. Music and effects (Stable Audio) are judged by the spectral distances.
 """
@@ -31,7 +31,8 @@ LOG_EPS = 1e-5
 HIGHER_IS_BETTER = {"si_sdr": True, "snr": True, "stoi": True, "pesq": True, "mrstft": False, "log_mel": False,
                     "lsd": False}
 STOI_MIN_RATE = 10_000
-STOI_MIN_SECONDS = 0.5
+#: Shorter clips hold too few analysis frames for either speech metric.
+SPEECH_MIN_SECONDS = 0.5
 PESQ_RATES = {8000: "nb", 16000: "wb"}
 
 
@@ -122,8 +123,8 @@ def _speech_metrics(reference: torch.Tensor, test: torch.Tensor, sample_rate: in
     seconds = reference.shape[-1] / sample_rate
     if importlib.util.find_spec("pystoi") is None:
         skipped["stoi"] = "pystoi is not installed"
-    elif sample_rate < STOI_MIN_RATE or seconds < STOI_MIN_SECONDS:
-        skipped["stoi"] = (f"needs >= {STOI_MIN_RATE} Hz and >= {STOI_MIN_SECONDS} s, got {sample_rate} Hz, "
+    elif sample_rate < STOI_MIN_RATE or seconds < SPEECH_MIN_SECONDS:
+        skipped["stoi"] = (f"needs >= {STOI_MIN_RATE} Hz and >= {SPEECH_MIN_SECONDS} s, got {sample_rate} Hz, "
                            f"{seconds:.3f} s")
     else:
         from torchmetrics.functional.audio import short_time_objective_intelligibility
@@ -131,8 +132,9 @@ def _speech_metrics(reference: torch.Tensor, test: torch.Tensor, sample_rate: in
         values["stoi"] = short_time_objective_intelligibility(test, reference, sample_rate).reshape(-1)
     if importlib.util.find_spec("pesq") is None:
         skipped["pesq"] = "pesq is not installed"
-    elif sample_rate not in PESQ_RATES:
-        skipped["pesq"] = f"PESQ is defined at 8000 or 16000 Hz, got {sample_rate} Hz"
+    elif sample_rate not in PESQ_RATES or seconds < SPEECH_MIN_SECONDS:
+        skipped["pesq"] = (f"needs 8000 or 16000 Hz and >= {SPEECH_MIN_SECONDS} s, got {sample_rate} Hz, "
+                           f"{seconds:.3f} s")
     else:
         from torchmetrics.functional.audio import perceptual_evaluation_speech_quality
 

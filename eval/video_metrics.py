@@ -9,7 +9,6 @@ those weights are already on disk and is otherwise reported as skipped, never re
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -150,7 +149,3 @@ def video_metrics(reference: torch.Tensor, test: torch.Tensor,
     return VideoMetrics(values, num_frames=ref.shape[0], frame_size=(height, width), ssim_kernel=kernel,
                         skipped=skipped)
 
-
-def is_identical(metrics: VideoMetrics) -> bool:
-    """True when every frame matched exactly (PSNR infinite everywhere)."""
-    return all(math.isinf(v) and v > 0 for v in metrics.per_frame["psnr"])

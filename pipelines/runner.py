@@ -105,7 +105,7 @@ def load_model(name: str, weights: str | None = None, tiny: bool = False, dtype:
     local = _is_local(source)
     if local and not Path(source).expanduser().is_dir():
         raise RunnerError(f"weights folder {source!r} does not exist. Pass a folder written by save_pretrained "
-                          f"(or `huggingface-cli download {spec.hub_id} --local-dir <folder>`), or a hub id")
+                          f"(or `hf download {spec.hub_id} --local-dir <folder>`), or a hub id")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RunnerError(f"device {device!r} requested but CUDA is not available; pass --device cpu")
     try:
@@ -116,8 +116,8 @@ def load_model(name: str, weights: str | None = None, tiny: bool = False, dtype:
         where = f"local folder {source!r}" if local else f"the Hugging Face Hub id {source!r}"
         raise RunnerError(
             f"could not load {spec.pipeline_class} weights from {where}: {err}\n"
-            f"Fix: check the name, log in (`huggingface-cli login`) if the model is gated, or download it "
-            f"where there is network (`huggingface-cli download {spec.hub_id} --local-dir <folder>`) and pass "
+            f"Fix: check the name, log in (`hf auth login`) if the model is gated, or download it "
+            f"where there is network (`hf download {spec.hub_id} --local-dir <folder>`) and pass "
             f"--weights <folder>.") from err
     pipe.set_progress_bar_config(disable=True)
     if cpu_offload:
