@@ -5,13 +5,15 @@ Contract (docs/architecture.md): stream bit k is bit ``k % 8`` of byte ``k // 8`
 Each vector (the last axis) is padded to whole bytes, so a vector of fields takes
 ``ceil(sum(widths) / 8)`` bytes. Widths 0..16; a width-0 field stores nothing and unpacks as 0.
 
-Vectorised torch, same code on CPU and CUDA: values are expanded to a bit matrix, the valid bits are
-gathered in stream order, and groups of 8 bits are folded into bytes (and back for unpacking).
-Large inputs are processed in row chunks to bound the temporary bit matrix.
+Vectorised torch, same code on CPU and CUDA: a field of width <= 16 shifted by its offset within its
+first byte spans at most 3 bytes, so packing adds (bits never overlap, so adding is OR) the 3 byte
+slices of every field into the output with one ``index_add_``, and unpacking gathers each field's 3
+bytes and shifts and masks them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -20,8 +22,8 @@ import torch
 from .base import CodecError
 
 MAX_WIDTH = 16
-#: Upper bound on the elements of the temporary (rows, fields, max_width) bit tensor per chunk.
-_CHUNK_ELEMENTS = 1 << 24
+#: A width-16 field at bit offset 7 within its first byte spans 3 bytes.
+_SPAN = 3
 
 
 def as_widths(widths: int | Sequence[int], n_fields: int) -> tuple[int, ...]:
@@ -44,14 +46,14 @@ def packed_nbytes(widths: Sequence[int]) -> int:
 
 
 @lru_cache(maxsize=256)
-def _layout(widths: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Index of each stream bit in the flattened (fields, max_width) bit matrix; the width mask."""
-    w_max = max(widths, default=0)
+def _layout(widths: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per field: the shift within its first byte, its value mask, and the indices of the 3 bytes it spans."""
     w = torch.tensor(widths, dtype=torch.int64)
-    mask = torch.arange(w_max)[None, :] < w[:, None]  # (n_fields, w_max)
-    # Row-major order of the valid (field, bit) pairs is exactly stream order (offsets increase).
-    stream_index = torch.nonzero(mask.flatten(), as_tuple=True)[0]
-    return stream_index, mask, w_max
+    offsets = torch.cumsum(w, 0) - w
+    shift = (offsets % 8).to(torch.int32)
+    mask = ((1 << w) - 1).to(torch.int32)
+    byte_index = (offsets // 8)[:, None] + torch.arange(_SPAN)  # (n_fields, 3)
+    return shift, mask, byte_index.flatten()
 
 
 def pack_bits(values: torch.Tensor, widths: int | Sequence[int]) -> torch.Tensor:
@@ -60,28 +62,16 @@ def pack_bits(values: torch.Tensor, widths: int | Sequence[int]) -> torch.Tensor
         raise TypeError(f"pack_bits: expected an integer tensor, got {values.dtype}")
     ws = as_widths(widths, values.shape[-1])
     nbytes = packed_nbytes(ws)
-    lead = values.shape[:-1]
-    device = values.device
-    if nbytes == 0:
-        return torch.zeros(*lead, 0, dtype=torch.uint8, device=device)
-    v = values.reshape(-1, values.shape[-1]).to(torch.int32)
-    w_t = torch.tensor(ws, dtype=torch.int32, device=device)
-    if bool(((v < 0) | (v >= (1 << w_t.to(torch.int64)).to(device))).any()):
+    lead, n, device = values.shape[:-1], values.shape[-1], values.device
+    shift, mask, byte_index = (t.to(device) for t in _layout(ws))
+    v = values.reshape(math.prod(lead), n).to(torch.int32)  # explicit rows: n or rows may be 0
+    if bool(((v < 0) | (v > mask)).any()):
         raise CodecError(f"pack_bits: a value does not fit its field width (widths {sorted(set(ws))})")
-    stream_index, _, w_max = _layout(ws)
-    stream_index = stream_index.to(device)
-    n_bits = nbytes * 8
-    shifts = torch.arange(w_max, dtype=torch.int32, device=device)
-    byte_weights = (1 << torch.arange(8, dtype=torch.int32, device=device))
-    out = torch.empty(v.shape[0], nbytes, dtype=torch.uint8, device=device)
-    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, v.shape[1] * w_max))
-    for start in range(0, v.shape[0], rows_per_chunk):
-        chunk = v[start:start + rows_per_chunk]
-        bits = ((chunk[:, :, None] >> shifts) & 1).to(torch.uint8).flatten(1)
-        stream = torch.zeros(chunk.shape[0], n_bits, dtype=torch.int32, device=device)
-        stream[:, :stream_index.numel()] = bits[:, stream_index]
-        out[start:start + chunk.shape[0]] = (stream.view(-1, nbytes, 8) * byte_weights).sum(-1).to(torch.uint8)
-    return out.reshape(*lead, nbytes)
+    shifted = v << shift
+    parts = torch.stack([shifted & 255, (shifted >> 8) & 255, (shifted >> 16) & 255], -1)
+    out = torch.zeros(v.shape[0], nbytes + _SPAN, dtype=torch.int32, device=device)
+    out.index_add_(1, byte_index, parts.view(v.shape[0], n * _SPAN))
+    return out[:, :nbytes].to(torch.uint8).reshape(*lead, nbytes)
 
 
 def unpack_bits(packed: torch.Tensor, widths: int | Sequence[int], n_fields: int | None = None) -> torch.Tensor:
@@ -100,22 +90,10 @@ def unpack_bits(packed: torch.Tensor, widths: int | Sequence[int], n_fields: int
     nbytes = packed_nbytes(ws)
     if packed.shape[-1] != nbytes:
         raise CodecError(f"unpack_bits: last axis has {packed.shape[-1]} bytes, widths need {nbytes}")
-    lead = packed.shape[:-1]
-    device = packed.device
-    n = len(ws)
-    stream_index, mask, w_max = _layout(ws)
-    if w_max == 0:
-        return torch.zeros(*lead, n, dtype=torch.int32, device=device)
-    stream_index = stream_index.to(device)
-    p = packed.reshape(-1, nbytes).to(torch.int32)
-    bit_pos = torch.arange(8, dtype=torch.int32, device=device)
-    shifts = torch.arange(w_max, dtype=torch.int32, device=device)
-    out = torch.empty(p.shape[0], n, dtype=torch.int32, device=device)
-    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, n * w_max))
-    for start in range(0, p.shape[0], rows_per_chunk):
-        chunk = p[start:start + rows_per_chunk]
-        stream = ((chunk[:, :, None] >> bit_pos) & 1).flatten(1)
-        bits = torch.zeros(chunk.shape[0], n * w_max, dtype=torch.int32, device=device)
-        bits[:, stream_index] = stream[:, :stream_index.numel()]
-        out[start:start + chunk.shape[0]] = (bits.view(-1, n, w_max) << shifts).sum(-1, dtype=torch.int32)
-    return out.reshape(*lead, n)
+    lead, n, device = packed.shape[:-1], len(ws), packed.device
+    shift, mask, byte_index = (t.to(device) for t in _layout(ws))
+    rows = math.prod(lead)
+    p = torch.nn.functional.pad(packed.reshape(rows, nbytes).to(torch.int32), (0, _SPAN))
+    b = p[:, byte_index].view(rows, n, _SPAN)
+    word = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+    return ((word >> shift) & mask).reshape(*lead, n)

@@ -47,7 +47,7 @@ def test_zero_width_fields_take_no_space():
     assert unpack_bits(packed, [0, 0, 0]).shape == (4, 3)
 
 
-def test_large_input_crosses_chunks():
+def test_large_input():
     values = _random_values([5, 5, 3], (200_000,), seed=3)
     assert torch.equal(unpack_bits(pack_bits(values, [5, 5, 3]), [5, 5, 3]).long(), values)
 
@@ -74,3 +74,9 @@ def test_cuda_matches_cpu():
     gpu = pack_bits(values.cuda(), [3, 3, 1] * 10)
     assert torch.equal(gpu.cpu(), cpu)
     assert torch.equal(unpack_bits(gpu, [3, 3, 1] * 10).cpu().long(), values)
+
+
+def test_empty_batches():
+    packed = pack_bits(torch.zeros(0, 5, dtype=torch.int64), [3] * 5)
+    assert packed.shape == (0, 2)
+    assert unpack_bits(packed, [3] * 5).shape == (0, 5)
