@@ -16,6 +16,10 @@ diffusers' attention modules drop every keyword the processor's signature does n
 embeddings included, silently). ``_attention_backend`` / ``_parallel_config`` are inherited from the
 original class and copied from the replaced instance.
 
+Concurrency: processors are re-entrant across modules and threads (no shared mutable global); one
+attention module runs one call at a time (its binding counts the attention calls of the running
+``__call__``), as with diffusers' own hooks and cache contexts.
+
 Families register ``original processor class -> quantized class`` with
 :func:`register_quantized_processor`; :func:`quantize_attention` looks processors up there.
 """

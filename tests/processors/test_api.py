@@ -71,6 +71,20 @@ def test_report_table_and_context_manager(tiny_runs):
     assert not any(isinstance(p, QuantizedWanAttnProcessor) for p in pipe.transformer.attn_processors.values())
 
 
+def test_nothing_global_is_patched_and_the_vae_is_untouched(tiny_runs):
+    import torch.nn.functional as F
+    from diffusers.models import attention_dispatch
+    from diffusers.models.transformers import transformer_wan
+
+    pipe = _wan(tiny_runs).pipe
+    sdpa, dispatch = F.scaled_dot_product_attention, transformer_wan.dispatch_attention_fn
+    vae_processors = [m.processor for m in pipe.vae.modules() if hasattr(m, "processor")]
+    with quantize_attention(pipe, codec="turboquant", bits=2):
+        assert F.scaled_dot_product_attention is sdpa
+        assert transformer_wan.dispatch_attention_fn is dispatch is attention_dispatch.dispatch_attention_fn
+        assert [m.processor for m in pipe.vae.modules() if hasattr(m, "processor")] == vae_processors
+
+
 def test_context_manager_restores_when_the_body_raises(tiny_runs):
     pipe = _wan(tiny_runs).pipe
     originals = dict(pipe.transformer.attn_processors)
