@@ -29,11 +29,16 @@ from .dispatch import choose_method  # noqa: E402
 
 
 def supports(codec: Codec) -> bool:
-    """Whether the kernels implement ``codec`` (OCTOPUS / TurboQuant-mse, head_dim 64 or 128)."""
+    """Whether the kernels implement ``codec`` (OCTOPUS / TurboQuant-mse, head_dim 64 or 128).
+
+    Also builds and caches the codec's kernel spec: call it once per codec outside any
+    ``torch.compile`` region (e.g. when installing processors); compiled code then only reads the cache.
+    """
     try:
         kernel_spec(codec)
     except CodecError:
         return False
+    ops.register_codec(codec)
     return True
 
 

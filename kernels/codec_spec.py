@@ -132,6 +132,13 @@ def _octopus_spec(codec: Codec) -> OctopusSpec:
                        joint_rounding=bool(codec.joint_rounding))
 
 
+def nbytes_of(codec: Codec) -> int:
+    """Packed bytes per vector, from the codec's widths alone (no tensors: safe in fake-tensor mode)."""
+    if codec.name == "octopus":
+        return (codec.n_triplets * sum(codec.allocation) + 7) // 8
+    return (sum(codec.code_widths) + 7) // 8
+
+
 def packed_meta(codec: Codec) -> dict:
     """The ``meta`` the reference codec stores with a packed tensor (so kernel output is identical)."""
     if hasattr(codec, "packed_meta"):

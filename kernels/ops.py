@@ -20,7 +20,7 @@ from octopus_diffusers.codecs import Codec, CodecError, PackedTensor
 
 from .attention_decoded import decoded_attention
 from .attention_fused import attention_fused_reference, fused_attention
-from .codec_spec import kernel_spec, packed_meta
+from .codec_spec import kernel_spec, nbytes_of, packed_meta
 from .octopus_decode import octopus_decode
 from .octopus_encode import octopus_encode
 from .turboquant_codec import tq_decode, tq_encode
@@ -63,7 +63,7 @@ def encode_op(x: torch.Tensor, key: str, fused_rotation: bool) -> tuple[torch.Te
 def _(x: torch.Tensor, key: str, fused_rotation: bool) -> tuple[torch.Tensor, torch.Tensor]:
     codec = codec_for(key)
     lead = x.shape[:-1]
-    return (x.new_empty((*lead, kernel_spec(codec).nbytes), dtype=torch.uint8),
+    return (x.new_empty((*lead, nbytes_of(codec)), dtype=torch.uint8),
             x.new_empty(lead, dtype=getattr(codec, "norm_dtype", torch.float16)))
 
 

@@ -1,0 +1,108 @@
+"""Both attention kernels against float32 attention on the reference-decoded K/V.
+
+Tolerance: relative RMS error <= 1e-3 (the kernels' operands are fp16: the rotated, pre-scaled
+queries, the decoded unit vectors and the probabilities; accumulation is fp32). The fused kernel is
+checked on its float32 output, so bf16 inputs are not charged for bf16 output rounding.
+Interpreter shapes are small (N <= 64); GQA, masks, layouts, head_dim 64/128 and split-KV covered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from octopus_diffusers.codecs import CodecError, get_codec
+from octopus_diffusers.kernels.attention_decoded import decoded_attention
+from octopus_diffusers.kernels.attention_fused import (attention_fused_reference, fused_attention,
+                                                       fused_attention_rotated)
+from octopus_diffusers.kernels.codec_spec import kernel_spec
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 1e-3
+
+
+def _rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
+def _setup(name: str, head_dim: int, bits: float, dtype: torch.dtype, hq: int = 4, hkv: int = 2,
+           nq: int = 24, nkv: int = 40, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ck, cv = get_codec(name, head_dim, bits, seed=1), get_codec(name, head_dim, bits, seed=2)
+    q = torch.randn(1, hq, nq, head_dim, generator=g).to(dtype).to(DEVICE)
+    k = (torch.randn(1, hkv, nkv, head_dim, generator=g) * 2).to(dtype).to(DEVICE)
+    v = torch.randn(1, hkv, nkv, head_dim, generator=g).to(dtype).to(DEVICE)
+    kp, vp = ck.encode(k), cv.encode(v)
+    # The reference decodes in float32 (not rounded to the input dtype).
+    k_hat = ck.decode(dataclasses.replace(kp, dtype=torch.float32))
+    v_hat = cv.decode(dataclasses.replace(vp, dtype=torch.float32))
+    return q, kp, vp, ck, cv, k_hat, v_hat
+
+
+def _masks(nq: int, nkv: int):
+    g = torch.Generator().manual_seed(3)
+    keep = torch.rand(1, 1, nq, nkv, generator=g) > 0.4
+    keep[..., 0] = True  # every row keeps a key (SDPA gives NaN rows otherwise)
+    return {"none": None, "bool": keep.to(DEVICE),
+            "additive": torch.randn(nq, nkv, generator=g).to(DEVICE)}
+
+
+@pytest.mark.parametrize("name,bits", [("octopus", 3), ("turboquant", 3), ("turboquant", 2.5)])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+def test_fused_and_decoded_match_reference_d64(name, bits, mask_kind):
+    q, kp, vp, ck, cv, k_hat, v_hat = _setup(name, 64, bits, torch.float16)
+    mask = _masks(q.shape[2], k_hat.shape[2])[mask_kind]
+    ref = attention_fused_reference(q, k_hat, v_hat, mask)
+    fused = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, out_dtype=torch.float32)
+    assert _rel_rms(fused, ref) <= TOL
+    decoded = decoded_attention(q.float(), kp, vp, kernel_spec(ck), kernel_spec(cv), mask)
+    assert _rel_rms(decoded, ref) <= TOL
+
+
+@pytest.mark.parametrize("name", ["octopus", "turboquant"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_head_dim_128_dtypes_and_split_kv(name, dtype):
+    q, kp, vp, ck, cv, k_hat, v_hat = _setup(name, 128, 3, dtype, hq=2, hkv=1, nq=16, nkv=48)
+    ref = attention_fused_reference(q, k_hat, v_hat, scale=0.05)
+    for splits in (1, 3):
+        out = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), scale=0.05, out_dtype=torch.float32,
+                              splits=splits)
+        assert _rel_rms(out, ref) <= TOL, splits
+    assert fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), scale=0.05).dtype == dtype
+
+
+@pytest.mark.parametrize("name", ["octopus", "turboquant"])
+def test_fused_kernel_writes_every_output_element(name):
+    q, kp, vp, ck, cv, _, _ = _setup(name, 64, 3, torch.float16, nq=20, nkv=33)
+    for splits in (1, 2):
+        probe, lse = fused_attention_rotated(q, kp, vp, kernel_spec(ck), kernel_spec(cv), splits=splits)
+        canary = torch.full_like(probe, float("nan"))
+        out, lse = fused_attention_rotated(q, kp, vp, kernel_spec(ck), kernel_spec(cv), splits=splits, out=canary)
+        assert out.data_ptr() == canary.data_ptr() and not out.isnan().any()
+
+
+def test_bshd_layout_matches_bhsd():
+    q, kp, vp, ck, cv, k_hat, v_hat = _setup("octopus", 64, 3, torch.float16, nq=16, nkv=24)
+    ref = attention_fused_reference(q, k_hat, v_hat)
+    # The same codes, stored token-major: (B, Nkv, Hkv, bytes) and (B, Nkv, Hkv).
+    kp_s, vp_s = (dataclasses.replace(p, shape=(p.shape[0], p.shape[2], p.shape[1], p.shape[3]),
+                                      fields={n: t.transpose(1, 2).contiguous() for n, t in p.fields.items()})
+                  for p in (kp, vp))
+    q_s = q.transpose(1, 2).contiguous()
+    for fn in (fused_attention, decoded_attention):
+        out = fn(q_s, kp_s, vp_s, kernel_spec(ck), kernel_spec(cv), layout="BSHD")
+        assert out.shape == q_s.shape
+        assert _rel_rms(out.transpose(1, 2), ref) <= 2e-3  # fp16 output rounding included
+
+
+def test_bad_shapes_are_refused():
+    q, kp, vp, ck, cv, _, _ = _setup("turboquant", 64, 3, torch.float16, hq=3, hkv=2)
+    with pytest.raises(CodecError, match="multiple"):
+        fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv))
+    with pytest.raises(CodecError, match="layout"):
+        fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), layout="SBHD")
+    with pytest.raises(CodecError, match="broadcast"):
+        fused_attention(q[:, :2], kp, vp, kernel_spec(ck), kernel_spec(cv),
+                        attn_mask=torch.ones(5, 7, dtype=torch.bool, device=DEVICE))

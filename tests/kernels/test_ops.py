@@ -1,0 +1,70 @@
+"""The public entry points and torch.library ops: CPU reference path, fake shapes, torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import octopus_diffusers.kernels as kernels
+from octopus_diffusers.codecs import CodecError, get_codec
+from octopus_diffusers.kernels.dispatch import choose_method
+from octopus_diffusers.kernels.ops import reference_attention
+
+
+def _packed(codec, shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return codec.encode(torch.randn(*shape, generator=g))
+
+
+def test_cpu_entry_points_are_the_reference():
+    codec = get_codec("octopus", 64, 3)
+    x = torch.randn(2, 3, 8, 64)
+    packed = kernels.encode(codec, x)
+    ref = codec.encode(x)
+    assert torch.equal(packed.fields["codes"], ref.fields["codes"]) and packed.meta == ref.meta
+    assert torch.equal(kernels.decode(codec, packed), codec.decode(packed))
+    q = torch.randn(2, 6, 5, 64)
+    out = kernels.attention(q, packed, packed, codec, codec)
+    assert torch.equal(out, reference_attention(q, packed, packed, codec, codec, None, None, "BHSD"))
+
+
+def test_fake_implementations_give_shapes_and_dtypes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    codec = get_codec("turboquant", 128, 3)
+    key = kernels.ops.register_codec(codec)
+    with FakeTensorMode():
+        x = torch.empty(2, 5, 128, dtype=torch.float16)
+        codes, norms = torch.ops.octopus_diffusers.encode(x, key, False)
+        assert codes.shape == (2, 5, 48) and codes.dtype == torch.uint8 and norms.shape == (2, 5)
+        y = torch.ops.octopus_diffusers.decode(codes, norms, key, torch.bfloat16)
+        assert y.shape == (2, 5, 128) and y.dtype == torch.bfloat16
+        q = torch.empty(2, 4, 7, 128, dtype=torch.float16)
+        out = torch.ops.octopus_diffusers.attention(q, codes[:, None], norms[:, None], codes[:, None],
+                                                    norms[:, None], key, key, None, None, "BHSD", "fused")
+        assert out.shape == q.shape and out.dtype == q.dtype
+
+
+def test_torch_compile_fullgraph_has_no_graph_break():
+    codec = get_codec("octopus", 64, 2)
+    assert kernels.supports(codec)  # builds the kernel spec outside the compiled region (documented)
+    packed = _packed(codec, (1, 2, 12, 64))
+    q = torch.randn(1, 2, 4, 64)
+    compiled = torch.compile(lambda t: kernels.attention(t, packed, packed, codec, codec) * 2, fullgraph=True,
+                             backend="eager")
+    torch.testing.assert_close(compiled(q), kernels.attention(q, packed, packed, codec, codec) * 2)
+
+
+def test_dispatch_uses_reference_path_on_cpu_and_refuses_bad_arguments():
+    codec = get_codec("turboquant", 64, 3)
+    spec = kernels.kernel_spec(codec)
+    assert choose_method(16, spec, spec, torch.device("cpu")) == "decoded"
+    packed = _packed(codec, (1, 2, 12, 64))
+    q = torch.randn(1, 2, 4, 64)
+    with pytest.raises(CodecError, match="method"):
+        kernels.attention(q, packed, packed, codec, codec, method="magic")
+    with pytest.raises(CodecError, match="head_dim"):
+        kernels.attention(torch.randn(1, 2, 4, 32), packed, packed, codec, codec)
+    with pytest.raises(CodecError, match="configuration"):
+        kernels.decode(get_codec("turboquant", 64, 2), packed)
+    assert kernels.supports(codec) and not kernels.supports(get_codec("octopus", 96, 3))
