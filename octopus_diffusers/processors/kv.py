@@ -111,6 +111,11 @@ class KVStats:
         """fp16 bytes over stored bytes (``nan`` before anything was encoded)."""
         return self.fp16_bytes / self.bytes_stored if self.bytes_stored else math.nan
 
+    @property
+    def bits_per_scalar(self) -> float:
+        """Measured rate of everything encoded: stored bits per K/V scalar (``nan`` before any encode)."""
+        return 16.0 * self.bytes_stored / self.fp16_bytes if self.fp16_bytes else math.nan
+
     def add(self, other: "KVStats") -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
@@ -119,6 +124,7 @@ class KVStats:
         out: dict[str, float] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["vectors_encoded"] = self.vectors_encoded
         out["compression"] = self.compression
+        out["bits_per_scalar"] = self.bits_per_scalar
         return out
 
 

@@ -111,6 +111,7 @@ def test_reported_bytes_equal_the_bytes_actually_stored(tiny_runs):
     assert total["vectors_encoded"] == sum(p.numel // p.shape[-1] for p in stored)
     assert total["fp16_bytes"] == 2 * sum(p.numel for p in stored)
     assert total["compression"] == pytest.approx(total["fp16_bytes"] / total["bytes_stored"])
+    assert total["bits_per_scalar"] == pytest.approx(8 * total["bytes_stored"] / sum(p.numel for p in stored))
 
 
 def test_full_precision_steps(tiny_runs):
