@@ -1,0 +1,115 @@
+"""CogVideoX joint attention (text first, then video; rotary embeddings on the video tokens) on the
+tiny 5B-style pipeline: text and video parts quantized as separate, selectable streams."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, MochiAttention
+
+from octopus_diffusers.codecs import get_codec
+from octopus_diffusers.processors import quantize_attention
+from octopus_diffusers.processors.cogvideox import JointSplit, QuantizedCogVideoXAttnProcessor
+
+NAME = "cogvideox"
+TEXT_LEN, VIDEO_TOKENS, HEADS, HEAD_DIM, LAYERS = 16, 12, 2, 16, 2  # the tiny config
+CFG_BATCH, STEPS = 2, 2
+
+
+def test_none_is_bit_identical_and_restore_is_exact(tiny_runs):
+    ref = tiny_runs.reference(NAME)
+    transformer = tiny_runs.pipeline(NAME).denoiser
+    originals = dict(transformer.attn_processors)
+    with quantize_attention(tiny_runs.pipeline(NAME).pipe, codec="none", bits=16) as handle:
+        assert all(isinstance(p, QuantizedCogVideoXAttnProcessor) for p in transformer.attn_processors.values())
+        assert torch.equal(tiny_runs.output(NAME), ref)
+        assert [(r["layer"], r["kind"]) for r in handle.report()] == [
+            ("transformer_blocks.0.attn1:text", "cross"), ("transformer_blocks.0.attn1:video", "joint"),
+            ("transformer_blocks.1.attn1:text", "cross"), ("transformer_blocks.1.attn1:video", "joint")]
+        assert not any(r["cached"] for r in handle.report())  # text tokens change every block and step
+    restored = transformer.attn_processors
+    assert all(restored[k] is originals[k] for k in originals)
+    assert torch.equal(tiny_runs.output(NAME), ref)
+
+
+def test_error_falls_with_bits(tiny_runs, errors_by_bits, strictly_falling):
+    strictly_falling(errors_by_bits(tiny_runs, NAME, "turboquant", (2, 4, 8)))
+
+
+def test_text_and_video_parts_are_counted_separately_and_bytes_are_what_is_stored(tiny_runs):
+    _, stats = tiny_runs.quantized(NAME, codec="octopus", bits=3)
+    text, video = stats["layers"]["transformer_blocks.0.attn1:text"], stats["layers"]["transformer_blocks.0.attn1:video"]
+    assert text["key_vectors"] == STEPS * CFG_BATCH * HEADS * TEXT_LEN
+    assert video["key_vectors"] == STEPS * CFG_BATCH * HEADS * VIDEO_TOKENS
+    per_vector = get_codec("octopus", HEAD_DIM, 3).encode(torch.randn(1, HEAD_DIM)).nbytes
+    total = stats["total"]
+    assert total["bytes_stored"] == total["vectors_encoded"] * per_vector
+    assert total["fp16_bytes"] == total["vectors_encoded"] * HEAD_DIM * 2
+
+
+@pytest.mark.parametrize("keep", ["text", "video"])
+def test_each_part_can_stay_in_full_precision(tiny_runs, keep):
+    ref = tiny_runs.reference(NAME)
+    both, _ = tiny_runs.quantized(NAME, codec="turboquant", bits=2)
+    flag = {"text": {"cross_attention": False}, "video": {"self_attention": False}}[keep]
+    out, stats = tiny_runs.quantized(NAME, codec="turboquant", bits=2, **flag)
+    assert {name.rsplit(":", 1)[1] for name in stats["layers"]} == {"text", "video"} - {keep}
+    assert not torch.equal(out, ref) and not torch.equal(out, both)
+
+
+class _ArgsKwargsWrapper(CogVideoXAttnProcessor2_0):
+    """The naive wrapper: Attention.forward then drops `image_rotary_emb` (it filters by signature)."""
+
+    def __call__(self, *args, **kwargs):  # noqa: D102
+        return super().__call__(*args, **kwargs)
+
+
+def test_rotary_embeddings_are_not_dropped(tiny_runs):
+    assert (inspect.signature(QuantizedCogVideoXAttnProcessor().__call__)
+            == inspect.signature(CogVideoXAttnProcessor2_0().__call__))
+    ref = tiny_runs.reference(NAME)
+    transformer = tiny_runs.pipeline(NAME).denoiser
+    originals = transformer.attn_processors
+    try:
+        transformer.set_attn_processor(_ArgsKwargsWrapper())
+        assert not torch.equal(tiny_runs.output(NAME), ref)  # the rotary embeddings matter here
+    finally:
+        transformer.set_attn_processor(originals)
+    assert torch.equal(tiny_runs.output(NAME), ref)
+
+
+def test_direct_use_with_set_attn_processor(tiny_runs):
+    ref = tiny_runs.reference(NAME)
+    transformer = tiny_runs.pipeline(NAME).denoiser
+    originals = transformer.attn_processors
+    try:
+        exact = QuantizedCogVideoXAttnProcessor(codec="none", bits=16)
+        transformer.set_attn_processor(exact)
+        assert torch.equal(tiny_runs.output(NAME), ref)
+        assert len(exact.bound_quantizers()) == 2 * LAYERS  # text and video per layer
+        per_layer = {name: QuantizedCogVideoXAttnProcessor(codec="turboquant", bits=2, seed=i)
+                     for i, name in enumerate(originals)}
+        transformer.set_attn_processor(per_layer)
+        assert not torch.equal(tiny_runs.output(NAME), ref)
+        assert all(len(p.bound_quantizers()) == 2 for p in per_layer.values())
+    finally:
+        transformer.set_attn_processor(originals)
+
+
+def test_processor_on_another_family_is_a_clear_error():
+    module = MochiAttention(query_dim=32, added_kv_proj_dim=32, processor=None, heads=2, dim_head=16,
+                            out_dim=32, out_context_dim=32)
+    with pytest.raises(TypeError, match="MochiAttention"):
+        QuantizedCogVideoXAttnProcessor(codec="none", bits=16)(module, torch.randn(1, 4, 32), torch.randn(1, 3, 32))
+
+
+def test_joint_split_rejects_a_split_beyond_the_sequence():
+    split = JointSplit(None, None)
+    k = torch.randn(1, 2, 5, 16)
+    with pytest.raises(RuntimeError, match="split point was not set"):
+        split.attend(k, k, k, lambda q, kk, vv: q, "BHSD")
+    split.split = 6
+    with pytest.raises(ValueError, match="split at 6 tokens, but K/V hold 5"):
+        split.attend(k, k, k, lambda q, kk, vv: q, "BHSD")
