@@ -131,7 +131,8 @@ def _spectrogram_figure(items: Sequence[tuple[str, torch.Tensor]], sample_rate: 
     specs = [_spectrogram_db(a, n_fft) for _, a in items]
     vmin, vmax = min(s.min() for s in specs), max(s.max() for s in specs)
     duration = num_samples / sample_rate
-    fig, axes = plt.subplots(1, len(items), figsize=(2.6 * len(items) + 0.8, 3.0), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(1, len(items), figsize=(2.6 * len(items) + 0.8, 3.0), dpi=100, squeeze=False,
+                             layout="constrained")
     axes = axes[0]
     for ax, (label, _), spec in zip(axes, items, specs):
         image = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
@@ -183,14 +184,16 @@ def listening_mp4(baseline: torch.Tensor, variants: Sequence[tuple[str, torch.Te
     plt.close(fig)
     still = still[: height - height % 2, : still.shape[1] - still.shape[1] % 2]
     num_samples = items[0][1].shape[-1]
-    frames_per_item = max(1, math.ceil(num_samples / sample_rate * fps))
+    duration = num_samples / sample_rate
+    frames_per_item = max(1, math.ceil(duration * fps))
     frames = []
     for box in boxes:
         y0, y1 = int(height - box.y1), int(height - box.y0)
         for k in range(frames_per_item):
             frame = still.copy()
             frame[y0:y1, int(box.x0):int(box.x1)][:, [0, 1, -2, -1]] = (0, 200, 255)  # active panel edges
-            x = int(box.x0 + (box.x1 - box.x0) * k / frames_per_item)
+            heard = min(1.0, k / fps / duration)  # fraction of the clip played at this frame
+            x = int(box.x0 + (box.x1 - box.x0 - 2) * heard)
             frame[y0:y1, x:x + 2] = (0, 200, 255)
             frames.append(frame)
     # The audio track: every item back to back, padded to the video's length of each segment.

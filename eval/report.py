@@ -94,7 +94,8 @@ def _media_table(results: dict[str, Any], media: str) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in variants:
         summary = v["metrics"][media]["summary"]
-        cells = [v["name"], v["codec"] or "–", _fmt(v["bits"]), _fmt(v["bits_per_scalar"]), _kv_cell(v.get("kv"))]
+        bits = "–" if v["bits"] is None else f"{v['bits']:g}"
+        cells = [v["name"], v["codec"] or "–", bits, _fmt(v["bits_per_scalar"]), _kv_cell(v.get("kv"))]
         if media == "video":
             cells += [_fmt(summary[k]["mean"], 2 if k == "psnr" else 4) for k, _ in present]
             psnr = summary["psnr"]
@@ -115,7 +116,8 @@ def markdown_report(results: dict[str, Any], images: Sequence[str | Path] = (),
              f"{model.get('dtype', '?')}, device {model.get('device', '?')})",
              f"- seed {run.get('seed')}, {run.get('steps')} steps, {len(run.get('prompts') or [])} prompt(s)",
              "- every variant uses the same seed and prompts; metrics compare it with the unquantized "
-             "baseline (the baseline row scores the baseline against itself: ∞ PSNR expected)",
+             "baseline (the baseline row scores the baseline against itself: ∞ PSNR and zero spectral distances "
+             "expected; SI-SDR/SNR are then capped only by their epsilon)",
              "- bits/scalar is the true stored rate (norms, scales and padding counted); KV bytes are what "
              "the quantized attention stored against the same K/V in fp16", ""]
     for media in run.get("media") or []:
