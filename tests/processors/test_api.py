@@ -213,12 +213,23 @@ def test_unsupported_model_family_is_named():
         quantize_attention(Model(), codec="none", bits=16)
 
 
+def _ltx_head_dim_8() -> LTXVideoTransformer3DModel:
+    torch.manual_seed(0)
+    return LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                      num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                      num_layers=1, caption_channels=16)
+
+
+def test_codec_that_cannot_take_the_head_dim_is_named_with_the_layer():
+    ltx = _ltx_head_dim_8()
+    with pytest.raises(CodecError, match="transformer_blocks.0.attn1: polarquant: unsupported head_dim 8"):
+        quantize_attention(ltx, codec="polarquant", bits=4)
+    assert not any(hasattr(m, "_octopus_quantized_by") for m in ltx.modules())
+
+
 @torch.no_grad()
 def test_processor_of_another_family_is_refused():
-    torch.manual_seed(0)
-    ltx = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
-                                     num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
-                                     num_layers=1, caption_channels=16)
+    ltx = _ltx_head_dim_8()
     ltx.set_attn_processor(QuantizedWanAttnProcessor(codec="none", bits=16))
     with pytest.raises(TypeError, match="QuantizedWanAttnProcessor replaces WanAttnProcessor .* LTXAttention"):
         ltx(torch.randn(1, 8, 8), torch.randn(1, 4, 16), torch.tensor([10]),
