@@ -20,6 +20,14 @@ from octopus_diffusers.kernels.octopus_encode import octopus_encode
 from octopus_diffusers.kernels.turboquant_codec import tq_decode, tq_decode_rows, tq_encode
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+#: The reference runs on the CPU. Under the interpreter the kernels run there too and must match bit
+#: for bit; on a GPU the torch rotation GEMM itself rounds differently from the CPU's, so a code next
+#: to a threshold may flip: at most this fraction of code bytes may differ.
+MAX_CODE_MISMATCH = 0.0 if DEVICE == "cpu" else 1e-3
+
+
+def _mismatch(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.cpu() != b.cpu()).float().mean().item()
 
 CASES = [  # (codec, head_dim, bits, options)
     ("octopus", 64, 3, {}),
@@ -53,10 +61,13 @@ def test_encode_is_bit_exact(name, head_dim, bits, options):
     encode, _, _ = _kernels(name)
     for dtype in (torch.float32, torch.bfloat16):
         x = _data(head_dim, dtype)
-        got, ref = encode(codec, x), codec.encode(x)
+        got, ref = encode(codec, x), codec.encode(x.cpu())
         assert got.meta == ref.meta and got.shape == ref.shape and got.dtype == ref.dtype
-        assert torch.equal(got.fields["codes"], ref.fields["codes"])
-        assert torch.equal(got.fields["norms"], ref.fields["norms"])
+        assert _mismatch(got.fields["codes"], ref.fields["codes"]) <= MAX_CODE_MISMATCH
+        if DEVICE == "cpu":
+            assert torch.equal(got.fields["norms"], ref.fields["norms"])
+        else:
+            torch.testing.assert_close(got.fields["norms"].cpu(), ref.fields["norms"], rtol=1e-3, atol=0)
 
 
 @pytest.mark.parametrize("name,head_dim,bits,options", CASES[::2], ids=IDS[::2])
@@ -64,12 +75,11 @@ def test_fused_rotation_encode_agrees(name, head_dim, bits, options):
     codec = get_codec(name, head_dim, bits, seed=2, **options)
     encode, _, _ = _kernels(name)
     x = _data(head_dim, torch.float16, rows=32)
-    got, ref = encode(codec, x, fused_rotation=True), codec.encode(x)
-    agree = (got.fields["codes"] == ref.fields["codes"]).float().mean().item()
-    assert agree >= 0.999, agree
-    torch.testing.assert_close(got.fields["norms"], ref.fields["norms"], rtol=1e-3, atol=0)
-    err_got = (codec.decode(got).float() - x.float()).pow(2).sum()
-    err_ref = (codec.decode(ref).float() - x.float()).pow(2).sum()
+    got, ref = encode(codec, x, fused_rotation=True), codec.encode(x.cpu())
+    assert _mismatch(got.fields["codes"], ref.fields["codes"]) <= 1e-3
+    torch.testing.assert_close(got.fields["norms"].cpu(), ref.fields["norms"], rtol=1e-3, atol=0)
+    err_got = (codec.decode(got.to("cpu")).float() - x.cpu().float()).pow(2).sum()
+    err_ref = (codec.decode(ref).float() - x.cpu().float()).pow(2).sum()
     assert abs(err_got - err_ref) <= 1e-3 * err_ref
 
 
@@ -85,13 +95,21 @@ def test_decode_is_bit_exact_and_writes_every_element(name, head_dim, bits, opti
     _, decode, decode_rows = _kernels(name)
     for dtype in (torch.float16, torch.bfloat16):
         packed = codec.encode(_data(head_dim, dtype))
-        assert torch.equal(decode(codec, packed), codec.decode(packed))
+        got, ref = decode(codec, packed), codec.decode(packed)  # the same device
+        if DEVICE == "cpu":
+            assert torch.equal(got, ref)
+        else:  # torch's CUDA octahedral normalisation is not the CPU's, which the kernel follows
+            torch.testing.assert_close(got, ref, rtol=2e-3, atol=1e-3)
     # Rotated basis (what attention consumes): NaN canary, every element written, bit-exact.
     canary = torch.full((packed.numel // head_dim, head_dim), float("nan"), device=DEVICE)
     rot = decode_rows(packed.fields["codes"], packed.fields["norms"], kernel_spec(codec), scale_by_norm=True,
                       out=canary)
     assert not rot.isnan().any()
-    assert torch.equal(rot.view(packed.shape), reference_rotated(codec, packed))
+    ref_rot = reference_rotated(codec, packed.to("cpu"))
+    if DEVICE == "cpu":
+        assert torch.equal(rot.view(packed.shape), ref_rot)
+    else:
+        torch.testing.assert_close(rot.view(packed.shape).cpu(), ref_rot, rtol=1e-5, atol=1e-6)
 
 
 def test_unsupported_configurations_are_refused():

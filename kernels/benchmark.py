@@ -1,0 +1,312 @@
+"""GPU benchmark of the kernels: ``python -m octopus_diffusers.kernels.benchmark [--sections ...]``.
+
+Sections (each prints a short table and adds rows to the JSON written with ``--out``):
+
+* ``copy``: device-to-device copy bandwidth (bytes read + written), the roofline for encode/decode;
+* ``codec``: encode / decode GB/s on a (1, 40, 32768, 128) fp16 tensor (Wan-14B K of one layer);
+  bytes = fp16 input or output + codes + norms, each counted once;
+* ``attention``: ms and TFLOP/s (4 B H Nq Nkv D) of torch SDPA (flash, cuDNN) in fp16/bf16 and of
+  our fused and decode-then-attend paths at 3 bits, at the shapes of ``performance.md``;
+* ``crossover``: fused vs decode-then-attend over Nq at Nkv = 32,760 (12 x 128), for :mod:`.dispatch`;
+* ``wan``: one denoising step of a random-weight Wan-1.3B-architecture transformer at 480p
+  (32,760 tokens), fp16 attention vs compressed self-attention K/V (needs diffusers).
+
+Timing: ``triton.testing.do_bench`` medians after warm-up; every number is stored with the device,
+the versions and the shape. Correctness is checked on the fly (attention outputs against the fp16
+SDPA result on the decoded K/V), so a fast wrong kernel cannot produce a row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from octopus_diffusers.codecs import get_codec
+
+from .attention_decoded import decode_rotated, decoded_attention
+from .attention_fused import fused_attention
+from .codec_spec import kernel_spec
+from .octopus_encode import octopus_encode
+from .turboquant_codec import tq_encode
+
+#: (name, B, Hq, Hkv, Nq, Nkv, D) from performance.md, plus the autoregressive and cross shapes.
+ATTENTION_SHAPES = [
+    ("wan14b_480p_self", 1, 40, 40, 32760, 32760, 128),
+    ("wan_cross_512", 1, 40, 40, 32760, 512, 128),
+    ("ar_chunk_1560_vs_32760", 1, 12, 12, 1560, 32760, 128),
+    ("decode_16_vs_32760", 1, 12, 12, 16, 32760, 128),
+    ("cogvideox5b_self", 1, 48, 48, 17776, 17776, 64),
+    ("ltx_self", 2, 32, 32, 6144, 6144, 64),
+    ("stable_audio_self", 2, 24, 12, 1025, 1025, 64),
+    ("hunyuan_720p_self", 1, 24, 24, 118800, 118800, 128),
+]
+CODECS = [("octopus", 3), ("turboquant", 3)]
+
+
+def _env() -> dict:
+    p = torch.cuda.get_device_properties(0)
+    return {"gpu": p.name, "sms": p.multi_processor_count, "torch": torch.__version__, "triton": triton.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version(), "command": " ".join(sys.argv)}
+
+
+def _bench(fn, warmup: int = 25, rep: int = 100) -> float:
+    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def bench_copy(rows: list) -> float:
+    x = torch.empty(1 << 29, dtype=torch.uint8, device="cuda").random_(0, 255)
+    y = torch.empty_like(x)
+    ms = _bench(lambda: y.copy_(x))
+    gbs = 2 * x.numel() / ms / 1e6
+    rows.append({"section": "copy", "bytes": x.numel(), "ms": ms, "GB/s": gbs})
+    print(f"copy 512 MiB: {ms:.3f} ms, {gbs:.0f} GB/s (read + write)")
+    return gbs
+
+
+def bench_codec(rows: list, copy_gbs: float, bits_list=(2, 3, 4)) -> None:
+    shape = (1, 40, 32768, 128)
+    x = torch.randn(shape, device="cuda", dtype=torch.float16)
+    n = x.numel() // 128
+    print(f"\ncodec GB/s on {shape} fp16 (copy {copy_gbs:.0f} GB/s)")
+    print(f"{'codec':<12}{'bits':>5}{'enc fused':>11}{'enc exact':>11}{'dec rot':>10}{'dec full':>10}  (% of copy)")
+    for name in ("octopus", "turboquant"):
+        enc = octopus_encode if name == "octopus" else tq_encode
+        for bits in bits_list:
+            codec = get_codec(name, 128, bits)
+            spec = kernel_spec(codec)
+            packed = enc(codec, x, fused_rotation=True)
+            ref = codec.encode(x[0, :1, :4096].float().cpu())
+            mism = (packed.fields["codes"][0, :1, :4096].cpu() != ref.fields["codes"]).float().mean().item()
+            io = x.numel() * 2 + n * (spec.nbytes + 2)
+            res = {}
+            res["enc_fused"] = _bench(lambda: enc(codec, x, fused_rotation=True))
+            res["enc_exact"] = _bench(lambda: enc(codec, x, fused_rotation=False))
+            res["dec_rot"] = _bench(lambda: decode_rotated(packed, spec, torch.float16))
+            from . import decode as full_decode
+            res["dec_full"] = _bench(lambda: full_decode(codec, packed))
+            gbs = {k: io / v / 1e6 for k, v in res.items()}
+            rows.append({"section": "codec", "codec": name, "bits": bits, "shape": shape, "bytes": io,
+                         "ms": res, "GB/s": gbs, "pct_of_copy": {k: 100 * v / copy_gbs for k, v in gbs.items()},
+                         "fused_code_mismatch_vs_cpu": mism})
+            print(f"{name:<12}{bits:>5}" + "".join(f"{gbs[k]:>8.0f}({100 * gbs[k] / copy_gbs:>2.0f})"
+                                                    for k in ("enc_fused", "enc_exact", "dec_rot", "dec_full"))
+                  + f"  mismatch {mism:.1e}")
+
+
+def _attention_inputs(b, hq, hkv, nq, nkv, d, dtype, name, bits):
+    q = torch.randn(b, hq, nq, d, device="cuda", dtype=dtype)
+    codec_k, codec_v = get_codec(name, d, bits, seed=1), get_codec(name, d, bits, seed=2)
+    k = torch.randn(b, hkv, nkv, d, device="cuda", dtype=dtype)
+    v = torch.randn(b, hkv, nkv, d, device="cuda", dtype=dtype)
+    enc = octopus_encode if name == "octopus" else tq_encode
+    return q, codec_k, codec_v, enc(codec_k, k, fused_rotation=True), enc(codec_v, v, fused_rotation=True)
+
+
+def _sdpa(backend):
+    from torch.nn.attention import sdpa_kernel
+
+    def run(q, k, v):
+        with sdpa_kernel([backend]):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=q.shape[1] != k.shape[1])
+    return run
+
+
+def bench_attention(rows: list, shapes=ATTENTION_SHAPES, dtypes=(torch.float16, torch.bfloat16),
+                    codecs=CODECS, rep: int = 100) -> None:
+    from torch.nn.attention import SDPBackend
+
+    print(f"\n{'shape':<24}{'dtype':>6}{'method':>22}{'ms':>9}{'TFLOP/s':>9}{'vs best':>8}{'err':>9}")
+    for shape_name, b, hq, hkv, nq, nkv, d in shapes:
+        flops = 4 * b * hq * nq * nkv * d
+        big = flops > 2e14
+        for dtype in dtypes:
+            if big and dtype == torch.bfloat16:
+                continue
+            torch.cuda.empty_cache()
+            q = torch.randn(b, hq, nq, d, device="cuda", dtype=dtype)
+            k = torch.randn(b, hkv, nkv, d, device="cuda", dtype=dtype)
+            v = torch.randn(b, hkv, nkv, d, device="cuda", dtype=dtype)
+            base = {}
+            for label, backend in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
+                                   ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+                try:
+                    base[label] = _bench(lambda: _sdpa(backend)(q, k, v), rep=rep)
+                except RuntimeError as exc:  # backend refuses this shape/dtype
+                    print(f"  {label} unavailable: {str(exc).splitlines()[0][:80]}")
+            best = min(base.values())
+            for label, ms in base.items():
+                rows.append({"section": "attention", "shape_name": shape_name, "shape": [b, hq, hkv, nq, nkv, d],
+                             "dtype": str(dtype), "method": label, "ms": ms, "TFLOPs": flops / ms / 1e9})
+                print(f"{shape_name:<24}{str(dtype)[6:]:>6}{label:>22}{ms:>9.3f}{flops / ms / 1e9:>9.0f}"
+                      f"{best / ms:>8.2f}")
+            del k, v
+            for name, bits in codecs:
+                q, ck, cv, kp, vp = _attention_inputs(b, hq, hkv, nq, nkv, d, dtype, name, bits)
+                sk, sv = kernel_spec(ck), kernel_spec(cv)
+                # Correctness: against fp16 SDPA on the decoded K/V (the decode kernel checked by tests).
+                ref = decoded_attention(q, kp, vp, sk, sv)
+                for method, fn in (("fused", fused_attention), ("decoded", decoded_attention)):
+                    if method == "fused" and big and name != "octopus":
+                        continue
+                    out = fn(q, kp, vp, sk, sv)
+                    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+                    ms = _bench(lambda: fn(q, kp, vp, sk, sv), rep=rep)
+                    label = f"{name}{bits}_{method}"
+                    rows.append({"section": "attention", "shape_name": shape_name,
+                                 "shape": [b, hq, hkv, nq, nkv, d], "dtype": str(dtype), "method": label,
+                                 "ms": ms, "TFLOPs": flops / ms / 1e9, "rel_err_vs_decoded": err,
+                                 "best_sdpa_ms": best})
+                    print(f"{shape_name:<24}{str(dtype)[6:]:>6}{label:>22}{ms:>9.3f}{flops / ms / 1e9:>9.0f}"
+                          f"{best / ms:>8.2f}{err:>9.1e}")
+                del q, kp, vp, ref
+
+
+def bench_crossover(rows: list, nqs=(16, 64, 256, 512, 1024, 1560, 2048, 4096, 8192)) -> None:
+    print(f"\ncrossover (1, 12, Nq, 32760, 128) fp16: fused / decoded ms")
+    for name, bits in CODECS:
+        for nq in nqs:
+            q, ck, cv, kp, vp = _attention_inputs(1, 12, 12, nq, 32760, 128, torch.float16, name, bits)
+            sk, sv = kernel_spec(ck), kernel_spec(cv)
+            f = _bench(lambda: fused_attention(q, kp, vp, sk, sv))
+            dd = _bench(lambda: decoded_attention(q, kp, vp, sk, sv))
+            rows.append({"section": "crossover", "codec": name, "bits": bits, "nq": nq, "nkv": 32760,
+                         "heads": 12, "d": 128, "fused_ms": f, "decoded_ms": dd})
+            print(f"{name}{bits} Nq={nq:>5}: fused {f:.3f} ms, decoded {dd:.3f} ms -> "
+                  f"{'fused' if f <= dd else 'decoded'}")
+
+
+def bench_wan(rows: list, codec_name: str = "octopus", bits: int = 3) -> None:
+    """One step of a random-weight Wan-1.3B-architecture transformer at 480p, 81 frames."""
+    from diffusers import WanTransformer3DModel
+
+    from . import attention as kv_attention
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
+                                  in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960,
+                                  num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                  eps=1e-6).to("cuda", torch.float16).eval()
+    latents = torch.randn(1, 16, 21, 60, 104, device="cuda", dtype=torch.float16)
+    text = torch.randn(1, 512, 4096, device="cuda", dtype=torch.float16)
+    t = torch.tensor([500], device="cuda")
+
+    def step():
+        with torch.no_grad():
+            return model(hidden_states=latents, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+    from .attention_decoded import BACKEND_PRIORITY
+    from torch.nn.attention import sdpa_kernel
+
+    ms_fp16 = _time_step(step)
+    with sdpa_kernel(BACKEND_PRIORITY, set_priority=True):
+        ms_fp16_cudnn = _time_step(step)
+    out_fp16 = step()
+    codec_k, codec_v = get_codec(codec_name, 128, bits, seed=1), get_codec(codec_name, 128, bits, seed=2)
+    enc = octopus_encode if codec_name == "octopus" else tq_encode
+
+    class CompressedSelfAttention:
+        """Wan self-attention with K/V encoded (fused kernel) and attended compressed."""
+
+        def __init__(self, original):
+            self.original = original
+
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                     rotary_emb=None, **kwargs):
+            if encoder_hidden_states is not None:
+                return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb,
+                                     **kwargs)
+            from diffusers.models.transformers.transformer_wan import WanAttnProcessor  # noqa: F401
+
+            q = attn.norm_q(attn.to_q(hidden_states))
+            k = attn.norm_k(attn.to_k(hidden_states))
+            v = attn.to_v(hidden_states)
+            q, k, v = (z.unflatten(2, (attn.heads, -1)) for z in (q, k, v))  # BSHD
+            if rotary_emb is not None:
+                q, k = _apply_wan_rotary(q, rotary_emb), _apply_wan_rotary(k, rotary_emb)
+            kp, vp = enc(codec_k, k, fused_rotation=True), enc(codec_v, v, fused_rotation=True)
+            o = kv_attention(q, kp, vp, codec_k, codec_v, layout="BSHD", method="decoded")
+            o = o.flatten(2, 3).type_as(q)
+            return attn.to_out[1](attn.to_out[0](o))
+
+    for block in model.blocks:
+        block.attn1.set_processor(CompressedSelfAttention(block.attn1.processor))
+    ms_q = _time_step(step)
+    out_q = step()
+    rel = ((out_q.float() - out_fp16.float()).norm() / out_fp16.float().norm()).item()
+    rows.append({"section": "wan", "model": "Wan-1.3B architecture, random weights", "tokens": 32760,
+                 "fp16_step_ms_default_sdpa": ms_fp16, "fp16_step_ms_cudnn_first": ms_fp16_cudnn,
+                 "compressed_step_ms": ms_q, "codec": codec_name, "bits": bits,
+                 "ratio_vs_best_fp16": ms_q / min(ms_fp16, ms_fp16_cudnn), "rel_output_change": rel})
+    print(f"\nWan-1.3B step @480p: fp16 {ms_fp16:.1f} ms (default SDPA), {ms_fp16_cudnn:.1f} ms (cuDNN first); "
+          f"{codec_name}{bits} K/V {ms_q:.1f} ms (x{ms_q / min(ms_fp16, ms_fp16_cudnn):.3f} of the best fp16), "
+          f"output rel change {rel:.3f}")
+
+
+def _time_step(step, runs: int = 3) -> float:
+    """Median of ``runs`` timed calls after one warm-up (a step takes about a second)."""
+    step()
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def _apply_wan_rotary(x: torch.Tensor, freqs) -> torch.Tensor:
+    """Wan's rotary embedding on BSHD tensors (diffusers 0.42 passes (cos, sin) in BSHD-compatible shape)."""
+    if isinstance(freqs, tuple):
+        cos, sin = freqs
+        x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+        cos, sin = cos[..., 0::2], sin[..., 1::2]
+        out = torch.empty_like(x)
+        out[..., 0::2] = (x1 * cos - x2 * sin).type_as(x)
+        out[..., 1::2] = (x1 * sin + x2 * cos).type_as(x)
+        return out
+    x_c = torch.view_as_complex(x.double().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(x_c * freqs).flatten(-2).type_as(x)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="copy,codec,attention,crossover",
+                        help="comma list of copy, codec, attention, crossover, wan")
+    parser.add_argument("--shapes", default="", help="comma list of attention shape names (default all)")
+    parser.add_argument("--out", default="", help="JSON file for every row, with the environment")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("the kernel benchmark needs a CUDA GPU")
+    sections = args.sections.split(",")
+    rows: list = []
+    env = _env()
+    print(json.dumps(env))
+    t0 = time.time()
+    copy_gbs = bench_copy(rows) if "copy" in sections or "codec" in sections else math.nan
+    if "codec" in sections:
+        bench_codec(rows, copy_gbs)
+    if "attention" in sections:
+        wanted = set(args.shapes.split(",")) if args.shapes else None
+        bench_attention(rows, [s for s in ATTENTION_SHAPES if wanted is None or s[0] in wanted])
+    if "crossover" in sections:
+        bench_crossover(rows)
+    if "wan" in sections:
+        bench_wan(rows)
+    print(f"\nbenchmark wall time {time.time() - t0:.0f} s")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
