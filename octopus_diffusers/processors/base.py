@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-import threading
 import types
 from typing import Any, Callable, ClassVar
 
@@ -63,8 +62,7 @@ def registered_processors() -> dict[type, type["QuantizedAttnProcessorBase"]]:
 class _LayerBinding:
     """The per-(processor, attention module) state: quantizers per stream and the rebound function."""
 
-    def __init__(self, processor: "QuantizedAttnProcessorBase", attn: torch.nn.Module,
-                 quantizers: list[KVQuantizer | None]) -> None:
+    def __init__(self, processor: "QuantizedAttnProcessorBase", quantizers: list[KVQuantizer | None]) -> None:
         self.quantizers = quantizers
         self.call_index = 0  # attention calls seen in the running __call__ (reset at its start)
         self.function = processor._rebind(self)
@@ -72,7 +70,8 @@ class _LayerBinding:
 
 def _functional_with(sdpa: Callable[..., torch.Tensor]) -> types.ModuleType:
     """A stand-in for ``torch.nn.functional`` whose ``scaled_dot_product_attention`` is ``sdpa``."""
-    module = types.ModuleType("torch.nn.functional", "torch.nn.functional with a quantizing SDPA")
+    module = types.ModuleType("octopus_diffusers.processors.quantizing_functional",
+                              "torch.nn.functional with a quantizing scaled_dot_product_attention")
     module.__dict__.update({k: v for k, v in vars(F).items() if not k.startswith("__")})
     module.scaled_dot_product_attention = sdpa
     return module
@@ -133,7 +132,6 @@ class QuantizedAttnProcessorBase:
             self._attention_backend = getattr(original, "_attention_backend", None)
             self._parallel_config = getattr(original, "_parallel_config", None)
         self._bindings: dict[int, _LayerBinding] = {}
-        self._lock = threading.Lock()
 
     # ---- what each family provides ---------------------------------------------------------------
     @classmethod
@@ -154,7 +152,7 @@ class QuantizedAttnProcessorBase:
     def bind(self, attn: torch.nn.Module, quantizers: list[KVQuantizer | None]) -> None:
         """Attach the quantizers (one per stream, None = stream left in full precision) of ``attn``."""
         self._check_module(attn)
-        self._bindings[id(attn)] = _LayerBinding(self, attn, quantizers)
+        self._bindings[id(attn)] = _LayerBinding(self, quantizers)
 
     def bound_quantizers(self) -> list[KVQuantizer]:
         return [q for b in self._bindings.values() for q in b.quantizers if q is not None]
@@ -174,17 +172,16 @@ class QuantizedAttnProcessorBase:
     def _bind_lazily(self, attn: torch.nn.Module) -> _LayerBinding:
         """Direct use: build quantizers for a module seen for the first time (no names, no cache)."""
         self._check_module(attn)
-        with self._lock:
-            if id(attn) not in self._bindings:
-                heads, kv_heads, head_dim = self.head_sizes(attn)
-                quantizers: list[KVQuantizer | None] = []
-                for spec in self.streams(attn, None, None):
-                    index = sum(len(b.quantizers) for b in self._bindings.values()) + len(quantizers)
-                    key_codec, value_codec = self.codec_spec.build(head_dim, index)
-                    quantizers.append(KVQuantizer(f"{type(attn).__name__}#{len(self._bindings)}", spec, heads,
-                                                  kv_heads, head_dim, key_codec, value_codec))
-                self._bindings[id(attn)] = _LayerBinding(self, attn, quantizers)
-            return self._bindings[id(attn)]
+        heads, kv_heads, head_dim = self.head_sizes(attn)
+        quantizers: list[KVQuantizer | None] = []
+        for spec in self.streams(attn, None, None):
+            # Seeds follow the order in which modules first run (the model's order for a forward pass).
+            index = sum(len(b.quantizers) for b in self._bindings.values()) + len(quantizers)
+            key_codec, value_codec = self.codec_spec.build(head_dim, index)
+            quantizers.append(KVQuantizer(f"{type(attn).__name__}#{len(self._bindings)}", spec, heads, kv_heads,
+                                          head_dim, key_codec, value_codec))
+        binding = self._bindings[id(attn)] = _LayerBinding(self, quantizers)
+        return binding
 
     def _rebind(self, binding: _LayerBinding) -> types.FunctionType:
         """The original ``__call__`` with the attention call rebound to ``binding``'s quantizers."""
