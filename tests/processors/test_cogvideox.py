@@ -40,7 +40,8 @@ def test_error_falls_with_bits(tiny_runs, errors_by_bits, strictly_falling):
 
 def test_text_and_video_parts_are_counted_separately_and_bytes_are_what_is_stored(tiny_runs):
     _, stats = tiny_runs.quantized(NAME, codec="octopus", bits=3)
-    text, video = stats["layers"]["transformer_blocks.0.attn1:text"], stats["layers"]["transformer_blocks.0.attn1:video"]
+    layers = stats["layers"]
+    text, video = layers["transformer_blocks.0.attn1:text"], layers["transformer_blocks.0.attn1:video"]
     assert text["key_vectors"] == STEPS * CFG_BATCH * HEADS * TEXT_LEN
     assert video["key_vectors"] == STEPS * CFG_BATCH * HEADS * VIDEO_TOKENS
     per_vector = get_codec("octopus", HEAD_DIM, 3).encode(torch.randn(1, HEAD_DIM)).nbytes
