@@ -17,7 +17,9 @@ from octopus_diffusers.pipelines.run_folder import read_json
 from octopus_diffusers.pipelines.tiny import build_tiny_pipeline
 
 CODECS = ("none", "octopus", "uniform")
-BITS = (2, 4)
+#: Far-apart widths: on the tiny Wan (12 video tokens) the output error is not monotone between adjacent
+#: widths such as 3 and 4, but it is between 2 and 6 for every codec here.
+BITS = (2, 6)
 QUANTIZED = [f"{c}-{b}b" for c in CODECS[1:] for b in BITS]
 VARIANTS = ["baseline", "none-16b", *QUANTIZED]
 
@@ -25,7 +27,8 @@ VARIANTS = ["baseline", "none-16b", *QUANTIZED]
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), "--codecs", ",".join(CODECS), "--bits", "2,4", "--quiet"]) == 0
+    argv = ["demo", "--out", str(out), "--codecs", ",".join(CODECS), "--bits", ",".join(map(str, BITS)), "--quiet"]
+    assert main(argv) == 0
     return out
 
 
@@ -55,7 +58,7 @@ def test_demo_video_frames_and_mp4s(demo):
     tiny = build_tiny_pipeline("wan").inputs
     frames = load_file(str(run / "outputs/baseline/prompt0.video.safetensors"))["frames"]
     assert tuple(frames.shape) == (tiny["num_frames"], 3, tiny["height"], tiny["width"])
-    for bits, tiles in (("2b", 3), ("4b", 3), ("16b", 2)):
+    for bits, tiles in [(f"{b}b", 3) for b in BITS] + [("16b", 2)]:
         video = iio.imread(run / f"renders/compare_{bits}_prompt0.mp4", plugin="FFMPEG")
         scale = math.ceil(192 / tiny["height"])
         tile_w, tile_h = tiny["width"] * scale, tiny["height"] * scale + 18
@@ -87,7 +90,7 @@ def test_demo_audio_wavs_and_renders(demo):
     for name in VARIANTS:
         data, rate = sf.read(run / f"outputs/{name}/prompt0.wav", always_2d=True)
         assert rate == tiny.sample_rate and data.shape == (expected.shape[1], expected.shape[0])
-    for bits in ("2b", "4b"):
+    for bits in (f"{b}b" for b in BITS):
         assert iio.imread(run / f"renders/spectrograms_{bits}_prompt0.png").ndim == 3
         info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i",
                                str(run / f"renders/listen_{bits}_prompt0.mp4")], capture_output=True, text=True).stderr
