@@ -89,3 +89,23 @@ def test_ltx2_text_cache_is_exact_and_off_with_cross_attn_adaln(ltx2):
         adaln(**inputs, sigma=torch.tensor([0.5]))
         assert not any(r["cached"] for r in handle.report())
         assert handle.stats()["total"]["cache_hits"] == 0
+
+
+@torch.no_grad()
+def test_ltx2_perturbed_processor_passes_the_perturbation_through():
+    torch.manual_seed(0)
+    model = LTX2VideoTransformer3DModel(
+        in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
+        audio_in_channels=8, audio_out_channels=8, audio_num_attention_heads=2, audio_attention_head_dim=16,
+        audio_cross_attention_dim=32, num_layers=2, caption_channels=32, perturbed_attn=True,
+        rope_double_precision=False).eval()
+    inputs = _inputs()
+    perturbed = dict(inputs, spatio_temporal_guidance_blocks=[0], perturbation_mask=torch.zeros(1, 1, 1))
+    ref, ref_perturbed = model(**inputs), model(**perturbed)
+    assert not all(torch.equal(a, b) for a, b in zip(ref, ref_perturbed))
+    with quantize_attention(model, codec="none", bits=16) as handle:
+        assert all(torch.equal(a, b) for a, b in zip(model(**inputs), ref))
+        calls = handle.stats()["total"]["calls"]
+        assert all(torch.equal(a, b) for a, b in zip(model(**perturbed), ref_perturbed))
+        skipped = 2 * calls - handle.stats()["total"]["calls"]
+    assert calls == 12 and skipped > 0  # fully perturbed self-attention skips its attention call
