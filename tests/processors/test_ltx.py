@@ -35,3 +35,22 @@ def test_ltx_cross_cache_holds_both_cfg_branches_in_one_entry(tiny_runs):
     text = stats["layers"]["transformer_blocks.0.attn2:text"]
     # CFG is batched: one transformer call per step, so one encode and then one reuse.
     assert (text["calls"], text["cache_misses"], text["cache_hits"]) == (2, 1, 1)
+
+
+def test_cache_drops_entries_of_freed_prompts_and_reset_clears_it(tiny_runs):
+    """LTXPipeline concatenates (negative, positive) embeddings anew in every generation: each generation
+    encodes once and reuses once, and the entry of the previous, freed batch is dropped."""
+    ref = tiny_runs.reference("ltx-video")
+    with quantize_attention(tiny_runs.pipeline("ltx-video").pipe, codec="turboquant", bits=3) as handle:
+        first = tiny_runs.output("ltx-video")
+        one_entry = handle.stats()["layers"]["transformer_blocks.1.attn2:text"]["cached_bytes"]
+        second = tiny_runs.output("ltx-video")
+        text = handle.stats()["layers"]["transformer_blocks.1.attn2:text"]
+        assert (text["cache_misses"], text["cache_hits"]) == (2, 2)
+        assert text["cached_bytes"] == one_entry > 0
+        handle.reset()
+        assert handle.stats()["total"]["calls"] == 0 and handle.stats()["total"]["cached_bytes"] == 0
+        third = tiny_runs.output("ltx-video")
+        text = handle.stats()["layers"]["transformer_blocks.1.attn2:text"]
+        assert (text["cache_misses"], text["cache_hits"]) == (1, 1)
+    assert torch.equal(first, second) and torch.equal(first, third) and not torch.equal(first, ref)
