@@ -23,17 +23,29 @@ from .codec_spec import KernelSpec, OctopusSpec
 from .octopus_decode import octopus_decode_rows
 from .turboquant_codec import tq_decode_rows
 
-#: SDPA backends in the order tried (cuDNN was fastest on the H100: 582 vs 369 TFLOP/s for flash at the
-#: Wan-14B shape, performance.md); SDPA falls through to the next one that supports the inputs.
+#: SDPA backends in the order tried; SDPA falls through to the next one that supports the inputs.
+#: Measured on the H100 (docs/kernels, run 1): cuDNN is fastest with many queries (Wan-14B self 37.6 vs
+#: 60.0 ms for flash; 1,560 queries vs 32,760 keys 0.858 vs 1.505 ms) and flash with few
+#: (16 queries: 0.092 vs 0.419 ms). FEW_QUERIES is the switch point between the measured 16 and 1,560.
 BACKEND_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                     SDPBackend.MATH]
+FEW_QUERIES_PRIORITY = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.MATH]
+FEW_QUERIES = 256
+
+
+def backend_priority(n_q: int) -> list[SDPBackend]:
+    """SDPA backend order for ``n_q`` query rows (see the measurements above)."""
+    return FEW_QUERIES_PRIORITY if n_q <= FEW_QUERIES else BACKEND_PRIORITY
 
 
 def decode_rotated(packed: PackedTensor, spec: KernelSpec, out_dtype: torch.dtype) -> torch.Tensor:
     """``gamma * y_hat`` (rotated basis) of every vector of ``packed``, same shape, ``out_dtype``."""
-    decode_rows = octopus_decode_rows if isinstance(spec, OctopusSpec) else tq_decode_rows
-    return decode_rows(packed.fields["codes"], packed.fields["norms"], spec, out_dtype=out_dtype,
-                       scale_by_norm=True)
+    if isinstance(spec, OctopusSpec):
+        return octopus_decode_rows(packed.fields["codes"], packed.fields["norms"], spec, out_dtype=out_dtype,
+                                   scale_by_norm=True, exact=False)
+    return tq_decode_rows(packed.fields["codes"], packed.fields["norms"], spec, out_dtype=out_dtype,
+                          scale_by_norm=True)
 
 
 def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
@@ -54,7 +66,7 @@ def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec:
         raise CodecError(f"attention: {q_rot.shape[1]} query heads is not a multiple of {k_rot.shape[1]} "
                          "KV heads")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    ctx = sdpa_kernel(backends or BACKEND_PRIORITY, set_priority=True) if q.is_cuda else nullcontext()
+    ctx = sdpa_kernel(backends or backend_priority(q_rot.shape[2]), set_priority=True) if q.is_cuda else nullcontext()
     with ctx:
         o_rot = torch.nn.functional.scaled_dot_product_attention(
             q_rot, k_rot, v_rot, attn_mask=attn_mask, scale=scale,

@@ -170,6 +170,32 @@ def bench_attention(rows: list, shapes=ATTENTION_SHAPES, dtypes=(torch.float16, 
                 del q, kp, vp, ref
 
 
+#: Fused-kernel launch variants compared by the ``variants`` section: (label, blocks, select_lookup).
+VARIANTS = [("gather_128x64", (128, 64, 8, 2), False), ("select_128x64", (128, 64, 8, 2), True),
+            ("select_64x64", (64, 64, 4, 2), True), ("select_128x32", (128, 32, 4, 2), True),
+            ("gather_64x32", (64, 32, 4, 3), False)]
+
+
+def bench_variants(rows: list, shapes=("ar_chunk_1560_vs_32760", "decode_16_vs_32760", "wan_cross_512")) -> None:
+    """Fused-kernel tile sizes and codebook lookups (gather vs compare-select) on the shapes it targets."""
+    print("\nfused variants (fp16, 3 bits): ms")
+    for shape_name, b, hq, hkv, nq, nkv, d in [s for s in ATTENTION_SHAPES if s[0] in shapes]:
+        for name, bits in CODECS:
+            q, ck, cv, kp, vp = _attention_inputs(b, hq, hkv, nq, nkv, d, torch.float16, name, bits)
+            sk, sv = kernel_spec(ck), kernel_spec(cv)
+            ref = decoded_attention(q, kp, vp, sk, sv)
+            line = []
+            for label, blocks, select in VARIANTS:
+                fn = lambda: fused_attention(q, kp, vp, sk, sv, blocks=blocks, select_lookup=select)  # noqa: E731
+                err = ((fn().float() - ref.float()).norm() / ref.float().norm()).item()
+                ms = _bench(fn)
+                rows.append({"section": "variants", "shape_name": shape_name, "codec": name, "bits": bits,
+                             "variant": label, "blocks": blocks, "select_lookup": select, "ms": ms,
+                             "rel_err_vs_decoded": err})
+                line.append(f"{label} {ms:.3f}{'' if err < 3e-3 else ' WRONG'}")
+            print(f"{shape_name:<24}{name}{bits}: " + ", ".join(line))
+
+
 def bench_crossover(rows: list, nqs=(16, 64, 256, 512, 1024, 1560, 2048, 4096, 8192)) -> None:
     print(f"\ncrossover (1, 12, Nq, 32760, 128) fp16: fused / decoded ms")
     for name, bits in CODECS:
@@ -282,7 +308,7 @@ def _apply_wan_rotary(x: torch.Tensor, freqs) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="copy,codec,attention,crossover",
-                        help="comma list of copy, codec, attention, crossover, wan")
+                        help="comma list of copy, codec, attention, variants, crossover, wan")
     parser.add_argument("--shapes", default="", help="comma list of attention shape names (default all)")
     parser.add_argument("--out", default="", help="JSON file for every row, with the environment")
     args = parser.parse_args(argv)
@@ -299,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     if "attention" in sections:
         wanted = set(args.shapes.split(",")) if args.shapes else None
         bench_attention(rows, [s for s in ATTENTION_SHAPES if wanted is None or s[0] in wanted])
+    if "variants" in sections:
+        bench_variants(rows)
     if "crossover" in sections:
         bench_crossover(rows)
     if "wan" in sections:

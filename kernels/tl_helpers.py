@@ -50,6 +50,32 @@ def lookup(codebook_2d, idx):
 
 
 @triton.jit
+def lookup_select(cb_ptr, idx, SIZE: tl.constexpr):
+    """``codebook[idx]`` by a chain of ``SIZE - 1`` compare-selects against scalar entries (no gather,
+    no per-element memory access): the alternative to :func:`lookup` measured by the benchmark."""
+    val = tl.zeros(idx.shape, dtype=tl.float32) + tl.load(cb_ptr)
+    for k in tl.static_range(1, SIZE):
+        val = tl.where(idx == k, tl.load(cb_ptr + k), val)
+    return val
+
+
+@triton.jit
+def codebook_or_pointer(cb_ptr, ROWS: tl.constexpr, SIZE: tl.constexpr, SELECT: tl.constexpr):
+    """What the tile decoders take as a codebook: the pointer itself (``SELECT``) or registers."""
+    if SELECT:
+        return cb_ptr
+    return load_codebook(cb_ptr, ROWS, SIZE)
+
+
+@triton.jit
+def lookup_any(cb, idx, SIZE: tl.constexpr, SELECT: tl.constexpr):
+    """:func:`lookup_select` on a pointer or :func:`lookup` on registers (see codebook_or_pointer)."""
+    if SELECT:
+        return lookup_select(cb, idx, SIZE)
+    return lookup(cb, idx)
+
+
+@triton.jit
 def sign_nonzero(t):
     """sgn with sgn(0) = +1, as in ``codecs.octahedral``."""
     return tl.where(t >= 0, 1.0, -1.0)

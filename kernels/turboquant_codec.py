@@ -19,19 +19,20 @@ import triton.language as tl
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
 from .codec_spec import TurboQuantSpec, check_packed, kernel_spec, packed_meta, reference_rotated
-from .tl_helpers import field_offset, load_codebook, lookup, pack_fields_to_bytes, unpack_field
+from .tl_helpers import field_offset, load_codebook, lookup_any, pack_fields_to_bytes, unpack_field
 
 
 @triton.jit
 def tq_tile(row_ptr, row_mask, cb_hi, cb_lo, D: tl.constexpr, N_HI: tl.constexpr, B_HI: tl.constexpr,
-            B_LO: tl.constexpr, NBYTES: tl.constexpr):
+            B_LO: tl.constexpr, NBYTES: tl.constexpr, SELECT: tl.constexpr = False):
     """Rotated unit vectors of a tile of packed rows: float32 ``[R, D]`` (codebooks from
-    :func:`load_codebook`, ``cb_lo`` unused at an integer rate)."""
+    :func:`codebook_or_pointer`, ``cb_lo`` unused at an integer rate)."""
     j = tl.arange(0, D)[None, :]
     idx = unpack_field(row_ptr, field_offset(j, N_HI, B_HI, B_LO), row_mask, NBYTES, B_HI)
     if B_HI == B_LO:
-        return lookup(cb_hi, idx)
-    return tl.where(j < N_HI, lookup(cb_hi, idx), lookup(cb_lo, idx & ((1 << B_LO) - 1)))
+        return lookup_any(cb_hi, idx, 1 << B_HI, SELECT)
+    return tl.where(j < N_HI, lookup_any(cb_hi, idx, 1 << B_HI, SELECT),
+                    lookup_any(cb_lo, idx & ((1 << B_LO) - 1), 1 << B_LO, SELECT))
 
 
 @triton.jit

@@ -73,6 +73,14 @@ def test_fused_head_dim_128_dtypes_and_split_kv(name, dtype):
     assert fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), scale=0.05).dtype == dtype
 
 
+@pytest.mark.parametrize("name,bits", [("octopus", 2), ("turboquant", 2.5)])
+def test_fused_select_lookup_matches_reference(name, bits):
+    q, kp, vp, ck, cv, k_hat, v_hat = _setup(name, 64, bits, torch.float16, nq=16, nkv=24)
+    ref = attention_fused_reference(q, k_hat, v_hat)
+    out = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32, select_lookup=True)
+    assert _rel_rms(out, ref) <= TOL
+
+
 @pytest.mark.parametrize("name", ["octopus", "turboquant"])
 def test_fused_kernel_writes_every_output_element(name):
     q, kp, vp, ck, cv, _, _ = _setup(name, 64, 3, torch.float16, nq=20, nkv=33)
