@@ -34,6 +34,9 @@ class QuantizedAttnProcessor2_0(QuantizedAttnProcessorBase, AttnProcessor2_0):
     intercept: ClassVar[str] = "F.scaled_dot_product_attention"
     layout: ClassVar[str] = "BHSD"
     prompt_inputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states", "encoder_hidden_states_1")
+    # Direct SDPA: the attention backend does not apply (as for the original); present for uniformity.
+    _attention_backend = None
+    _parallel_config = None
 
     @classmethod
     def streams(cls, attn: torch.nn.Module, name: str | None, model: torch.nn.Module | None) -> tuple[StreamSpec, ...]:

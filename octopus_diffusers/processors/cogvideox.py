@@ -101,7 +101,14 @@ class AdaptedStreamsProcessor(QuantizedAttnProcessorBase):
 
     Subclasses implement :meth:`adapter` (None keeps the per-call quantizers) and, when the adapter
     needs a per-call value from the processor's arguments, :meth:`configure_adapter`.
+
+    The processors built on it call ``F.scaled_dot_product_attention`` directly, so the attention
+    backend does not apply (as for the originals); the attributes exist so that
+    ``set_attention_backend`` and the framework treat every quantized processor alike.
     """
+
+    _attention_backend = None
+    _parallel_config = None
 
     def adapter(self, quantizers: list[KVQuantizer | None], binding: Any) -> StreamAdapter | None:
         """The adapter for one bound module, from its per-stream quantizers (None: keep them as they are)."""
