@@ -42,7 +42,6 @@ class BenchSize:
 
     head_dims: tuple[int, ...]
     rates: tuple[float, ...]
-    n_vectors: int
     n_ip_queries: int
     n_attn_problems: int
     n_attn_keys: int
@@ -59,14 +58,14 @@ class BenchSize:
 
 
 SIZES: dict[str, BenchSize] = {
-    "quick": BenchSize(head_dims=(64,), rates=(2.0, 3.0, 4.0), n_vectors=256, n_ip_queries=16,
+    "quick": BenchSize(head_dims=(64,), rates=(2.0, 3.0, 4.0), n_ip_queries=16,
                        n_attn_problems=1, n_attn_keys=256, n_attn_queries=16, minilm_paragraphs=2,
                        minilm_heads=12, sweep_vectors=256, sweep_bits=(2, 3), sweep_rho_bits=(0, 1, 2),
                        sweep_targets=(2.5, 3.5), turboquant_curve=(1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0),
                        repro_vectors=1024, repro_head_dims=(128,)),
     "full": BenchSize(head_dims=(64, 128), rates=(1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0),
-                      n_vectors=4096, n_ip_queries=64, n_attn_problems=2, n_attn_keys=1024,
-                      n_attn_queries=64, minilm_paragraphs=10, minilm_heads=72, sweep_vectors=2048,
+                      n_ip_queries=64, n_attn_problems=4, n_attn_keys=1024,
+                      n_attn_queries=64, minilm_paragraphs=10, minilm_heads=24, sweep_vectors=2048,
                       sweep_bits=(1, 2, 3, 4, 5, 6), sweep_rho_bits=(0, 1, 2, 3, 4, 5, 6),
                       sweep_targets=(2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0),
                       turboquant_curve=tuple(x / 4 for x in range(4, 27)), repro_vectors=16384,
@@ -139,11 +138,6 @@ def measure(dataset: RDDataset, variant: Variant, bits: float, seed: int = 0,
     start = time.perf_counter()
     k_hat, measured_k = _roundtrip(key_codec, dataset.keys, device, dtype)
     v_hat, measured_v = _roundtrip(value_codec, dataset.values, device, dtype)
-    if dataset.attn_k is dataset.keys and dataset.attn_v is dataset.values:
-        ak_hat, av_hat = k_hat, v_hat
-    else:
-        ak_hat, _ = _roundtrip(key_codec, dataset.attn_k, device, dtype)
-        av_hat, _ = _roundtrip(value_codec, dataset.attn_v, device, dtype)
     seconds = time.perf_counter() - start
     rel_k = relative_mse(dataset.keys, k_hat)
     rel_v = relative_mse(dataset.values, v_hat)
@@ -158,7 +152,7 @@ def measure(dataset: RDDataset, variant: Variant, bits: float, seed: int = 0,
         "rel_mse_key": rel_k, "rel_mse_value": rel_v, "distortion": (rel_k + rel_v) / 2,
         **inner_product_errors(dataset.keys, k_hat, dataset.ip_queries),
         "attn_rel_err": attention_relative_error(dataset.attn_q, dataset.attn_k, dataset.attn_v,
-                                                 ak_hat, av_hat),
+                                                 k_hat, v_hat),
         "codec_seconds": seconds,
     }
 
@@ -174,9 +168,9 @@ def build_datasets(size: BenchSize, kinds: Sequence[str], seed: int,
             datasets.append(minilm_dataset(size.n_ip_queries, size.n_attn_queries, size.minilm_heads,
                                            DEFAULT_PARAGRAPHS[:size.minilm_paragraphs], cache_dir, seed))
         else:
-            datasets.extend(synthetic_dataset(kind, d, size.n_vectors, size.n_ip_queries,
-                                              size.n_attn_problems, size.n_attn_keys,
-                                              size.n_attn_queries, seed) for d in size.head_dims)
+            datasets.extend(synthetic_dataset(kind, d, size.n_ip_queries, size.n_attn_problems,
+                                              size.n_attn_keys, size.n_attn_queries, seed)
+                            for d in size.head_dims)
     return datasets
 
 
@@ -232,6 +226,9 @@ def run_codecs(datasets: Sequence[RDDataset], variants: Sequence[Variant], rates
                       if r["dataset"] == ds.label and r["registry_name"] == "octopus"}
             extra += [(ds, turboquant, b) for b in sorted(wanted - have - {None})]
         _measure_all(extra, seed, device, rows, skipped, "turboquant at OCTOPUS rates")
+    dataset_order = {ds.label: i for i, ds in enumerate(datasets)}
+    variant_order = {v.label: i for i, v in enumerate(variants)}
+    rows.sort(key=lambda r: (dataset_order[r["dataset"]], variant_order[r["codec"]], r["bits_per_scalar"]))
     return rows, skipped
 
 
@@ -247,22 +244,60 @@ def _unit_point(codec: Codec, u: torch.Tensor, device: str) -> dict[str, float]:
             "distortion": relative_mse(u, u_hat)}
 
 
+def sweep_allocations(size: BenchSize) -> list[tuple[int, int, int]]:
+    """Allocations (b_ξ, b_η, b_ρ) swept: b_ξ and b_η within one bit, b_ρ at most the larger."""
+    return [(bx, be, br) for bx, be, br in itertools.product(size.sweep_bits, size.sweep_bits,
+                                                              size.sweep_rho_bits)
+            if abs(bx - be) <= 1 and br <= max(bx, be)]
+
+
+def _turboquant_curve(head_dim: int, nominal_bits: Iterable[float], u: torch.Tensor, seed: int,
+                      device: str, skipped: list[dict]) -> list[dict]:
+    points = []
+    for bits in tqdm(sorted(set(nominal_bits)), desc=f"turboquant d={head_dim}", unit="cfg", leave=False):
+        try:
+            codec = get_codec("turboquant", head_dim, bits, seed=seed)
+        except CodecError as err:
+            skipped.append({"codec": "turboquant", "head_dim": head_dim, "bits_nominal": bits,
+                            "reason": str(err)})
+            continue
+        points.append({"head_dim": head_dim, "bits_nominal": bits, **_unit_point(codec, u, device)})
+    return points
+
+
+def _compare_with_turboquant(points: Sequence[dict], tq: Sequence[dict],
+                             targets: Sequence[float]) -> tuple[list[dict], list[dict]]:
+    """(frontier points, best point per target rate), each with its matched-rate comparison."""
+    tq_rates = [p["bits_per_scalar"] for p in tq]
+    tq_dists = [p["distortion"] for p in tq]
+    frontier = [{**p, **analysis.matched_comparison(p["bits_per_scalar"], p["distortion"], tq_rates, tq_dists)}
+                for p in analysis.pareto_frontier(points)]
+    best_rows = []
+    for target in targets:
+        best = analysis.best_under_budget(points, target)
+        if best is None:
+            continue
+        at_target = analysis.log_interpolate(tq_rates, tq_dists, target)
+        best_rows.append({"target_bits": target, **best, **analysis.matched_comparison(
+            best["bits_per_scalar"], best["distortion"], tq_rates, tq_dists),
+            "turboquant_at_target": at_target,
+            "gain_vs_target_pct": None if at_target is None else 100.0 * (1 - best["distortion"] / at_target)})
+    return frontier, best_rows
+
+
 def allocation_sweep(size: BenchSize, seed: int, device: str) -> dict[str, Any]:
     """OCTOPUS over allocations (b_ξ, b_η, b_ρ), and TurboQuant's curve, on unit vectors.
 
     Per head_dim and rounding mode: every allocation the codec accepts (refusals recorded), the
-    Pareto frontier, each frontier point against TurboQuant at the same true rate, and for each
-    target true rate the best allocation within it.
+    Pareto frontier, each frontier point against TurboQuant at the same true rate (TurboQuant is
+    measured at its grid plus exactly every OCTOPUS true rate), and for each target true rate the
+    best allocation within it.
     """
-    allocations = [(bx, be, br) for bx, be, br in itertools.product(size.sweep_bits, size.sweep_bits,
-                                                                      size.sweep_rho_bits)
-                   if abs(bx - be) <= 1 and br <= max(bx, be)]
     result: dict[str, Any] = {"allocations": [], "turboquant": [], "frontiers": [], "targets": [],
                               "skipped": []}
-    jobs = [(d, a, jr) for d in size.head_dims for jr in (True, False) for a in allocations]
+    jobs = [(d, a, jr) for d in size.head_dims for jr in (True, False) for a in sweep_allocations(size)]
     vectors = {d: _unit_vectors(size.sweep_vectors, d, seed) for d in size.head_dims}
     for d, alloc, joint in tqdm(jobs, desc="allocation sweep", unit="cfg", leave=False):
-        u = vectors[d]
         try:
             codec = get_codec("octopus", d, (sum(alloc) - 1) / 3, seed=seed, allocation=alloc,
                               joint_rounding=joint)
@@ -271,38 +306,18 @@ def allocation_sweep(size: BenchSize, seed: int, device: str) -> dict[str, Any]:
                                       "joint_rounding": joint, "reason": str(err)})
             continue
         result["allocations"].append({"head_dim": d, "allocation": list(alloc), "joint_rounding": joint,
-                                      **_unit_point(codec, u, device)})
-    # TurboQuant: its grid plus exactly the true rate of every OCTOPUS allocation measured
-    tq_curves: dict[int, list[dict]] = {}
+                                      **_unit_point(codec, vectors[d], device)})
     for d in size.head_dims:
         exact = {turboquant_bits_for_rate(d, p["bits_per_scalar"]) for p in result["allocations"]
-                 if p["head_dim"] == d}
-        tq_curves[d] = []
-        for bits in tqdm(sorted(set(size.turboquant_curve) | (exact - {None})), desc=f"turboquant d={d}",
-                         unit="cfg", leave=False):
-            try:
-                tq_curves[d].append({"head_dim": d, "bits_nominal": bits,
-                                     **_unit_point(get_codec("turboquant", d, bits, seed=seed), vectors[d],
-                                                   device)})
-            except CodecError as err:
-                result["skipped"].append({"codec": "turboquant", "head_dim": d, "bits_nominal": bits,
-                                          "reason": str(err)})
-        result["turboquant"].extend(tq_curves[d])
-    for d, joint in itertools.product(size.head_dims, (True, False)):
-        points = [p for p in result["allocations"] if p["head_dim"] == d and p["joint_rounding"] == joint]
-        tq = tq_curves.get(d, [])
-        tq_rates = [p["bits_per_scalar"] for p in tq]
-        tq_dists = [p["distortion"] for p in tq]
-        for p in analysis.pareto_frontier(points):
-            result["frontiers"].append({**p, **analysis.matched_comparison(
-                p["bits_per_scalar"], p["distortion"], tq_rates, tq_dists)})
-        for target in size.sweep_targets:
-            best = analysis.best_under_budget(points, target)
-            if best is None:
-                continue
-            result["targets"].append({"target_bits": target, **best, **analysis.matched_comparison(
-                best["bits_per_scalar"], best["distortion"], tq_rates, tq_dists),
-                "turboquant_at_target": analysis.log_interpolate(tq_rates, tq_dists, target)})
+                 if p["head_dim"] == d} - {None}
+        tq = _turboquant_curve(d, set(size.turboquant_curve) | exact, vectors[d], seed, device,
+                               result["skipped"])
+        result["turboquant"].extend(tq)
+        for joint in (True, False):
+            points = [p for p in result["allocations"] if p["head_dim"] == d and p["joint_rounding"] == joint]
+            frontier, best = _compare_with_turboquant(points, tq, size.sweep_targets)
+            result["frontiers"].extend(frontier)
+            result["targets"].extend(best)
     return result
 
 

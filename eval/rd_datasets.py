@@ -1,8 +1,9 @@
 """Test vectors of the rate–distortion benchmark: synthetic (seeded) and real MiniLM K/V.
 
-A :class:`RDDataset` holds the vectors the per-vector metrics run on (``keys`` and ``values``,
-shaped ``(..., tokens, head_dim)`` so that group-wise codecs see a token axis), random queries for
-the inner-product metric, and batched attention problems ``(attn_q, attn_k, attn_v)``.
+A :class:`RDDataset` holds batched attention problems ``(attn_q, attn_k, attn_v)``, shaped
+``(problems, tokens, head_dim)`` so that group-wise codecs see a token axis, and random queries for
+the inner-product metric. The per-vector metrics run on the same keys and values (``keys`` /
+``values``), so each vector is encoded once per configuration.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ class RDDataset:
     name: str
     description: str
     head_dim: int
-    keys: torch.Tensor
-    values: torch.Tensor
     ip_queries: torch.Tensor
     attn_q: torch.Tensor
     attn_k: torch.Tensor
@@ -42,6 +41,14 @@ class RDDataset:
     @property
     def label(self) -> str:
         return f"{self.name}_d{self.head_dim}"
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self.attn_k
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.attn_v
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -65,27 +72,25 @@ def _scaled_queries(shape: tuple[int, ...], keys: torch.Tensor, gen: torch.Gener
     return q * (SYNTHETIC_LOGIT_STD / logits.std())
 
 
-def synthetic_dataset(kind: str, head_dim: int, n_vectors: int, n_ip_queries: int,
-                      n_attn_problems: int, n_attn_keys: int, n_attn_queries: int,
-                      seed: int = 0) -> RDDataset:
+def synthetic_dataset(kind: str, head_dim: int, n_ip_queries: int, n_attn_problems: int,
+                      n_attn_keys: int, n_attn_queries: int, seed: int = 0) -> RDDataset:
     """``kind`` = ``"unit"`` (uniform on the sphere) or ``"outlier"`` (Gaussian, heavy channels)."""
     gen = torch.Generator().manual_seed(seed * 1000 + head_dim)
     if kind == "unit":
         sample = lambda n: _sample_unit(n, head_dim, gen)  # noqa: E731
-        description = "uniformly random unit vectors"
+        description = "uniformly random unit vectors (keys and values drawn independently)"
     elif kind == "outlier":
         channels = torch.randperm(head_dim, generator=gen)[:OUTLIER_CHANNELS]
         sample = lambda n: _sample_outlier(n, head_dim, gen, channels)  # noqa: E731
         description = (f"N(0, I) vectors whose channels {sorted(channels.tolist())} are scaled by "
-                       f"{OUTLIER_SCALE:g} (heavy outlier channels)")
+                       f"{OUTLIER_SCALE:g} (heavy outlier channels; keys and values drawn independently)")
     else:
         raise ValueError(f"unknown synthetic dataset kind {kind!r}; expected 'unit' or 'outlier'")
-    keys, values = sample(n_vectors), sample(n_vectors)
     attn_k = sample(n_attn_problems * n_attn_keys).reshape(n_attn_problems, n_attn_keys, head_dim)
     attn_v = sample(n_attn_problems * n_attn_keys).reshape(n_attn_problems, n_attn_keys, head_dim)
     attn_q = _scaled_queries((n_attn_problems, n_attn_queries), attn_k, gen)
     ip_queries = torch.randn(n_ip_queries, head_dim, generator=gen)
-    return RDDataset(kind, description, head_dim, keys, values, ip_queries, attn_q, attn_k, attn_v)
+    return RDDataset(kind, description, head_dim, ip_queries, attn_q, attn_k, attn_v)
 
 
 def minilm_dataset(n_ip_queries: int, n_attn_queries: int, n_heads: int = 72,
@@ -109,9 +114,8 @@ def minilm_dataset(n_ip_queries: int, n_attn_queries: int, n_heads: int = 72,
             for role, t in qkv.items()}
     picks = torch.linspace(0, tokens - 1, min(n_attn_queries, tokens)).round().long()
     gen = torch.Generator().manual_seed(seed * 1000 + head_dim)
-    description = (f"all-MiniLM-L6-v2 keys and values: {n_heads} of its {layers} layers x {heads} heads, "
-                   f"{tokens} tokens each (the first {tokens} of {captured}, a multiple of {TOKEN_MULTIPLE}); "
+    description = (f"all-MiniLM-L6-v2 keys and values: {n_heads} of its {layers * heads} (layer, head) "
+                   f"pairs ({layers} layers x {heads} heads), {tokens} tokens each (the first {tokens} of {captured}, a multiple of {TOKEN_MULTIPLE}); "
                    f"attention per head over its {tokens} keys with {len(picks)} of its real queries")
-    return RDDataset("minilm", description, head_dim, flat["key"], flat["value"],
-                     torch.randn(n_ip_queries, head_dim, generator=gen),
+    return RDDataset("minilm", description, head_dim, torch.randn(n_ip_queries, head_dim, generator=gen),
                      flat["query"][:, picks], flat["key"], flat["value"])
