@@ -221,8 +221,8 @@ def _groups_by_bits(run: RunFolder) -> list[tuple[str, list[str]]]:
     return list(groups.items())
 
 
-def render_run(run: RunFolder | str | Path, out_dir: Path, diff_row: bool = True, amplify: float = 8.0, progress: bool = True
-               ) -> list[Path]:
+def render_run(run: RunFolder | str | Path, out_dir: Path, diff_row: bool = True, amplify: float = 8.0,
+               progress: bool = True) -> list[Path]:
     """All renders of a run folder into ``out_dir``: per prompt and bit width, the baseline beside every
     codec at that width (``compare_<bits>_prompt<i>.mp4`` for video; ``spectrograms_<bits>_prompt<i>.png``
     and ``listen_<bits>_prompt<i>.mp4`` for audio)."""

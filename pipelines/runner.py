@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -124,8 +123,11 @@ def load_model(name: str, weights: str | None = None, tiny: bool = False, dtype:
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
-    return LoadedModel(spec, pipe, source, dtype, device, cpu_offload,
-                       sample_rate=_audio_sample_rate(pipe) if spec.media == "audio" else None, fps=spec.fps)
+    sample_rate = _audio_sample_rate(pipe) if spec.media == "audio" else None
+    if spec.media == "audio" and sample_rate is None:
+        raise RunnerError(f"{source}: found no sampling_rate in the VAE or vocoder config of this "
+                          f"{spec.pipeline_class}; cannot write its audio")
+    return LoadedModel(spec, pipe, source, dtype, device, cpu_offload, sample_rate=sample_rate, fps=spec.fps)
 
 
 def _load_tiny(spec: ModelSpec, dtype: torch.dtype, device: str) -> LoadedModel:

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from octopus_diffusers.eval.video_metrics import video_metrics
 from octopus_diffusers.pipelines.run_folder import BASELINE, RunFolder, from_jsonable, to_jsonable
