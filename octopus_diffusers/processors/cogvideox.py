@@ -52,6 +52,15 @@ def like(original: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def joined(original: torch.Tensor, first: torch.Tensor, second: torch.Tensor, dim: int) -> torch.Tensor:
+    """``first`` then ``second`` along ``dim``, written into a fresh tensor with ``original``'s strides
+    (see :func:`like`)."""
+    out = torch.empty_like(original)
+    out.narrow(dim, 0, first.shape[dim]).copy_(first)
+    out.narrow(dim, first.shape[dim], second.shape[dim]).copy_(second)
+    return out
+
+
 class StreamAdapter:
     """Base of the objects that stand in a binding's quantizer slot; ``quantizers`` lists the real
     per-stream quantizers it routes to (None for a stream left in full precision)."""
@@ -84,14 +93,13 @@ class JointSplit(StreamAdapter):
         v1, v2 = value.split(sizes, dim=seq_dim)
         first, second = self.quantizers
 
-        def join(k1_hat: torch.Tensor, v1_hat: torch.Tensor, k2_hat: torch.Tensor, v2_hat: torch.Tensor,
-                 q: torch.Tensor) -> torch.Tensor:
-            return attention_call(q, like(key, torch.cat([k1_hat, k2_hat], dim=seq_dim)),
-                                  like(value, torch.cat([v1_hat, v2_hat], dim=seq_dim)))
-
+        # Each part goes through its quantizer's attend (counters, full-precision steps); the innermost
+        # call joins the decoded parts and runs the original attention once.
         def with_first(q: torch.Tensor, k1_hat: torch.Tensor, v1_hat: torch.Tensor) -> torch.Tensor:
-            return attend_with(second, q, k2, v2, lambda q2, k2_hat, v2_hat: join(k1_hat, v1_hat, k2_hat, v2_hat, q2),
-                               layout)
+            def with_both(q: torch.Tensor, k2_hat: torch.Tensor, v2_hat: torch.Tensor) -> torch.Tensor:
+                return attention_call(q, joined(key, k1_hat, k2_hat, seq_dim), joined(value, v1_hat, v2_hat, seq_dim))
+
+            return attend_with(second, q, k2, v2, with_both, layout)
 
         return attend_with(first, query, k1, v1, with_first, layout)
 
@@ -164,4 +172,4 @@ class QuantizedCogVideoXAttnProcessor(AdaptedStreamsProcessor, CogVideoXAttnProc
 
 
 __all__ = ["QuantizedCogVideoXAttnProcessor", "AdaptedStreamsProcessor", "StreamAdapter", "JointSplit",
-           "attend_with", "like"]
+           "attend_with", "like", "joined"]

@@ -10,7 +10,7 @@ import torch
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, MochiAttention
 
 from octopus_diffusers.codecs import get_codec
-from octopus_diffusers.processors import quantize_attention
+from octopus_diffusers.processors import KVQuantizer, StreamSpec, quantize_attention
 from octopus_diffusers.processors.cogvideox import JointSplit, QuantizedCogVideoXAttnProcessor
 
 NAME = "cogvideox"
@@ -114,3 +114,24 @@ def test_joint_split_rejects_a_split_beyond_the_sequence():
     split.split = 6
     with pytest.raises(ValueError, match="split at 6 tokens, but K/V hold 5"):
         split.attend(k, k, k, lambda q, kk, vv: q, "BHSD")
+
+
+def test_joint_split_quantizes_each_part_with_its_own_codec_and_keeps_the_layout():
+    text = KVQuantizer("attn1", StreamSpec("text", "cross"), HEADS, HEADS, HEAD_DIM,
+                       get_codec("turboquant", HEAD_DIM, 2, seed=0), get_codec("turboquant", HEAD_DIM, 2, seed=1))
+    # Transposed views, as the processor hands them over.
+    query, key, value = (torch.randn(1, 9, HEADS, HEAD_DIM).transpose(1, 2) for _ in range(3))
+    seen = {}
+
+    def spy(q, k, v):
+        seen.update(k=k, v=v)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    split = JointSplit(text, None)  # video part left exact
+    split.split = 4
+    split.attend(query, key, value, spy, "BHSD")
+    assert seen["k"].stride() == key.stride()
+    assert torch.equal(seen["k"][:, :, 4:], key[:, :, 4:]) and torch.equal(seen["v"][:, :, 4:], value[:, :, 4:])
+    expected = text.key_codec.decode(text.key_codec.encode(key[:, :, :4]))
+    assert torch.equal(seen["k"][:, :, :4], expected)
+    assert text.stats.key_vectors == HEADS * 4
