@@ -1,19 +1,24 @@
 """Quantized diffusers attention processors and :func:`quantize_attention`.
 
 Importing this package registers every family's processors (``diffusers processor class ->
-quantized class``); see :mod:`.base` for the one interception mechanism they share.
+quantized class``); see :mod:`.base` for the one interception mechanism they share. A new family is
+a module defining a ``QuantizedAttnProcessorBase`` subclass decorated with
+``@register_quantized_processor``, imported here.
 """
 
 from __future__ import annotations
 
-from . import hunyuan, ltx, ltx2, wan  # noqa: F401  (importing a family module registers its processors)
 from .api import QuantizedAttentionHandle, attention_modules, denoisers, quantize_attention
+from .audioldm2 import QuantizedAttnProcessor2_0
 from .base import (QuantizedAttnProcessorBase, quantized_processor_class, register_quantized_processor,
                    registered_processors)
-from .kv import ForwardState, KVCodecSpec, KVQuantizer, KVStats, PromptKey, StreamSpec
+from .cogvideox import QuantizedCogVideoXAttnProcessor
 from .hunyuan import QuantizedHunyuanVideoAttnProcessor
+from .kv import ForwardState, KVCodecSpec, KVQuantizer, KVStats, PromptKey, StreamSpec
 from .ltx import QuantizedLTXVideoAttnProcessor
 from .ltx2 import QuantizedLTX2AudioVideoAttnProcessor, QuantizedLTX2PerturbedAttnProcessor
+from .mochi import QuantizedMochiAttnProcessor
+from .stable_audio import QuantizedStableAudioAttnProcessor
 from .wan import QuantizedSkyReelsV2AttnProcessor, QuantizedWanAttnProcessor
 
 __all__ = ["quantize_attention", "QuantizedAttentionHandle", "QuantizedAttnProcessorBase", "KVQuantizer",
@@ -21,4 +26,5 @@ __all__ = ["quantize_attention", "QuantizedAttentionHandle", "QuantizedAttnProce
            "quantized_processor_class", "registered_processors", "attention_modules", "denoisers",
            "QuantizedWanAttnProcessor", "QuantizedSkyReelsV2AttnProcessor", "QuantizedLTXVideoAttnProcessor",
            "QuantizedLTX2AudioVideoAttnProcessor", "QuantizedLTX2PerturbedAttnProcessor",
-           "QuantizedHunyuanVideoAttnProcessor"]
+           "QuantizedHunyuanVideoAttnProcessor", "QuantizedCogVideoXAttnProcessor", "QuantizedMochiAttnProcessor",
+           "QuantizedStableAudioAttnProcessor", "QuantizedAttnProcessor2_0"]
