@@ -94,19 +94,21 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
 
 
 # ---- plots -------------------------------------------------------------------------------------
-def _axes(title: str, xlabel: str, ylabel: str):
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    return plt
+
+
+def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_yscale("log")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    return fig, ax, plt
 
 
 def _lower_bound(ax, xs: Sequence[float]) -> None:
@@ -116,28 +118,40 @@ def _lower_bound(ax, xs: Sequence[float]) -> None:
     ax.plot(grid, 4.0 ** -grid, "k--", lw=1, label=LOWER_BOUND_LABEL)
 
 
+RATE_LABEL = "true bits per scalar (all overheads counted)"
+
+
 def plot_dataset(rows: Sequence[dict], dataset: str, path: Path) -> Path:
-    """All codecs of one dataset: x = true bits/scalar, y = mean relative squared error (log)."""
-    fig, ax, plt = _axes(f"Rate-distortion, {dataset}", "true bits per scalar (all overheads counted)",
-                         "relative squared error ||x - x̂||² / ||x||² (keys and values)")
+    """All codecs of one dataset, x = true bits/scalar: left the mean relative squared error of keys
+    and values with the 4^-b bound, right the relative error of attention outputs (both log)."""
+    plt = _pyplot()
+    fig, (ax, ax_attn) = plt.subplots(1, 2, figsize=(14, 5.5))
+    _style(ax, f"Rate-distortion, {dataset}", RATE_LABEL, "relative squared error ||x - x̂||² / ||x||²")
+    _style(ax_attn, f"Attention output error, {dataset}", RATE_LABEL,
+           "||O - Ô||² / ||O||², O = softmax(QKᵀ/√d)V")
     mine = [r for r in rows if r["dataset"] == dataset and 0 < r["distortion"]
             and r["bits_per_scalar"] <= PLOT_MAX_BITS]
     for codec in dict.fromkeys(r["codec"] for r in mine):
-        pts = sorted((r["bits_per_scalar"], r["distortion"]) for r in mine if r["codec"] == codec)
-        ax.plot(*zip(*pts), marker="o", ms=4, label=codec)
+        pts = sorted((r["bits_per_scalar"], r["distortion"], r["attn_rel_err"]) for r in mine
+                     if r["codec"] == codec)
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label=codec)
+        ax_attn.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", ms=4, color=line.get_color(),
+                     label=codec)
     if mine:
         _lower_bound(ax, [r["bits_per_scalar"] for r in mine])
     ax.legend(fontsize=8)
+    ax_attn.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
 def plot_sweep(sweep: dict, head_dim: int, path: Path) -> Path:
     """OCTOPUS allocations (all and frontier) against TurboQuant's curve on unit vectors."""
-    fig, ax, plt = _axes(f"OCTOPUS allocation sweep vs TurboQuant, unit vectors, d={head_dim}",
-                         "true bits per scalar (all overheads counted)", "E||u - û||²")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    _style(ax, f"OCTOPUS allocation sweep vs TurboQuant, unit vectors, d={head_dim}", RATE_LABEL, "E||u - û||²")
     xs = []
     for joint, color in ((True, "tab:red"), (False, "tab:blue")):
         pts = [p for p in sweep["allocations"] if p["head_dim"] == head_dim and p["joint_rounding"] == joint]
