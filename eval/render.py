@@ -80,10 +80,12 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float) -> Path:
 
 def side_by_side_video(baseline: torch.Tensor, variants: Sequence[tuple[str, torch.Tensor]], path: Path,
                        fps: float = 8, diff_row: bool = True, amplify: float = 8.0,
-                       min_tile_height: int = 192, baseline_label: str = "baseline") -> Path:
+                       min_tile_height: int = 192, max_width: int = 3840, baseline_label: str = "baseline") -> Path:
     """Render ``baseline | variant ...`` (each ``(F, C, H, W)`` in [0, 1]) as one labelled MP4.
 
     With ``diff_row`` a second row shows ``clip(amplify * |variant - baseline|)`` under each variant.
+    Tiles narrower than ``min_tile_height`` high are upscaled (nearest); a row wider than ``max_width``
+    is area-averaged down to fit it.
     """
     if not variants:
         raise ValueError("side_by_side_video needs at least one variant to compare with the baseline")
@@ -94,10 +96,16 @@ def side_by_side_video(baseline: torch.Tensor, variants: Sequence[tuple[str, tor
     for label, t in tests:
         if t.shape != ref.shape:
             raise ValueError(f"{label}: shape {tuple(t.shape)} differs from the baseline's {tuple(ref.shape)}")
-    scale = max(1, math.ceil(min_tile_height / ref.shape[-2]))
+    height, width = ref.shape[-2:]
+    scale = max(1, math.ceil(min_tile_height / height))
+    columns = len(tests) + 1
+    shrink = min(1.0, (max_width - (columns - 1) * GUTTER) / (columns * width * scale))
 
     def tile(frames: torch.Tensor) -> np.ndarray:
         up = frames.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+        if shrink < 1.0:  # many full-size tiles: area-average down so the canvas stays encodable
+            size = (max(1, int(height * scale * shrink)), max(1, int(width * scale * shrink)))
+            up = torch.nn.functional.interpolate(up, size=size, mode="area")
         return _to_uint8(up)
 
     top = [_labelled(tile(ref), baseline_label)] + [_labelled(tile(t), label) for label, t in tests]

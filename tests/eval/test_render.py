@@ -37,6 +37,16 @@ def test_side_by_side_mp4_has_every_frame_at_the_expected_size(tmp_path, diff_ro
     assert frames.shape == (5, height + height % 2, width + width % 2, 3)
 
 
+def test_wide_comparisons_are_shrunk_to_max_width(tmp_path):
+    base = _video(frames=2, h=60, w=100)
+    variants = [(f"v{i}", _video(frames=2, h=60, w=100, seed=i)) for i in range(1, 4)]
+    path = side_by_side_video(base, variants, tmp_path / "wide.mp4", diff_row=False, min_tile_height=60,
+                              max_width=200)
+    frames = iio.imread(path, plugin="FFMPEG")
+    tile_h = LABEL_HEIGHT + 60 * 194 // 400  # shrink = (200 - 3 gutters) / (4 tiles x 100 px)
+    assert frames.shape[2] <= 200 and frames.shape[1] == tile_h + tile_h % 2
+
+
 def test_the_baseline_tile_shows_the_baseline(tmp_path):
     base = torch.zeros(3, 3, 16, 16)
     base[:, 0] = 1.0  # pure red
