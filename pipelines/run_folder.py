@@ -22,7 +22,8 @@ import torch
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "octopus-diffusers-run/1"
 BASELINE = "baseline"
-#: On-disk dtypes for frames; float16 keeps 11 bits of [0, 1] (rounding error <= 2.5e-4).
+#: On-disk dtypes for frames; float16 keeps 11 significant bits (rounding error <= 2.5e-4 in [0, 1], a
+#: noise floor near 75 dB PSNR), float32 is exact.
 FRAME_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
