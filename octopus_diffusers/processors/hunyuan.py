@@ -5,6 +5,9 @@ block update each step, so nothing is cached. K is taken after the per-head RMSN
 the video part only); the boolean attention mask (padding of the text) passes through untouched.
 Dual-stream blocks project text with ``add_k_proj``; single-stream blocks concatenate before the
 projection -- either way the processor makes one attention call over the joint sequence.
+The token refiner's self-attention over the text runs diffusers' plain ``AttnProcessor2_0`` and gets
+the generic quantized processor (:mod:`.audioldm2`); ``layers=["transformer_blocks.*",
+"single_transformer_blocks.*"]`` leaves it in full precision.
 """
 
 from __future__ import annotations

@@ -27,6 +27,15 @@ def test_hunyuan_none_is_bit_identical_with_the_boolean_mask(tiny_runs, attentio
     assert torch.equal(tiny_runs.output("hunyuan-video"), ref)
 
 
+def test_hunyuan_default_hook_includes_the_token_refiner(tiny_runs):
+    ref = tiny_runs.reference("hunyuan-video")
+    with quantize_attention(tiny_runs.pipeline("hunyuan-video").pipe, codec="none", bits=16) as handle:
+        assert torch.equal(tiny_runs.output("hunyuan-video"), ref)
+        kinds = {r["layer"]: r["kind"] for r in handle.report()}
+    assert kinds == {"context_embedder.token_refiner.refiner_blocks.0.attn": "self",
+                     "transformer_blocks.0.attn": "joint", "single_transformer_blocks.0.attn": "joint"}
+
+
 def test_hunyuan_error_falls_with_bits(tiny_runs, errors_by_bits, strictly_falling):
     strictly_falling(errors_by_bits(tiny_runs, "hunyuan-video", "turboquant", (2, 4, 8), layers=JOINT_BLOCKS))
 
