@@ -39,13 +39,19 @@ def backend_priority(n_q: int) -> list[SDPBackend]:
     return FEW_QUERIES_PRIORITY if n_q <= FEW_QUERIES else BACKEND_PRIORITY
 
 
-def decode_rotated(packed: PackedTensor, spec: KernelSpec, out_dtype: torch.dtype) -> torch.Tensor:
+#: Codebook reads of the decode pass, per codec kind: compare-select chains (True) or ``tl.gather``.
+DECODE_SELECT = {"octopus": True, "turboquant": False}
+
+
+def decode_rotated(packed: PackedTensor, spec: KernelSpec, out_dtype: torch.dtype,
+                   select_lookup: bool | None = None) -> torch.Tensor:
     """``gamma * y_hat`` (rotated basis) of every vector of ``packed``, same shape, ``out_dtype``."""
+    select = DECODE_SELECT[spec.kind] if select_lookup is None else select_lookup
     if isinstance(spec, OctopusSpec):
         return octopus_decode_rows(packed.fields["codes"], packed.fields["norms"], spec, out_dtype=out_dtype,
-                                   scale_by_norm=True, exact=False)
+                                   scale_by_norm=True, exact=False, select_lookup=select)
     return tq_decode_rows(packed.fields["codes"], packed.fields["norms"], spec, out_dtype=out_dtype,
-                          scale_by_norm=True)
+                          scale_by_norm=True, select_lookup=select)
 
 
 def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,

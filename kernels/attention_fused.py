@@ -33,7 +33,7 @@ from octopus_diffusers.codecs import CodecError, PackedTensor
 
 from .codec_spec import KernelSpec, OctopusSpec, TurboQuantSpec, plane_width
 from .octopus_decode import octopus_planes_tile
-from .tl_helpers import codebook_or_pointer
+from .tl_helpers import load_codebook
 from .turboquant_codec import tq_tile
 
 LOG2E = 1.4426950408889634
@@ -72,23 +72,53 @@ def _fused_attention_kernel(
         q0 = tl.load(q_rows + tp, mask=m_mask[:, None], other=0.0)
         q1 = tl.load(q_rows + TP + tp, mask=m_mask[:, None], other=0.0)
         q2 = tl.load(q_rows + 2 * TP + tp, mask=m_mask[:, None], other=0.0)
-        kcb0 = codebook_or_pointer(KCB0, BLOCK_N, 1 << K_B0, SELECT)
-        kcb1 = codebook_or_pointer(KCB1, BLOCK_N, 1 << K_B1, SELECT)
-        kcb2 = codebook_or_pointer(KCB2, BLOCK_N, 1 << K_B2, SELECT)
+        if SELECT:
+            kcb0 = KCB0
+        else:
+            kcb0 = load_codebook(KCB0, BLOCK_N, 1 << K_B0)
+        if SELECT:
+            kcb1 = KCB1
+        else:
+            kcb1 = load_codebook(KCB1, BLOCK_N, 1 << K_B1)
+        if SELECT:
+            kcb2 = KCB2
+        else:
+            kcb2 = load_codebook(KCB2, BLOCK_N, 1 << K_B2)
     else:
         q0 = tl.load(q_rows + tl.arange(0, D)[None, :], mask=m_mask[:, None], other=0.0)
-        kcb0 = codebook_or_pointer(KCB0, BLOCK_N, 1 << K_B0, SELECT)
-        kcb1 = codebook_or_pointer(KCB1, BLOCK_N, 1 << K_B1, SELECT)
+        if SELECT:
+            kcb0 = KCB0
+        else:
+            kcb0 = load_codebook(KCB0, BLOCK_N, 1 << K_B0)
+        if SELECT:
+            kcb1 = KCB1
+        else:
+            kcb1 = load_codebook(KCB1, BLOCK_N, 1 << K_B1)
     if V_OCT:
-        vcb0 = codebook_or_pointer(VCB0, BLOCK_N, 1 << V_B0, SELECT)
-        vcb1 = codebook_or_pointer(VCB1, BLOCK_N, 1 << V_B1, SELECT)
-        vcb2 = codebook_or_pointer(VCB2, BLOCK_N, 1 << V_B2, SELECT)
+        if SELECT:
+            vcb0 = VCB0
+        else:
+            vcb0 = load_codebook(VCB0, BLOCK_N, 1 << V_B0)
+        if SELECT:
+            vcb1 = VCB1
+        else:
+            vcb1 = load_codebook(VCB1, BLOCK_N, 1 << V_B1)
+        if SELECT:
+            vcb2 = VCB2
+        else:
+            vcb2 = load_codebook(VCB2, BLOCK_N, 1 << V_B2)
         acc0 = tl.zeros((BLOCK_M, TP), dtype=tl.float32)
         acc1 = tl.zeros((BLOCK_M, TP), dtype=tl.float32)
         acc2 = tl.zeros((BLOCK_M, TP), dtype=tl.float32)
     else:
-        vcb0 = codebook_or_pointer(VCB0, BLOCK_N, 1 << V_B0, SELECT)
-        vcb1 = codebook_or_pointer(VCB1, BLOCK_N, 1 << V_B1, SELECT)
+        if SELECT:
+            vcb0 = VCB0
+        else:
+            vcb0 = load_codebook(VCB0, BLOCK_N, 1 << V_B0)
+        if SELECT:
+            vcb1 = VCB1
+        else:
+            vcb1 = load_codebook(VCB1, BLOCK_N, 1 << V_B1)
         acc0 = tl.zeros((BLOCK_M, D), dtype=tl.float32)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)

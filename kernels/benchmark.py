@@ -77,7 +77,8 @@ def bench_codec(rows: list, copy_gbs: float, bits_list=(2, 3, 4)) -> None:
     x = torch.randn(shape, device="cuda", dtype=torch.float16)
     n = x.numel() // 128
     print(f"\ncodec GB/s on {shape} fp16 (copy {copy_gbs:.0f} GB/s)")
-    print(f"{'codec':<12}{'bits':>5}{'enc fused':>11}{'enc exact':>11}{'dec rot':>10}{'dec full':>10}  (% of copy)")
+    print(f"{'codec':<12}{'bits':>5}{'enc fused':>11}{'enc exact':>11}{'dec rot':>10}{'dec sel':>10}"
+          f"{'dec full':>10}  (% of copy)")
     for name in ("octopus", "turboquant"):
         enc = octopus_encode if name == "octopus" else tq_encode
         for bits in bits_list:
@@ -90,7 +91,8 @@ def bench_codec(rows: list, copy_gbs: float, bits_list=(2, 3, 4)) -> None:
             res = {}
             res["enc_fused"] = _bench(lambda: enc(codec, x, fused_rotation=True))
             res["enc_exact"] = _bench(lambda: enc(codec, x, fused_rotation=False))
-            res["dec_rot"] = _bench(lambda: decode_rotated(packed, spec, torch.float16))
+            res["dec_rot"] = _bench(lambda: decode_rotated(packed, spec, torch.float16, select_lookup=False))
+            res["dec_rot_sel"] = _bench(lambda: decode_rotated(packed, spec, torch.float16, select_lookup=True))
             from . import decode as full_decode
             res["dec_full"] = _bench(lambda: full_decode(codec, packed))
             gbs = {k: io / v / 1e6 for k, v in res.items()}
@@ -98,7 +100,7 @@ def bench_codec(rows: list, copy_gbs: float, bits_list=(2, 3, 4)) -> None:
                          "ms": res, "GB/s": gbs, "pct_of_copy": {k: 100 * v / copy_gbs for k, v in gbs.items()},
                          "fused_code_mismatch_vs_cpu": mism})
             print(f"{name:<12}{bits:>5}" + "".join(f"{gbs[k]:>8.0f}({100 * gbs[k] / copy_gbs:>2.0f})"
-                                                    for k in ("enc_fused", "enc_exact", "dec_rot", "dec_full"))
+                                                    for k in ("enc_fused", "enc_exact", "dec_rot", "dec_rot_sel", "dec_full"))
                   + f"  mismatch {mism:.1e}")
 
 

@@ -48,7 +48,8 @@ def octopus_planes_tile(row_ptr, row_mask, cbx, cbe, cbr, T: tl.constexpr, TP: t
 def _octopus_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS,
                            D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BX: tl.constexpr,
                            BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr,
-                           SCALE_BY_NORM: tl.constexpr, EXACT: tl.constexpr, BLOCK_R: tl.constexpr):
+                           SCALE_BY_NORM: tl.constexpr, EXACT: tl.constexpr, SELECT: tl.constexpr,
+                           BLOCK_R: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = rows < N_ROWS
     i = tl.arange(0, TP)[None, :]
@@ -65,6 +66,8 @@ def _octopus_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS,
         x = tl.div_rn(x, nrm) * rho
         y = tl.div_rn(y, nrm) * rho
         z = tl.div_rn(z, nrm) * rho
+    elif SELECT:
+        x, y, z = octopus_planes_tile(row_ptr, r_mask[:, None], CBX, CBE, CBR, T, TP, BX, BE, BR, NBYTES, True)
     else:
         x, y, z = octopus_planes_tile(row_ptr, r_mask[:, None], load_codebook(CBX, BLOCK_R, 1 << BX),
                                       load_codebook(CBE, BLOCK_R, 1 << BE), load_codebook(CBR, BLOCK_R, 1 << BR),
@@ -85,11 +88,13 @@ def _block_rows() -> int:
 
 def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusSpec,
                         out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False,
-                        out: torch.Tensor | None = None, exact: bool = True) -> torch.Tensor:
+                        out: torch.Tensor | None = None, exact: bool = True,
+                        select_lookup: bool = False) -> torch.Tensor:
     """Rotated reconstruction of every row of ``codes`` ``(..., nbytes)``: ``(..., d)`` in ``out_dtype``
     (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``); written into ``out`` (rows x d) if given.
     ``exact=False`` (attention) uses one reciprocal square root per triplet instead of the reference's
-    IEEE divisions: within float32 rounding, about 3x faster."""
+    IEEE divisions (within float32 rounding of the reference); ``select_lookup`` (fast path only) reads
+    the codebooks by compare-select chains instead of ``tl.gather``."""
     if codes.dtype != torch.uint8 or codes.shape[-1] != spec.nbytes:
         raise CodecError(f"octopus kernel: expected uint8 codes (..., {spec.nbytes}), got {codes.dtype} "
                          f"{tuple(codes.shape)}")
@@ -108,7 +113,7 @@ def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusS
             c2, c2.stride(0), n2, out, out.stride(0), spec.xi_codebook.to(dev), spec.eta_codebook.to(dev),
             spec.rho_codebook.to(dev), c2.shape[0], D=spec.head_dim, T=spec.n_triplets,
             TP=plane_width(spec.head_dim), BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
-            SCALE_BY_NORM=scale_by_norm, EXACT=exact, BLOCK_R=br, num_warps=4, enable_fp_fusion=not exact)
+            SCALE_BY_NORM=scale_by_norm, EXACT=exact, SELECT=select_lookup, BLOCK_R=br, num_warps=4, enable_fp_fusion=not exact)
     return out.reshape(*lead, spec.head_dim)
 
 

@@ -60,16 +60,8 @@ def lookup_select(cb_ptr, idx, SIZE: tl.constexpr):
 
 
 @triton.jit
-def codebook_or_pointer(cb_ptr, ROWS: tl.constexpr, SIZE: tl.constexpr, SELECT: tl.constexpr):
-    """What the tile decoders take as a codebook: the pointer itself (``SELECT``) or registers."""
-    if SELECT:
-        return cb_ptr
-    return load_codebook(cb_ptr, ROWS, SIZE)
-
-
-@triton.jit
 def lookup_any(cb, idx, SIZE: tl.constexpr, SELECT: tl.constexpr):
-    """:func:`lookup_select` on a pointer or :func:`lookup` on registers (see codebook_or_pointer)."""
+    """:func:`lookup_select` (``cb`` a pointer) or :func:`lookup` (``cb`` from :func:`load_codebook`)."""
     if SELECT:
         return lookup_select(cb, idx, SIZE)
     return lookup(cb, idx)

@@ -38,12 +38,16 @@ def tq_tile(row_ptr, row_mask, cb_hi, cb_lo, D: tl.constexpr, N_HI: tl.constexpr
 @triton.jit
 def _tq_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CB_HI, CB_LO, N_ROWS, D: tl.constexpr,
                       N_HI: tl.constexpr, B_HI: tl.constexpr, B_LO: tl.constexpr, NBYTES: tl.constexpr,
-                      SCALE_BY_NORM: tl.constexpr, BLOCK_R: tl.constexpr):
+                      SCALE_BY_NORM: tl.constexpr, SELECT: tl.constexpr, BLOCK_R: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = rows < N_ROWS
-    y = tq_tile(CODES + rows[:, None].to(tl.int64) * s_c, r_mask[:, None],
-                load_codebook(CB_HI, BLOCK_R, 1 << B_HI), load_codebook(CB_LO, BLOCK_R, 1 << B_LO),
-                D, N_HI, B_HI, B_LO, NBYTES)
+    if SELECT:
+        y = tq_tile(CODES + rows[:, None].to(tl.int64) * s_c, r_mask[:, None], CB_HI, CB_LO,
+                    D, N_HI, B_HI, B_LO, NBYTES, True)
+    else:
+        y = tq_tile(CODES + rows[:, None].to(tl.int64) * s_c, r_mask[:, None],
+                    load_codebook(CB_HI, BLOCK_R, 1 << B_HI), load_codebook(CB_LO, BLOCK_R, 1 << B_LO),
+                    D, N_HI, B_HI, B_LO, NBYTES)
     if SCALE_BY_NORM:
         y = y * tl.load(NORMS + rows, mask=r_mask, other=0.0).to(tl.float32)[:, None]
     tl.store(OUT + rows[:, None].to(tl.int64) * s_o + tl.arange(0, D)[None, :], y.to(OUT.dtype.element_ty),
@@ -109,7 +113,7 @@ def _block_rows() -> int:
 
 def tq_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: TurboQuantSpec,
                    out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+                   out: torch.Tensor | None = None, select_lookup: bool = False) -> torch.Tensor:
     """Rotated reconstruction of every row of ``codes`` ``(..., nbytes)``: ``(..., d)`` in ``out_dtype``
     (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``); written into ``out`` (rows x d) if given."""
     if codes.dtype != torch.uint8 or codes.shape[-1] != spec.nbytes:
@@ -127,7 +131,7 @@ def tq_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: TurboQuantSpe
         _tq_decode_kernel[(triton.cdiv(c2.shape[0], br),)](
             c2, c2.stride(0), n2, out, out.stride(0), cb_hi, cb_lo, c2.shape[0], D=spec.head_dim,
             N_HI=spec.n_high, B_HI=spec.bits_hi, B_LO=spec.bits_lo, NBYTES=spec.nbytes,
-            SCALE_BY_NORM=scale_by_norm, BLOCK_R=br, num_warps=4)
+            SCALE_BY_NORM=scale_by_norm, SELECT=select_lookup, BLOCK_R=br, num_warps=4)
     return out.reshape(*lead, spec.head_dim)
 
 

@@ -123,3 +123,16 @@ def test_unsupported_configurations_are_refused():
     other = get_codec("octopus", 64, 2).encode(_data(64))
     with pytest.raises(CodecError, match="configuration"):
         octopus_decode(codec, other)
+
+
+@pytest.mark.parametrize("name,head_dim,bits,options", [CASES[0], CASES[7]], ids=[IDS[0], IDS[7]])
+@pytest.mark.parametrize("select", [False, True])
+def test_fast_rotated_decode_for_attention(name, head_dim, bits, options, select):
+    """The decode pass of decode-then-attend: fast arithmetic, either codebook read, fp16 output."""
+    from octopus_diffusers.kernels.attention_decoded import decode_rotated
+
+    codec = get_codec(name, head_dim, bits, seed=4, **options)
+    packed = codec.encode(_data(head_dim, torch.float16))
+    got = decode_rotated(packed, kernel_spec(codec), torch.float16, select_lookup=select)
+    ref = reference_rotated(codec, packed.to("cpu"))
+    torch.testing.assert_close(got.cpu().float(), ref, rtol=2e-3, atol=2e-3)
