@@ -205,11 +205,12 @@ def bench_crossover(rows: list, nqs=(16, 64, 256, 512, 1024, 1560, 2048, 4096, 8
             q, ck, cv, kp, vp = _attention_inputs(1, 12, 12, nq, 32760, 128, torch.float16, name, bits)
             sk, sv = kernel_spec(ck), kernel_spec(cv)
             f = _bench(lambda: fused_attention(q, kp, vp, sk, sv))
+            fs = _bench(lambda: fused_attention(q, kp, vp, sk, sv, select_lookup=True))
             dd = _bench(lambda: decoded_attention(q, kp, vp, sk, sv))
             rows.append({"section": "crossover", "codec": name, "bits": bits, "nq": nq, "nkv": 32760,
-                         "heads": 12, "d": 128, "fused_ms": f, "decoded_ms": dd})
-            print(f"{name}{bits} Nq={nq:>5}: fused {f:.3f} ms, decoded {dd:.3f} ms -> "
-                  f"{'fused' if f <= dd else 'decoded'}")
+                         "heads": 12, "d": 128, "fused_gather_ms": f, "fused_select_ms": fs, "decoded_ms": dd})
+            print(f"{name}{bits} Nq={nq:>5}: fused gather {f:.3f} / select {fs:.3f} ms, decoded {dd:.3f} ms -> "
+                  f"{'fused' if min(f, fs) <= dd else 'decoded'}")
 
 
 def bench_wan(rows: list, codec_name: str = "octopus", bits: int = 3) -> None:
