@@ -31,7 +31,8 @@ from octopus_diffusers.codecs import Codec, CodecError, available_codecs, get_co
 
 from . import rd_analysis as analysis
 from .rd_datasets import RDDataset, minilm_dataset, synthetic_dataset
-from .rd_metrics import attention_relative_error, inner_product_errors, relative_mse
+from .rd_metrics import (
+    attention_relative_error, inner_product_errors, per_vector_relative_error, relative_mse)
 
 DATASET_KINDS = ("unit", "outlier", "minilm")
 
@@ -239,9 +240,13 @@ def _unit_vectors(n: int, head_dim: int, seed: int) -> torch.Tensor:
 
 
 def _unit_point(codec: Codec, u: torch.Tensor, device: str) -> dict[str, float]:
+    """Rate and E||u − û||² on unit vectors ``u``, with the Monte-Carlo standard error of the mean
+    relative to it (``distortion_rel_se``)."""
     u_hat, measured = _roundtrip(codec, u, device)
-    return {"bits_per_scalar": codec.bits_per_scalar, "measured_bits": measured,
-            "distortion": relative_mse(u, u_hat)}
+    errors = per_vector_relative_error(u, u_hat)
+    mean = float(errors.mean())
+    return {"bits_per_scalar": codec.bits_per_scalar, "measured_bits": measured, "distortion": mean,
+            "distortion_rel_se": float(errors.std() / errors.numel() ** 0.5) / mean if mean > 0 else 0.0}
 
 
 def sweep_allocations(size: BenchSize) -> list[tuple[int, int, int]]:

@@ -11,18 +11,23 @@ import math
 import torch
 
 
-def relative_mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """Mean over vectors of ``||x - x̂||² / ||x||²`` (zero vectors skipped).
-
-    On unit vectors this is ``E||u - û||²``, the quantity of ``codecs.md`` §4.
-    """
+def per_vector_relative_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """``||x - x̂||² / ||x||²`` of every non-zero vector, float64, flattened."""
     x = x.reshape(-1, x.shape[-1]).double()
     err = (x - x_hat.reshape(x.shape).double()).pow(2).sum(-1)
     energy = x.pow(2).sum(-1)
     keep = energy > 0
     if not bool(keep.any()):
         raise ValueError("relative_mse: every vector is zero")
-    return float((err[keep] / energy[keep]).mean())
+    return err[keep] / energy[keep]
+
+
+def relative_mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Mean over vectors of ``||x - x̂||² / ||x||²`` (zero vectors skipped).
+
+    On unit vectors this is ``E||u - û||²``, the quantity of ``codecs.md`` §4.
+    """
+    return float(per_vector_relative_error(x, x_hat).mean())
 
 
 def inner_product_errors(x: torch.Tensor, x_hat: torch.Tensor, queries: torch.Tensor) -> dict[str, float]:

@@ -259,9 +259,11 @@ def markdown(results: dict[str, Any], plots: Sequence[str]) -> str:
               "`attn err` = ||O − Ô||²/||O||² for O = softmax(QKᵀ/√d)V with K and V compressed.", ""]
     if results["reproduction"]:
         lines += ["## codecs.md §4 reproduction (unit vectors, E||u − û||²)", ""]
-        lines += _table(["codec", "d", "b", "true bits/scalar", "measured", "reference", "diff", "within 3 %"],
+        lines += _table(["codec", "d", "b", "true bits/scalar", "measured", "MC std. error", "reference",
+                         "diff", "within 3 %"],
                         [[r["codec"], r["head_dim"], r["b"], r["bits_per_scalar"], r["distortion"],
-                          r["reference"], f"{100 * r['rel_diff']:+.2f} %", r["within_tolerance"]]
+                          f"±{100 * r['distortion_rel_se']:.2f} %", r["reference"], f"{100 * r['rel_diff']:+.2f} %",
+                          r["within_tolerance"]]
                          for r in results["reproduction"]])
     sweep = results["sweep"]
     if sweep:
