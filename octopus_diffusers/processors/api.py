@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -160,9 +159,6 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
         raise ValueError(f"full_precision_steps must be an int >= 0, got {full_precision_steps!r}")
     spec = KVCodecSpec(codec, bits if key_bits is None else key_bits, bits if value_bits is None else value_bits,
                        int(seed), dict(codec_options))
-    for b in (spec.key_bits, spec.value_bits):
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
-            raise CodecError(f"bits must be a finite number, got {b!r}")
     select = layer_selector(layers)
     models = denoisers(pipe_or_model)
 
@@ -192,7 +188,7 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
     hooked: list[_Hooked] = []
     quantizers: list[KVQuantizer] = []
     states: dict[int, ForwardState] = {}
-    needs_state: dict[int, tuple[str, ...]] = {}
+    needs_state: set[int] = set()  # models whose forward pre-hook some quantizer reads
     for model, name, module, cls in plans:
         state = states.get(id(model))
         if state is None:
@@ -214,7 +210,7 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
                             state=state if (cache or full_precision_steps) else None,
                             full_precision_steps=full_precision_steps, cache=cache)
             if cache or full_precision_steps:
-                needs_state[id(model)] = state.prompt_inputs
+                needs_state.add(id(model))
             layer_quantizers.append(q)
             quantizers.append(q)
         if all(q is None for q in layer_quantizers):
@@ -228,7 +224,7 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
                          "attention call")
 
     hooks = []
-    for model_name, model in models:
+    for _, model in models:
         if id(model) in needs_state:
             hooks.append(model.register_forward_pre_hook(states[id(model)].pre_hook, with_kwargs=True))
     for h in hooked:

@@ -34,8 +34,7 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..codecs import CodecError
-from .kv import ForwardState, KVCodecSpec, KVQuantizer, StreamSpec
+from .kv import KVCodecSpec, KVQuantizer, StreamSpec
 
 #: diffusers processor class -> quantized processor class. Extended by each family module.
 _REGISTRY: dict[type, type["QuantizedAttnProcessorBase"]] = {}
@@ -264,4 +263,4 @@ def layer_selector(layers: Any) -> Callable[[str], bool]:
 
 
 __all__ = ["QuantizedAttnProcessorBase", "register_quantized_processor", "quantized_processor_class",
-           "registered_processors", "layer_selector", "block_index", "ForwardState", "CodecError"]
+           "registered_processors", "layer_selector", "block_index"]
