@@ -62,9 +62,12 @@ def lookup_select(cb_ptr, idx, SIZE: tl.constexpr):
 @triton.jit
 def lookup_any(cb, idx, SIZE: tl.constexpr, SELECT: tl.constexpr):
     """:func:`lookup_select` (``cb`` a pointer) or :func:`lookup` (``cb`` from :func:`load_codebook`)."""
+    # if/else, not an early return: the compiler visits code after a constexpr-if's return.
     if SELECT:
-        return lookup_select(cb, idx, SIZE)
-    return lookup(cb, idx)
+        val = lookup_select(cb, idx, SIZE)
+    else:
+        val = lookup(cb, idx)
+    return val
 
 
 @triton.jit
