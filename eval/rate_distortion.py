@@ -194,16 +194,14 @@ def turboquant_bits_for_rate(head_dim: int, true_rate: float) -> float | None:
 
 def _measure_all(jobs: Sequence[tuple[RDDataset, Variant, float]], seed: int, device: str,
                  rows: list[dict], skipped: list[dict], desc: str) -> None:
-    refused: set[tuple[str, int, float]] = set()
+    """Measure ``jobs`` into ``rows``; a codec's refusal (at construction, or of this data) goes to
+    ``skipped`` with its message."""
     for ds, variant, bits in tqdm(jobs, desc=desc, unit="cfg", leave=False):
-        if (variant.label, ds.head_dim, bits) in refused:
-            continue
         try:
             rows.append(measure(ds, variant, bits, seed, device))
         except CodecError as err:
-            refused.add((variant.label, ds.head_dim, bits))
-            skipped.append({"codec": variant.label, "head_dim": ds.head_dim, "bits_nominal": bits,
-                            "reason": str(err)})
+            skipped.append({"dataset": ds.label, "codec": variant.label, "head_dim": ds.head_dim,
+                            "bits_nominal": bits, "reason": str(err)})
 
 
 def run_codecs(datasets: Sequence[RDDataset], variants: Sequence[Variant], rates: Sequence[float],
