@@ -149,8 +149,9 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
     K (after qk-norm and RoPE) and V are encoded with ``codec`` at ``key_bits`` / ``value_bits``
     (default ``bits``) right before each attention call, which then runs as in diffusers.
     ``self_attention`` governs self- and joint-attention streams, ``cross_attention`` the
-    cross-attention ones; ``layers`` selects block indices, ``fnmatch`` patterns on module names, or
-    takes a predicate on the name. ``full_precision_steps`` leaves the first denoising steps
+    cross-attention ones; ``layers`` selects block indices, ``fnmatch`` patterns on module names
+    (inside each denoiser), or takes a predicate on the name. Report labels are those module names,
+    prefixed with the pipeline component when a pipeline has several denoisers (Wan 2.2). ``full_precision_steps`` leaves the first denoising steps
     unquantized. ``cache_cross_attention`` keeps step-invariant cross-attention K/V compressed and
     reuses them across steps (see :mod:`octopus_diffusers.processors.kv` for the keying rule).
     Only the denoiser's attention modules are touched; nothing global is patched.
@@ -162,7 +163,9 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
     select = layer_selector(layers)
     models = denoisers(pipe_or_model)
 
-    plans: list[tuple[torch.nn.Module, str, torch.nn.Module, type[QuantizedAttnProcessorBase]]] = []
+    # (model, module name inside it, report label, module, quantized class). Labels carry the pipeline
+    # component when there are several denoisers (Wan 2.2: "transformer_2.blocks.0.attn1").
+    plans: list[tuple[torch.nn.Module, str, str, torch.nn.Module, type[QuantizedAttnProcessorBase]]] = []
     for model_name, model in models:
         all_modules = attention_modules(model)
         if not all_modules:
@@ -182,17 +185,18 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
             if hasattr(module, _HOOK_ATTRIBUTE) or isinstance(module.processor, QuantizedAttnProcessorBase):
                 raise RuntimeError(f"{model_name}.{name} is already quantized; restore() the first handle "
                                    "before hooking again")
-            plans.append((model, name, module, quantized_processor_class(type(module.processor))))
+            label = f"{model_name}.{name}" if len(models) > 1 else name
+            plans.append((model, name, label, module, quantized_processor_class(type(module.processor))))
 
     # Build everything first, so that a bad codec/bits/head_dim leaves the model untouched.
     hooked: list[_Hooked] = []
     quantizers: list[KVQuantizer] = []
     states: dict[int, ForwardState] = {}
     needs_state: set[int] = set()  # models whose forward pre-hook some quantizer reads
-    for model, name, module, cls in plans:
+    for model, name, label, module, cls in plans:
         state = states.get(id(model))
         if state is None:
-            inputs = dict.fromkeys(i for m, _, _, c in plans if m is model for i in c.prompt_inputs)
+            inputs = dict.fromkeys(i for m, _, _, _, c in plans if m is model for i in c.prompt_inputs)
             state = states[id(model)] = ForwardState(tuple(inputs), track_steps=full_precision_steps > 0)
         heads, kv_heads, head_dim = cls.head_sizes(module)
         layer_quantizers: list[KVQuantizer | None] = []
@@ -204,9 +208,9 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
             try:
                 key_codec, value_codec = spec.build(head_dim, len(quantizers))
             except (CodecError, TypeError) as err:
-                raise type(err)(f"{name}: {err}") from err
+                raise type(err)(f"{label}: {err}") from err
             cache = cache_cross_attention and stream.cacheable
-            q = KVQuantizer(name, stream, heads, kv_heads, head_dim, key_codec, value_codec,
+            q = KVQuantizer(label, stream, heads, kv_heads, head_dim, key_codec, value_codec,
                             state=state if (cache or full_precision_steps) else None,
                             full_precision_steps=full_precision_steps, cache=cache)
             if cache or full_precision_steps:
@@ -218,7 +222,7 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
         replacement = cls(spec.codec, key_bits=spec.key_bits, value_bits=spec.value_bits, seed=spec.seed,
                           original=module.processor, **spec.options)
         replacement.bind(module, layer_quantizers)
-        hooked.append(_Hooked(model, name, module, module.processor, replacement))
+        hooked.append(_Hooked(model, label, module, module.processor, replacement))
     if not hooked:
         raise ValueError("nothing to quantize: the self_attention / cross_attention / layers selection matched no "
                          "attention call")

@@ -72,3 +72,38 @@ def test_skyreels_block_causal_mask_reaches_attention(tiny_runs, attention_mask_
 
 def test_skyreels_error_falls_with_bits(tiny_runs, errors_by_bits, strictly_falling):
     strictly_falling(errors_by_bits(tiny_runs, "skyreels-v2", "turboquant", (2, 4, 8)))
+
+
+def test_wan22_hooks_both_transformers(tiny_runs):
+    """Wan 2.2 runs a high-noise and a low-noise transformer: both are denoisers, each with its own
+    pre-hook state, and the step counter of each sees only its own steps."""
+    from diffusers import WanPipeline
+
+    from octopus_diffusers.pipelines import tiny
+
+    wan = tiny_runs.pipeline("wan")
+    second = tiny._tiny_wan_transformer()
+    with torch.no_grad():
+        for p in second.parameters():
+            p.mul_(0.9)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=wan.pipe.vae, transformer=wan.pipe.transformer,
+                       scheduler=wan.pipe.scheduler, transformer_2=second, boundary_ratio=0.5)
+
+    def generate() -> torch.Tensor:
+        return pipe(**wan.call_kwargs(seed=0)).frames
+
+    with torch.no_grad():
+        ref = generate()
+        with quantize_attention(pipe, codec="none", bits=16) as handle:
+            assert torch.equal(generate(), ref)
+            layers = [r["layer"] for r in handle.report()]
+            assert layers[:2] == ["transformer.blocks.0.attn1", "transformer.blocks.0.attn2:text"]
+            assert layers[4:6] == ["transformer_2.blocks.0.attn1", "transformer_2.blocks.0.attn2:text"]
+            assert len(handle.stats()["layers"]) == len(layers) == 8
+        assert isinstance(second.blocks[0].attn1.processor, type(wan.pipe.transformer.blocks[0].attn1.processor))
+        quantized = quantize_attention(pipe, codec="turboquant", bits=2)
+        with quantized:
+            out = generate()
+        assert not torch.equal(out, ref)
+        calls = [q.stats.calls for q in quantized.quantizers]
+        assert calls[:4] != [0] * 4 and calls[4:] != [0] * 4  # both transformers ran quantized
