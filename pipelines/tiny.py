@@ -328,7 +328,9 @@ def build_audioldm2() -> TinyPipeline:
     2 heads x 16, a tiny HiFi-GAN vocoder: mono 1024 samples at 8 kHz.
 
     The T5 and GPT-2 models are built from tiny configs only because the pipeline reads their
-    dtypes; they never run, since the embeddings are given.
+    dtypes; they never run, since the embeddings are given. The randomly initialised vocoder's
+    waveform is very quiet (peak around 1e-5): compare outputs with scale-aware metrics or
+    normalise before listening.
     """
     from diffusers import AudioLDM2Pipeline, AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
     from transformers import GPT2Config, GPT2LMHeadModel, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, \

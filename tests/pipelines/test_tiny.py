@@ -94,6 +94,15 @@ def test_replace_denoiser_rejects_another_class() -> None:
         tiny("wan").replace_denoiser(torch.nn.Linear(2, 2))
 
 
+def test_builds_and_generates_in_bfloat16() -> None:
+    pipeline = build_tiny_pipeline("ltx-video", dtype=torch.bfloat16)
+    assert pipeline.denoiser.dtype == torch.bfloat16
+    assert pipeline.inputs["prompt_embeds"].dtype == torch.bfloat16
+    assert pipeline.inputs["prompt_attention_mask"].dtype == torch.long  # masks keep their integer type
+    video = pipeline.generate(0)["video"]
+    assert video.shape == EXPECTED_SHAPES["ltx-video"]["video"] and torch.isfinite(video).all()
+
+
 def test_unknown_name_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown tiny pipeline 'sora'"):
         build_tiny_pipeline("sora")
