@@ -104,6 +104,33 @@ def bench_codec(rows: list, copy_gbs: float, bits_list=(2, 3, 4)) -> None:
                   + f"  mismatch {mism:.1e}")
 
 
+def tune_block_rows(rows: list) -> None:
+    """Measure rows-per-program of the codec kernels and keep the fastest for the later sections."""
+    from . import octopus_decode as od, octopus_encode as oe, turboquant_codec as tq
+
+    x = torch.randn(1, 40, 32768, 128, device="cuda", dtype=torch.float16)
+    print("\nrows per program (ms):")
+    for name, module, attr, choices, fn_of in (
+            ("octopus3 decode", od, "GPU_BLOCK_ROWS", (8, 16, 32, 64), "dec"),
+            ("octopus3 encode", oe, "GPU_BLOCK_ROWS", (16, 32, 64), "enc"),
+            ("turboquant3 encode", tq, "GPU_BLOCK_ROWS", (16, 32, 64), "enc"),
+            ("turboquant3 decode", tq, "GPU_DECODE_BLOCK_ROWS", (16, 32, 64, 128), "dec")):
+        codec = get_codec(name.split("3")[0], 128, 3)
+        enc = octopus_encode if name.startswith("octopus") else tq_encode
+        packed = enc(codec, x, fused_rotation=True)
+        spec = kernel_spec(codec)
+        fn = ((lambda: enc(codec, x, fused_rotation=True)) if fn_of == "enc"
+              else (lambda: decode_rotated(packed, spec, torch.float16)))
+        times = {}
+        for br in choices:
+            setattr(module, attr, br)
+            times[br] = _bench(fn)
+        best = min(times, key=times.get)
+        setattr(module, attr, best)
+        rows.append({"section": "block_rows", "kernel": name, "ms": times, "chosen": best})
+        print(f"  {name}: " + ", ".join(f"{k}: {v:.3f}" for k, v in times.items()) + f" -> {best}")
+
+
 def _attention_inputs(b, hq, hkv, nq, nkv, d, dtype, name, bits):
     q = torch.randn(b, hq, nq, d, device="cuda", dtype=dtype)
     codec_k, codec_v = get_codec(name, d, bits, seed=1), get_codec(name, d, bits, seed=2)
@@ -157,7 +184,7 @@ def bench_attention(rows: list, shapes=ATTENTION_SHAPES, dtypes=(torch.float16, 
                 # Correctness: against fp16 SDPA on the decoded K/V (the decode kernel checked by tests).
                 ref = decoded_attention(q, kp, vp, sk, sv)
                 for method, fn in (("fused", fused_attention), ("decoded", decoded_attention)):
-                    if method == "fused" and big and name != "octopus":
+                    if method == "fused" and big:  # full-sequence: never dispatched (run 1: 82 TFLOP/s)
                         continue
                     out = fn(q, kp, vp, sk, sv)
                     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
@@ -262,7 +289,7 @@ def bench_wan(rows: list, codec_name: str = "octopus", bits: int = 3) -> None:
             if rotary_emb is not None:
                 q, k = _apply_wan_rotary(q, rotary_emb), _apply_wan_rotary(k, rotary_emb)
             kp, vp = enc(codec_k, k, fused_rotation=True), enc(codec_v, v, fused_rotation=True)
-            o = kv_attention(q, kp, vp, codec_k, codec_v, layout="BSHD", method="decoded")
+            o = kv_attention(q, kp, vp, codec_k, codec_v, layout="BSHD", method="auto")
             o = o.flatten(2, 3).type_as(q)
             return attn.to_out[1](attn.to_out[0](o))
 
@@ -310,8 +337,8 @@ def _apply_wan_rotary(x: torch.Tensor, freqs) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="copy,codec,attention,crossover",
-                        help="comma list of copy, codec, attention, variants, crossover, wan")
+    parser.add_argument("--sections", default="copy,tune,codec,attention,crossover,wan",
+                        help="comma list of copy, tune, codec, attention, variants, crossover, wan")
     parser.add_argument("--shapes", default="", help="comma list of attention shape names (default all)")
     parser.add_argument("--out", default="", help="JSON file for every row, with the environment")
     args = parser.parse_args(argv)
@@ -323,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(env))
     t0 = time.time()
     copy_gbs = bench_copy(rows) if "copy" in sections or "codec" in sections else math.nan
+    if "tune" in sections:
+        tune_block_rows(rows)
     if "codec" in sections:
         bench_codec(rows, copy_gbs)
     if "attention" in sections:

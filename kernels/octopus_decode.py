@@ -82,8 +82,13 @@ def _octopus_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS,
     tl.store(out + 2, z.to(OUT.dtype.element_ty), mask=m & (3 * i + 2 < D))
 
 
+#: Rows (vectors) per program on the GPU; the benchmark's "codec" section measures alternatives
+#: (tile rows x triplet planes live in registers: too many rows spill).
+GPU_BLOCK_ROWS = 64
+
+
 def _block_rows() -> int:
-    return 64 if torch.cuda.is_available() else 16
+    return GPU_BLOCK_ROWS if torch.cuda.is_available() else 16
 
 
 def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusSpec,

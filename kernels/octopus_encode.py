@@ -145,8 +145,13 @@ def _tables(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]
     return _TABLES[key]
 
 
+#: Rows (vectors) per program on the GPU; the benchmark's "codec" section measures alternatives
+#: (tile rows x triplet planes live in registers: too many rows spill).
+GPU_BLOCK_ROWS = 32
+
+
 def _block_rows() -> int:
-    return 32 if torch.cuda.is_available() else 16
+    return GPU_BLOCK_ROWS if torch.cuda.is_available() else 16
 
 
 def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False) -> PackedTensor:

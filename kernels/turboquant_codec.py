@@ -107,8 +107,14 @@ def _tables(spec: TurboQuantSpec, device: torch.device) -> tuple:
     return _TABLES[key]
 
 
+#: Rows (vectors) per program on the GPU; the benchmark's "codec" section measures alternatives
+#: (tile rows x triplet planes live in registers: too many rows spill).
+GPU_BLOCK_ROWS = 32
+GPU_DECODE_BLOCK_ROWS = 64
+
+
 def _block_rows() -> int:
-    return 32 if torch.cuda.is_available() else 16
+    return GPU_BLOCK_ROWS if torch.cuda.is_available() else 16
 
 
 def tq_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: TurboQuantSpec,
@@ -126,7 +132,7 @@ def tq_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: TurboQuantSpe
     elif out.shape != (c2.shape[0], spec.head_dim) or out.stride(-1) != 1:
         raise CodecError(f"decode: out must be ({c2.shape[0]}, {spec.head_dim}) with unit last stride")
     cb_hi, cb_lo, *_ = _tables(spec, codes.device)
-    br = 64 if torch.cuda.is_available() else 16
+    br = GPU_DECODE_BLOCK_ROWS if torch.cuda.is_available() else 16
     if c2.shape[0]:
         _tq_decode_kernel[(triton.cdiv(c2.shape[0], br),)](
             c2, c2.stride(0), n2, out, out.stride(0), cb_hi, cb_lo, c2.shape[0], D=spec.head_dim,
