@@ -82,13 +82,19 @@ def _octopus_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS,
     tl.store(out + 2, z.to(OUT.dtype.element_ty), mask=m & (3 * i + 2 < D))
 
 
-#: Rows (vectors) per program on the GPU; the benchmark's "codec" section measures alternatives
-#: (tile rows x triplet planes live in registers: too many rows spill).
-GPU_BLOCK_ROWS = 64
+#: Rows (vectors) per program on the GPU, measured by the benchmark's "tune" section on the H100
+#: (docs/kernels/run4_compile_crash.log, fast decode, 3 bits, 1.3 M vectors): 8 rows 0.947 ms, 16 rows
+#: 1.724, 32 rows 3.092, 64 rows 3.053 — every triplet plane is a register tile, more rows spill.
+GPU_BLOCK_ROWS = 8
+#: tl.gather of a codebook needs >= 16 rows: Triton 3.6 aborts compiling it for 8 rows
+#: ("GatherLoweringHelper(op).isWarpLocal()" assertion, same log); the select path has no limit.
+MIN_GATHER_ROWS = 16
 
 
-def _block_rows() -> int:
-    return GPU_BLOCK_ROWS if torch.cuda.is_available() else 16
+def _block_rows(gather: bool) -> int:
+    if not torch.cuda.is_available():
+        return 16
+    return max(GPU_BLOCK_ROWS, MIN_GATHER_ROWS) if gather else GPU_BLOCK_ROWS
 
 
 def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusSpec,
@@ -111,7 +117,7 @@ def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusS
     elif out.shape != (c2.shape[0], spec.head_dim) or out.stride(-1) != 1:
         raise CodecError(f"decode: out must be ({c2.shape[0]}, {spec.head_dim}) with unit last stride")
     dev = codes.device
-    br = _block_rows()
+    br = _block_rows(gather=exact or not select_lookup)
     grid = (triton.cdiv(c2.shape[0], br),)
     if c2.shape[0]:
         _octopus_decode_kernel[grid](

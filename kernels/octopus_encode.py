@@ -145,9 +145,10 @@ def _tables(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]
     return _TABLES[key]
 
 
-#: Rows (vectors) per program on the GPU; the benchmark's "codec" section measures alternatives
-#: (tile rows x triplet planes live in registers: too many rows spill).
-GPU_BLOCK_ROWS = 32
+#: Rows (vectors) per program on the GPU, measured by the benchmark's "tune" section on the H100
+#: (docs/kernels/run4_compile_crash.log, fused rotation, 3 bits): 16 rows 10.2 ms, 32 rows 14.1, 64 rows
+#: 27.8 (register spills). 16 is also the smallest tile tl.dot takes.
+GPU_BLOCK_ROWS = 16
 
 
 def _block_rows() -> int:

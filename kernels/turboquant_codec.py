@@ -107,10 +107,11 @@ def _tables(spec: TurboQuantSpec, device: torch.device) -> tuple:
     return _TABLES[key]
 
 
-#: Rows (vectors) per program on the GPU; the benchmark's "codec" section measures alternatives
-#: (tile rows x triplet planes live in registers: too many rows spill).
-GPU_BLOCK_ROWS = 32
-GPU_DECODE_BLOCK_ROWS = 64
+#: Rows (vectors) per program on the GPU, measured by the benchmark's "tune" section on the H100
+#: (docs/kernels/run4_compile_crash.log, 3 bits): encode 16 rows 1.93 ms, 32 rows 2.01, 64 rows 2.56;
+#: decode 16 rows 0.232 ms, 32 rows 0.294, 64 rows 0.272, 128 rows 0.290.
+GPU_BLOCK_ROWS = 16
+GPU_DECODE_BLOCK_ROWS = 16
 
 
 def _block_rows() -> int:
