@@ -86,9 +86,11 @@ def _octopus_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS,
 #: (docs/kernels/run4_compile_crash.log, fast decode, 3 bits, 1.3 M vectors): 8 rows 0.947 ms, 16 rows
 #: 1.724, 32 rows 3.092, 64 rows 3.053 — every triplet plane is a register tile, more rows spill.
 GPU_BLOCK_ROWS = 8
-#: tl.gather of a codebook needs >= 16 rows: Triton 3.6 aborts compiling it for 8 rows
-#: ("GatherLoweringHelper(op).isWarpLocal()" assertion, same log); the select path has no limit.
-MIN_GATHER_ROWS = 16
+#: The tl.gather path (the exact decode) keeps 64 rows: Triton 3.6 aborts compiling a gather of a
+#: 2-entry codebook over 8 or 16 rows ("GatherLoweringHelper(op).isWarpLocal()" assertion,
+#: docs/kernels/run4_compile_crash.log, run5a_compile_crash.log); 64 rows compiled for 2-4 bits (runs
+#: 1-3). The select path (used by attention) has no such limit.
+MIN_GATHER_ROWS = 64
 
 
 def _block_rows(gather: bool) -> int:
