@@ -235,6 +235,11 @@ def _headline(results: dict[str, Any]) -> list[str]:
                              "true rate (negative = OCTOPUS lower).")
     if results["sweep"]:
         lines += _verdict(results["sweep"])[:-1]
+    dims = sorted({r["head_dim"] for r in results["rows"] if r["registry_name"] == "octopus"})
+    if dims:
+        lines.append("- OCTOPUS codes ⌈d/3⌉ triplets and pads each vector's code to whole bytes: "
+                     + ", ".join(f"d = {d}: {3 * -(-d // 3)} slots for {d} coordinates" for d in dims)
+                     + "; this granularity cost is part of every true rate above.")
     return lines + [""]
 
 
@@ -283,6 +288,12 @@ def markdown(results: dict[str, Any], plots: Sequence[str]) -> str:
                           t["exact_match"],
                           _pct(t["gain_pct"]), t["turboquant_at_target"], _pct(t["gain_vs_target_pct"])]
                          for t in sweep["targets"]])
+        lines += ["Pareto frontier of the allocations, each against TurboQuant at the same true rate:", ""]
+        lines += _table(["d", "rounding", "allocation", "true bits/scalar", "E||u−û||²",
+                         "TurboQuant at same rate", "exact", "gain"],
+                        [[f["head_dim"], "joint" if f["joint_rounding"] else "nearest", f["allocation"],
+                          f["bits_per_scalar"], f["distortion"], f["reference_distortion"], f["exact_match"],
+                          _pct(f["gain_pct"])] for f in sweep["frontiers"]])
         if sweep["skipped"]:
             reasons = sorted({s["reason"] for s in sweep["skipped"]})
             lines += [f"{len(sweep['skipped'])} sweep configurations refused by the codec, reasons: "
