@@ -21,22 +21,17 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
 
-from .base import QuantizedAttnProcessorBase, register_quantized_processor
+from .base import DirectSDPAProcessor, register_quantized_processor
 from .kv import StreamSpec
 
 
 @register_quantized_processor
-class QuantizedAttnProcessor2_0(QuantizedAttnProcessorBase, AttnProcessor2_0):
+class QuantizedAttnProcessor2_0(DirectSDPAProcessor, AttnProcessor2_0):
     """``AttnProcessor2_0`` with quantized K/V; step-invariant cross-attention cached in AudioLDM2."""
 
     original_class = AttnProcessor2_0
-    attention_classes: ClassVar[tuple[type, ...]] = (Attention,)
-    intercept: ClassVar[str] = "F.scaled_dot_product_attention"
-    layout: ClassVar[str] = "BHSD"
+    attention_classes = (Attention,)
     prompt_inputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states", "encoder_hidden_states_1")
-    # Direct SDPA: the attention backend does not apply (as for the original); present for uniformity.
-    _attention_backend = None
-    _parallel_config = None
 
     @classmethod
     def streams(cls, attn: torch.nn.Module, name: str | None, model: torch.nn.Module | None) -> tuple[StreamSpec, ...]:

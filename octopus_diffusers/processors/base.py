@@ -21,7 +21,9 @@ attention module runs one call at a time (its binding counts the attention calls
 ``__call__``), as with diffusers' own hooks and cache contexts.
 
 Families register ``original processor class -> quantized class`` with
-:func:`register_quantized_processor`; :func:`quantize_attention` looks processors up there.
+:func:`register_quantized_processor`; :func:`quantize_attention` looks processors up there. A
+processor whose attention calls do not map one-to-one onto its streams returns a stream adapter from
+:meth:`QuantizedAttnProcessorBase.stream_adapter` (see :mod:`.streams`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .kv import KVCodecSpec, KVQuantizer, StreamSpec
+from .streams import StreamAdapter
 
 #: diffusers processor class -> quantized processor class. Extended by each family module.
 _REGISTRY: dict[type, type["QuantizedAttnProcessorBase"]] = {}
@@ -55,16 +58,34 @@ def quantized_processor_class(original: type) -> type["QuantizedAttnProcessorBas
 
 
 def registered_processors() -> dict[type, type["QuantizedAttnProcessorBase"]]:
+    """A copy of the registry: diffusers processor class -> quantized class."""
     return dict(_REGISTRY)
 
 
 class _LayerBinding:
-    """The per-(processor, attention module) state: quantizers per stream and the rebound function."""
+    """The per-(processor, attention module) state: the quantizer of each stream, what each attention
+    call of a processor call reaches (``slots``: the quantizers, or the processor's stream adapter)
+    and the rebound ``__call__``."""
 
     def __init__(self, processor: "QuantizedAttnProcessorBase", quantizers: list[KVQuantizer | None]) -> None:
+        self.owner = type(processor).__name__
         self.quantizers = quantizers
+        self.adapter = processor.stream_adapter(list(quantizers))
+        self.slots: list[KVQuantizer | StreamAdapter | None] = (
+            list(quantizers) if self.adapter is None else [self.adapter])
         self.call_index = 0  # attention calls seen in the running __call__ (reset at its start)
         self.function = processor._rebind(self)
+
+    def next_slot(self) -> KVQuantizer | StreamAdapter | None:
+        """What the next attention call of the running processor call reaches (None: full precision)."""
+        if self.adapter is not None and self.adapter.serves_every_call:
+            return self.adapter
+        index = self.call_index
+        self.call_index = index + 1
+        if index >= len(self.slots):
+            raise RuntimeError(f"{self.owner}: attention call #{index + 1} but only {len(self.slots)} call(s) "
+                               f"expected for the {len(self.quantizers)} stream(s) declared for this module")
+        return self.slots[index]
 
 
 def _functional_with(sdpa: Callable[..., torch.Tensor]) -> types.ModuleType:
@@ -82,7 +103,9 @@ class QuantizedAttnProcessorBase:
     Subclasses set ``original_class`` (the diffusers processor), ``attention_classes`` (the modules it
     may run on), ``intercept`` (``"dispatch_attention_fn"`` with ``layout="BSHD"`` or
     ``"F.scaled_dot_product_attention"`` with ``layout="BHSD"``), ``prompt_inputs`` (the transformer
-    forward arguments that cacheable cross-attention K/V depend on) and implement :meth:`streams`.
+    forward arguments that cacheable cross-attention K/V depend on) and implement :meth:`streams`;
+    optionally :meth:`stream_adapter`. Processors that call SDPA themselves derive from
+    :class:`DirectSDPAProcessor`.
 
     Direct use: ``transformer.set_attn_processor(QuantizedWanAttnProcessor(codec="uniform", bits=4))``
     (one object for all layers or a per-layer dict) binds each attention module on its first call;
@@ -147,6 +170,12 @@ class QuantizedAttnProcessorBase:
         kv_heads = attn.to_k.out_features // head_dim
         return heads, kv_heads, head_dim
 
+    def stream_adapter(self, quantizers: list[KVQuantizer | None]) -> StreamAdapter | None:
+        """Extension hook: an adapter that takes this module's attention call(s) and routes them to
+        ``quantizers`` (one per stream; see :mod:`.streams`). None, the default, sends the i-th attention
+        call to the i-th stream's quantizer."""
+        return None
+
     # ---- binding --------------------------------------------------------------------------------------
     def bind(self, attn: torch.nn.Module, quantizers: list[KVQuantizer | None]) -> None:
         """Attach the quantizers (one per stream, None = stream left in full precision) of ``attn``."""
@@ -154,6 +183,7 @@ class QuantizedAttnProcessorBase:
         self._bindings[id(attn)] = _LayerBinding(self, quantizers)
 
     def bound_quantizers(self) -> list[KVQuantizer]:
+        """The quantizers of every module bound so far (streams left in full precision omitted)."""
         return [q for b in self._bindings.values() for q in b.quantizers if q is not None]
 
     def _check_module(self, attn: torch.nn.Module) -> None:
@@ -182,38 +212,23 @@ class QuantizedAttnProcessorBase:
         binding = self._bindings[id(attn)] = _LayerBinding(self, quantizers)
         return binding
 
-    def _rebind(self, binding: _LayerBinding) -> types.FunctionType:
-        """The original ``__call__`` with the attention call rebound to ``binding``'s quantizers."""
+    def _rebind(self, binding: _LayerBinding) -> Callable[..., Any]:
+        """The original ``__call__`` with the attention call rebound to ``binding``'s slots."""
         original_call = self.original_class.__call__
-        module_globals = original_call.__globals__
+        original_attention = self._original_attention(original_call.__globals__)
         layout = self.layout
-
-        if self.intercept == "dispatch_attention_fn":
-            def original_attention(*args: Any, **kwargs: Any) -> torch.Tensor:
-                return module_globals["dispatch_attention_fn"](*args, **kwargs)
-        elif self.intercept == "F.scaled_dot_product_attention":
-            def original_attention(*args: Any, **kwargs: Any) -> torch.Tensor:
-                return F.scaled_dot_product_attention(*args, **kwargs)
-        else:
-            raise ValueError(f"unknown interception point {self.intercept!r}")
 
         def quantizing_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any,
                                  **kwargs: Any) -> torch.Tensor:
-            index = binding.call_index
-            binding.call_index = index + 1
-            if index >= len(binding.quantizers):
-                raise RuntimeError(f"{type(self).__name__}: attention call #{index + 1} but only "
-                                   f"{len(binding.quantizers)} stream(s) were declared for this module")
-            quantizer = binding.quantizers[index]
-            if quantizer is None:
+            slot = binding.next_slot()
+            if slot is None:
                 return original_attention(query, key, value, *args, **kwargs)
-            return quantizer.attend(query, key, value,
-                                    lambda q, k, v: original_attention(q, k, v, *args, **kwargs), layout)
+            return slot.attend(query, key, value, lambda q, k, v: original_attention(q, k, v, *args, **kwargs), layout)
 
         # Without `__name__`, torch.compile keys these globals by the dict itself, not by the module it
         # would import under that name (whose globals hold the original, unquantized attention call).
         # `__package__` stays, so relative imports inside the original code still resolve.
-        new_globals = {k: v for k, v in module_globals.items() if k != "__name__"}
+        new_globals = {k: v for k, v in original_call.__globals__.items() if k != "__name__"}
         if self.intercept == "dispatch_attention_fn":
             new_globals["dispatch_attention_fn"] = quantizing_attention
         else:
@@ -224,12 +239,48 @@ class QuantizedAttnProcessorBase:
         function = types.FunctionType(code, new_globals, original_call.__name__,
                                       original_call.__defaults__, original_call.__closure__)
         function.__kwdefaults__ = original_call.__kwdefaults__
-        return function
+        if binding.adapter is None:
+            return function
+        return self._preparing_adapter_first(function, binding.adapter)
+
+    def _original_attention(self, module_globals: dict[str, Any]) -> Callable[..., torch.Tensor]:
+        """The attention call that ``intercept`` names, looked up when called (a live reference)."""
+        if self.intercept == "dispatch_attention_fn":
+            def original_attention(*args: Any, **kwargs: Any) -> torch.Tensor:
+                return module_globals["dispatch_attention_fn"](*args, **kwargs)
+        elif self.intercept == "F.scaled_dot_product_attention":
+            def original_attention(*args: Any, **kwargs: Any) -> torch.Tensor:
+                return F.scaled_dot_product_attention(*args, **kwargs)
+        else:
+            raise ValueError(f"unknown interception point {self.intercept!r}")
+        return original_attention
+
+    def _preparing_adapter_first(self, function: Callable[..., Any], adapter: StreamAdapter) -> Callable[..., Any]:
+        """``function``, preceded on every call by ``adapter.prepare`` with the call's arguments."""
+        signature = inspect.signature(self.original_class.__call__)
+
+        def call_with_adapter(processor: Any, attn: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            adapter.prepare(signature.bind(processor, attn, *args, **kwargs).arguments)
+            return function(processor, attn, *args, **kwargs)
+
+        return call_with_adapter
 
     def __repr__(self) -> str:
         spec = self.codec_spec
         return (f"{type(self).__name__}(codec={spec.codec!r}, key_bits={spec.key_bits}, "
                 f"value_bits={spec.value_bits}, seed={spec.seed}, layers_bound={len(self._bindings)})")
+
+
+class DirectSDPAProcessor(QuantizedAttnProcessorBase):
+    """Intermediate base of the processors whose original calls ``F.scaled_dot_product_attention`` on
+    ``(B, H, S, D)`` itself. The attention backend does not apply to them (as to the originals); the
+    ``_attention_backend`` / ``_parallel_config`` attributes exist so that ``set_attention_backend``
+    and the framework treat every quantized processor alike."""
+
+    intercept: ClassVar[str] = "F.scaled_dot_product_attention"
+    layout: ClassVar[str] = "BHSD"
+    _attention_backend = None
+    _parallel_config = None
 
 
 # ---- layer selection --------------------------------------------------------------------------------
@@ -262,5 +313,5 @@ def layer_selector(layers: Any) -> Callable[[str], bool]:
     return select
 
 
-__all__ = ["QuantizedAttnProcessorBase", "register_quantized_processor", "quantized_processor_class",
+__all__ = ["QuantizedAttnProcessorBase", "DirectSDPAProcessor", "register_quantized_processor", "quantized_processor_class",
            "registered_processors", "layer_selector", "block_index"]

@@ -14,48 +14,33 @@ same, ``block.attn1.processor = QuantizedMochiAttnProcessor(...)``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 from diffusers.models.attention_processor import MochiAttention, MochiAttnProcessor2_0
 
-from .base import register_quantized_processor
-from .cogvideox import AdaptedStreamsProcessor, AttentionCall, JointSplit, StreamAdapter
+from .base import DirectSDPAProcessor, register_quantized_processor
 from .kv import KVQuantizer, StreamSpec
+from .streams import JointSplit
 
 
 class PerSampleJointSplit(JointSplit):
-    """:class:`JointSplit` for a processor that makes one attention call per sample: each call rewinds
-    the binding's call counter, so every sample reaches this same slot."""
+    """:class:`~.streams.JointSplit` taking every attention call of a processor call (one per sample)."""
 
-    def __init__(self, first: KVQuantizer | None, second: KVQuantizer | None, binding: Any) -> None:
-        super().__init__(first, second)
-        self.binding = binding
-
-    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_call: AttentionCall,
-               layout: str) -> torch.Tensor:
-        self.binding.call_index = 0
-        return super().attend(query, key, value, attention_call, layout)
+    serves_every_call = True
 
 
 @register_quantized_processor
-class QuantizedMochiAttnProcessor(AdaptedStreamsProcessor, MochiAttnProcessor2_0):
+class QuantizedMochiAttnProcessor(DirectSDPAProcessor, MochiAttnProcessor2_0):
     """``MochiAttnProcessor2_0`` with the video and text parts of the joint K/V quantized per sample."""
 
     original_class = MochiAttnProcessor2_0
-    attention_classes: ClassVar[tuple[type, ...]] = (MochiAttention,)
-    intercept: ClassVar[str] = "F.scaled_dot_product_attention"
-    layout: ClassVar[str] = "BHSD"
+    attention_classes = (MochiAttention,)
 
     @classmethod
     def streams(cls, attn: torch.nn.Module, name: str | None, model: torch.nn.Module | None) -> tuple[StreamSpec, ...]:
         return (StreamSpec("video", "joint"), StreamSpec("text", "cross", cacheable=False))
 
-    def adapter(self, quantizers: list[KVQuantizer | None], binding: Any) -> StreamAdapter:
-        return PerSampleJointSplit(*quantizers, binding)
-
-    def configure_adapter(self, adapter: StreamAdapter, arguments: dict[str, Any]) -> None:
-        adapter.split = arguments["hidden_states"].size(1)  # video first
+    def stream_adapter(self, quantizers: list[KVQuantizer | None]) -> PerSampleJointSplit:
+        return PerSampleJointSplit(*quantizers, first_part_of="hidden_states")  # video first
 
 
 __all__ = ["QuantizedMochiAttnProcessor", "PerSampleJointSplit"]

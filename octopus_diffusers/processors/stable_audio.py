@@ -12,14 +12,14 @@ holds both branches.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from diffusers.models.attention_processor import Attention, StableAudioAttnProcessor2_0
 
-from .base import register_quantized_processor
-from .cogvideox import AdaptedStreamsProcessor, AttentionCall, StreamAdapter, like
+from .base import DirectSDPAProcessor, register_quantized_processor
 from .kv import KVQuantizer, StreamSpec
+from .streams import AttentionCall, StreamAdapter, in_layout_of
 
 
 class GroupedKV(StreamAdapter):
@@ -53,20 +53,18 @@ class GroupedKV(StreamAdapter):
             self.checked = True
 
         def expanded(q: torch.Tensor, key_hat: torch.Tensor, value_hat: torch.Tensor) -> torch.Tensor:
-            return attention_call(q, like(key, key_hat.repeat_interleave(group, dim=1)),
-                                  like(value, value_hat.repeat_interleave(group, dim=1)))
+            return attention_call(q, in_layout_of(key, key_hat.repeat_interleave(group, dim=1)),
+                                  in_layout_of(value, value_hat.repeat_interleave(group, dim=1)))
 
         return quantizer.attend(query, key_kv, value_kv, expanded, layout)
 
 
 @register_quantized_processor
-class QuantizedStableAudioAttnProcessor(AdaptedStreamsProcessor, StableAudioAttnProcessor2_0):
+class QuantizedStableAudioAttnProcessor(DirectSDPAProcessor, StableAudioAttnProcessor2_0):
     """``StableAudioAttnProcessor2_0`` with quantized K/V; GQA cross-attention at the KV-head count."""
 
     original_class = StableAudioAttnProcessor2_0
-    attention_classes: ClassVar[tuple[type, ...]] = (Attention,)
-    intercept: ClassVar[str] = "F.scaled_dot_product_attention"
-    layout: ClassVar[str] = "BHSD"
+    attention_classes = (Attention,)
     prompt_inputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states",)
 
     @classmethod
@@ -75,7 +73,7 @@ class QuantizedStableAudioAttnProcessor(AdaptedStreamsProcessor, StableAudioAttn
             return (StreamSpec("text", "cross", cacheable=True),)
         return (StreamSpec("self", "self"),)
 
-    def adapter(self, quantizers: list[KVQuantizer | None], binding: Any) -> StreamAdapter | None:
+    def stream_adapter(self, quantizers: list[KVQuantizer | None]) -> GroupedKV | None:
         (quantizer,) = quantizers
         if quantizer is None or quantizer.kv_heads == quantizer.heads:
             return None

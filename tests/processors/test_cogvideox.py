@@ -11,7 +11,8 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, Moch
 
 from octopus_diffusers.codecs import get_codec
 from octopus_diffusers.processors import KVQuantizer, StreamSpec, quantize_attention
-from octopus_diffusers.processors.cogvideox import JointSplit, QuantizedCogVideoXAttnProcessor
+from octopus_diffusers.processors.cogvideox import QuantizedCogVideoXAttnProcessor
+from octopus_diffusers.processors.streams import JointSplit
 
 NAME = "cogvideox"
 TEXT_LEN, VIDEO_TOKENS, HEADS, HEAD_DIM, LAYERS = 16, 12, 2, 16, 2  # the tiny config
