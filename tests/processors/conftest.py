@@ -6,7 +6,8 @@ pipelines and their reference outputs stay valid across tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -43,6 +44,32 @@ class TinyRuns:
             out = self.output(name)
             return out, handle.stats()
 
+    def stats_with_and_without_cache(self, name: str, **options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Counters of one generation with and one without the cross-attention cache, after checking
+        that the cache changes no output bit."""
+        cached, stats = self.quantized(name, **options)
+        uncached, stats_off = self.quantized(name, cache_cross_attention=False, **options)
+        assert torch.equal(cached, uncached)
+        return stats, stats_off
+
+    @contextmanager
+    def exact_hook(self, name: str, processor_class: type,
+                   processors: Callable[[torch.nn.Module], dict[str, Any]] = lambda m: dict(m.attn_processors),
+                   ) -> Iterator[Any]:
+        """``quantize_attention(pipe, codec="none")``, checking that every processor of the denoiser is a
+        ``processor_class`` and the output the reference bit for bit; on exit, that the original
+        processor objects are back and the output is again the reference. Yields the handle."""
+        ref = self.reference(name)
+        denoiser = self.pipeline(name).denoiser
+        originals = processors(denoiser)
+        with quantize_attention(self.pipeline(name).pipe, codec="none", bits=16) as handle:
+            assert all(isinstance(p, processor_class) for p in processors(denoiser).values())
+            assert torch.equal(self.output(name), ref)
+            yield handle
+        restored = processors(denoiser)
+        assert all(restored[k] is originals[k] for k in originals)
+        assert torch.equal(self.output(name), ref)
+
 
 @pytest.fixture(scope="session")
 def tiny_runs() -> TinyRuns:
@@ -72,6 +99,23 @@ def assert_strictly_falling(errors: list[float]) -> None:
 @pytest.fixture(scope="session")
 def strictly_falling() -> Callable[[list[float]], None]:
     return assert_strictly_falling
+
+
+def naive_wrapper(processor_class: type) -> type:
+    """The ``(*args, **kwargs)`` wrapper of ``processor_class`` that the signature rule guards against:
+    ``Attention.forward`` drops every keyword its processor's signature does not name, rotary
+    embeddings included."""
+
+    class ArgsKwargsWrapper(processor_class):  # type: ignore[misc, valid-type]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return super().__call__(*args, **kwargs)
+
+    return ArgsKwargsWrapper
+
+
+@pytest.fixture(scope="session")
+def args_kwargs_wrapper() -> Callable[[type], type]:
+    return naive_wrapper
 
 
 @pytest.fixture

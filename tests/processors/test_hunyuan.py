@@ -36,21 +36,11 @@ def test_hunyuan_default_hook_includes_the_token_refiner(tiny_runs):
                      "transformer_blocks.0.attn": "joint", "single_transformer_blocks.0.attn": "joint"}
 
 
-def test_hunyuan_error_falls_with_bits(tiny_runs, errors_by_bits, strictly_falling):
-    strictly_falling(errors_by_bits(tiny_runs, "hunyuan-video", "turboquant", (2, 4, 8), layers=JOINT_BLOCKS))
-
-
-class _ArgsKwargsWrapper(transformer_hunyuan_video.HunyuanVideoAttnProcessor2_0):
-    """The naive wrapper the signature rule guards against: diffusers then drops `image_rotary_emb`."""
-
-    def __call__(self, *args, **kwargs):  # noqa: D102
-        return super().__call__(*args, **kwargs)
-
-
-def test_rotary_embeddings_are_not_dropped(tiny_runs):
+def test_rotary_embeddings_are_not_dropped(tiny_runs, args_kwargs_wrapper):
     """Attention.forward passes Hunyuan's rotary embeddings by keyword, filtered by the processor's
     signature: a (*args, **kwargs) wrapper silently loses them, the quantized processor does not."""
     assert "image_rotary_emb" in inspect.signature(QuantizedHunyuanVideoAttnProcessor().__call__).parameters
+    wrapper = args_kwargs_wrapper(transformer_hunyuan_video.HunyuanVideoAttnProcessor2_0)
     ref = tiny_runs.reference("hunyuan-video")
     transformer = tiny_runs.pipeline("hunyuan-video").denoiser
     joint = {n: m for n, m in transformer.named_modules()
@@ -58,7 +48,7 @@ def test_rotary_embeddings_are_not_dropped(tiny_runs):
     originals = {n: m.processor for n, m in joint.items()}
     try:
         for m in joint.values():
-            m.set_processor(_ArgsKwargsWrapper())
+            m.set_processor(wrapper())
         assert not torch.equal(tiny_runs.output("hunyuan-video"), ref)  # the test can fail
     finally:
         for n, m in joint.items():
