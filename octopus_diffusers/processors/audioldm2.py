@@ -29,7 +29,6 @@ from .kv import StreamSpec
 class QuantizedAttnProcessor2_0(DirectSDPAProcessor, AttnProcessor2_0):
     """``AttnProcessor2_0`` with quantized K/V; step-invariant cross-attention cached in AudioLDM2."""
 
-    original_class = AttnProcessor2_0
     attention_classes = (Attention,)
     prompt_inputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states", "encoder_hidden_states_1")
 

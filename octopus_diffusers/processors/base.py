@@ -100,8 +100,9 @@ def _functional_with(sdpa: Callable[..., torch.Tensor]) -> types.ModuleType:
 class QuantizedAttnProcessorBase:
     """Base of the quantized processors; a subclass names what it replaces and which streams it has.
 
-    Subclasses set ``original_class`` (the diffusers processor), ``attention_classes`` (the modules it
-    may run on), ``intercept`` (``"dispatch_attention_fn"`` with ``layout="BSHD"`` or
+    A concrete subclass derives from this base (or an intermediate one) and from the diffusers
+    processor it replaces, which becomes its ``original_class``. It sets ``attention_classes`` (the
+    modules it may run on), ``intercept`` (``"dispatch_attention_fn"`` with ``layout="BSHD"`` or
     ``"F.scaled_dot_product_attention"`` with ``layout="BHSD"``), ``prompt_inputs`` (the transformer
     forward arguments that cacheable cross-attention K/V depend on) and implement :meth:`streams`;
     optionally :meth:`stream_adapter`. Processors that call SDPA themselves derive from
@@ -121,8 +122,13 @@ class QuantizedAttnProcessorBase:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "original_class" not in cls.__dict__:
-            return  # an intermediate base
+        originals = [base for base in cls.__bases__ if not issubclass(base, QuantizedAttnProcessorBase)]
+        if not originals:
+            return  # an intermediate base, or a subclass of a quantized processor
+        if len(originals) > 1:
+            names = ", ".join(b.__name__ for b in originals)
+            raise TypeError(f"{cls.__name__} derives from several processors ({names}); it can replace one")
+        cls.original_class = originals[0]
         original_call = cls.original_class.__call__
         if not isinstance(original_call, types.FunctionType):
             raise TypeError(f"{cls.original_class.__name__}.__call__ is not a plain function")

@@ -28,7 +28,6 @@ from .streams import JointSplit
 class QuantizedCogVideoXAttnProcessor(DirectSDPAProcessor, CogVideoXAttnProcessor2_0):
     """``CogVideoXAttnProcessor2_0`` with the text and video parts of the joint K/V quantized separately."""
 
-    original_class = CogVideoXAttnProcessor2_0
     attention_classes = (Attention,)
 
     @classmethod

@@ -24,7 +24,6 @@ from .kv import StreamSpec
 class QuantizedHunyuanVideoAttnProcessor(QuantizedAttnProcessorBase, HunyuanVideoAttnProcessor2_0):
     """``HunyuanVideoAttnProcessor2_0`` with the joint (video + text) K/V quantized."""
 
-    original_class = HunyuanVideoAttnProcessor2_0
     attention_classes = (Attention,)
 
     @classmethod

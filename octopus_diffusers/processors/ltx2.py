@@ -26,6 +26,9 @@ _AV_CROSS = ("audio_to_video_attn", "video_to_audio_attn")
 
 
 class _LTX2Streams(QuantizedAttnProcessorBase):
+    """Streams shared by both LTX-2 processors (the same attention modules)."""
+
+    attention_classes = (LTX2Attention,)
     prompt_inputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states", "audio_encoder_hidden_states")
 
     @classmethod
@@ -51,16 +54,10 @@ class _LTX2Streams(QuantizedAttnProcessorBase):
 class QuantizedLTX2AudioVideoAttnProcessor(_LTX2Streams, LTX2AudioVideoAttnProcessor):
     """``LTX2AudioVideoAttnProcessor`` with quantized K/V (all six attentions of a block)."""
 
-    original_class = LTX2AudioVideoAttnProcessor
-    attention_classes = (LTX2Attention,)
-
 
 @register_quantized_processor
 class QuantizedLTX2PerturbedAttnProcessor(_LTX2Streams, LTX2PerturbedAttnProcessor):
     """``LTX2PerturbedAttnProcessor`` with quantized K/V (the perturbation mask passes through)."""
-
-    original_class = LTX2PerturbedAttnProcessor
-    attention_classes = (LTX2Attention,)
 
 
 __all__ = ["QuantizedLTX2AudioVideoAttnProcessor", "QuantizedLTX2PerturbedAttnProcessor"]

@@ -32,7 +32,6 @@ class PerSampleJointSplit(JointSplit):
 class QuantizedMochiAttnProcessor(DirectSDPAProcessor, MochiAttnProcessor2_0):
     """``MochiAttnProcessor2_0`` with the video and text parts of the joint K/V quantized per sample."""
 
-    original_class = MochiAttnProcessor2_0
     attention_classes = (MochiAttention,)
 
     @classmethod

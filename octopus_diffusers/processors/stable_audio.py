@@ -63,7 +63,6 @@ class GroupedKV(StreamAdapter):
 class QuantizedStableAudioAttnProcessor(DirectSDPAProcessor, StableAudioAttnProcessor2_0):
     """``StableAudioAttnProcessor2_0`` with quantized K/V; GQA cross-attention at the KV-head count."""
 
-    original_class = StableAudioAttnProcessor2_0
     attention_classes = (Attention,)
     prompt_inputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states",)
 

@@ -39,7 +39,6 @@ class _WanLikeStreams(QuantizedAttnProcessorBase):
 class QuantizedWanAttnProcessor(_WanLikeStreams, WanAttnProcessor):
     """``WanAttnProcessor`` with quantized K/V (self, text cross and image cross attention)."""
 
-    original_class = WanAttnProcessor
     attention_classes = (WanAttention,)
 
 
@@ -47,7 +46,6 @@ class QuantizedWanAttnProcessor(_WanLikeStreams, WanAttnProcessor):
 class QuantizedSkyReelsV2AttnProcessor(_WanLikeStreams, SkyReelsV2AttnProcessor):
     """``SkyReelsV2AttnProcessor`` with quantized K/V; the block-causal mask passes through."""
 
-    original_class = SkyReelsV2AttnProcessor
     attention_classes = (SkyReelsV2Attention,)
 
 
