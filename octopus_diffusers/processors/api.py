@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..codecs import CodecError
+from ..codecs import Codec, CodecError
 from .base import QuantizedAttnProcessorBase, layer_selector, quantized_processor_class, registered_processors
 from .kv import ForwardState, KVCodecSpec, KVQuantizer, KVStats
 
@@ -22,11 +22,22 @@ _HOOK_ATTRIBUTE = "_octopus_quantized_by"
 class _Hooked:
     """One replaced processor: where it sits and what to put back."""
 
-    model: torch.nn.Module
     name: str
     module: torch.nn.Module
     original: Any
     replacement: QuantizedAttnProcessorBase
+
+
+@dataclass
+class _Target:
+    """A selected attention module: its model, its name inside it, its report label (prefixed with the
+    pipeline component when there are several denoisers) and the class that will replace its processor."""
+
+    model: torch.nn.Module
+    name: str
+    label: str
+    module: torch.nn.Module
+    quantized_class: type[QuantizedAttnProcessorBase]
 
 
 def denoisers(pipe_or_model: Any) -> list[tuple[str, torch.nn.Module]]:
@@ -151,90 +162,105 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
     ``self_attention`` governs self- and joint-attention streams, ``cross_attention`` the
     cross-attention ones; ``layers`` selects block indices, ``fnmatch`` patterns on module names
     (inside each denoiser), or takes a predicate on the name. Report labels are those module names,
-    prefixed with the pipeline component when a pipeline has several denoisers (Wan 2.2). ``full_precision_steps`` leaves the first denoising steps
-    unquantized. ``cache_cross_attention`` keeps step-invariant cross-attention K/V compressed and
-    reuses them across steps (see :mod:`octopus_diffusers.processors.kv` for the keying rule).
+    prefixed with the pipeline component when a pipeline has several denoisers (Wan 2.2).
+    ``full_precision_steps`` leaves the first denoising steps unquantized. ``cache_cross_attention``
+    keeps step-invariant cross-attention K/V compressed and reuses them across steps (see
+    :mod:`octopus_diffusers.processors.kv` for the keying rule).
     Only the denoiser's attention modules are touched; nothing global is patched.
     """
     if isinstance(full_precision_steps, bool) or not isinstance(full_precision_steps, int) or full_precision_steps < 0:
         raise ValueError(f"full_precision_steps must be an int >= 0, got {full_precision_steps!r}")
     spec = KVCodecSpec(codec, bits if key_bits is None else key_bits, bits if value_bits is None else value_bits,
                        int(seed), dict(codec_options))
-    select = layer_selector(layers)
     models = denoisers(pipe_or_model)
+    targets = _targets(models, layer_selector(layers))
 
-    # (model, module name inside it, report label, module, quantized class). Labels carry the pipeline
-    # component when there are several denoisers (Wan 2.2: "transformer_2.blocks.0.attn1").
-    plans: list[tuple[torch.nn.Module, str, str, torch.nn.Module, type[QuantizedAttnProcessorBase]]] = []
+    # Build everything first, so that a bad codec/bits/head_dim leaves the model untouched.
+    states = {id(model): ForwardState(_prompt_inputs(model, targets), track_steps=full_precision_steps > 0)
+              for _, model in models}
+    hooked: list[_Hooked] = []
+    quantizers: list[KVQuantizer] = []
+    needs_state: set[int] = set()  # models whose forward pre-hook some quantizer reads
+    for target in targets:
+        heads, kv_heads, head_dim = target.quantized_class.head_sizes(target.module)
+        layer_quantizers: list[KVQuantizer | None] = []
+        for stream in target.quantized_class.streams(target.module, target.name, target.model):
+            if not (cross_attention if stream.kind == "cross" else self_attention):
+                layer_quantizers.append(None)
+                continue
+            cache = cache_cross_attention and stream.cacheable
+            uses_state = cache or full_precision_steps > 0
+            q = KVQuantizer(target.label, stream, heads, kv_heads, head_dim,
+                            *_codecs(spec, head_dim, len(quantizers), target.label),
+                            state=states[id(target.model)] if uses_state else None,
+                            full_precision_steps=full_precision_steps, cache=cache)
+            if uses_state:
+                needs_state.add(id(target.model))
+            layer_quantizers.append(q)
+            quantizers.append(q)
+        if all(q is None for q in layer_quantizers):
+            continue
+        original = target.module.processor
+        replacement = target.quantized_class(spec.codec, key_bits=spec.key_bits, value_bits=spec.value_bits,
+                                             seed=spec.seed, original=original, **spec.options)
+        replacement.bind(target.module, layer_quantizers)
+        hooked.append(_Hooked(target.label, target.module, original, replacement))
+    if not hooked:
+        raise ValueError("nothing to quantize: the self_attention / cross_attention / layers selection matched no "
+                         "attention call")
+
+    hooks = [model.register_forward_pre_hook(states[id(model)].pre_hook, with_kwargs=True)
+             for _, model in models if id(model) in needs_state]
+    for h in hooked:
+        _set_processor(h.module, h.replacement)
+        setattr(h.module, _HOOK_ATTRIBUTE, True)
+    return QuantizedAttentionHandle(hooked, quantizers, hooks, [states[k] for k in needs_state], spec)
+
+
+def _targets(models: list[tuple[str, torch.nn.Module]], select: Callable[[str], bool]) -> list[_Target]:
+    """The selected attention modules of every denoiser, after checking that each has a quantized
+    counterpart and none is hooked already."""
+    targets: list[_Target] = []
     for model_name, model in models:
         all_modules = attention_modules(model)
         if not all_modules:
             raise ValueError(f"{type(model).__name__} ({model_name}) has no attention modules to quantize")
         modules = [(n, m) for n, m in all_modules if select(n)]
-        missing = {}
-        for n, m in modules:
-            if quantized_processor_class(type(m.processor)) is None and not isinstance(m.processor,
-                                                                                     QuantizedAttnProcessorBase):
-                missing.setdefault(type(m.processor).__name__, n)
-        if missing:
-            known = ", ".join(sorted(c.__name__ for c in registered_processors()))
-            found = ", ".join(f"{cls} (e.g. {n})" for cls, n in sorted(missing.items()))
-            raise TypeError(f"cannot hook {type(model).__name__}: attention processor(s) {found} have no quantized "
-                            f"counterpart; supported: {known}. Exclude those modules with `layers=`.")
+        _check_supported(model, modules)
         for name, module in modules:
             if hasattr(module, _HOOK_ATTRIBUTE) or isinstance(module.processor, QuantizedAttnProcessorBase):
                 raise RuntimeError(f"{model_name}.{name} is already quantized; restore() the first handle "
                                    "before hooking again")
             label = f"{model_name}.{name}" if len(models) > 1 else name
-            plans.append((model, name, label, module, quantized_processor_class(type(module.processor))))
+            targets.append(_Target(model, name, label, module, quantized_processor_class(type(module.processor))))
+    return targets
 
-    # Build everything first, so that a bad codec/bits/head_dim leaves the model untouched.
-    hooked: list[_Hooked] = []
-    quantizers: list[KVQuantizer] = []
-    states: dict[int, ForwardState] = {}
-    needs_state: set[int] = set()  # models whose forward pre-hook some quantizer reads
-    for model, name, label, module, cls in plans:
-        state = states.get(id(model))
-        if state is None:
-            inputs = dict.fromkeys(i for m, _, _, _, c in plans if m is model for i in c.prompt_inputs)
-            state = states[id(model)] = ForwardState(tuple(inputs), track_steps=full_precision_steps > 0)
-        heads, kv_heads, head_dim = cls.head_sizes(module)
-        layer_quantizers: list[KVQuantizer | None] = []
-        for stream in cls.streams(module, name, model):
-            wanted = cross_attention if stream.kind == "cross" else self_attention
-            if not wanted:
-                layer_quantizers.append(None)
-                continue
-            try:
-                key_codec, value_codec = spec.build(head_dim, len(quantizers))
-            except (CodecError, TypeError) as err:
-                raise type(err)(f"{label}: {err}") from err
-            cache = cache_cross_attention and stream.cacheable
-            q = KVQuantizer(label, stream, heads, kv_heads, head_dim, key_codec, value_codec,
-                            state=state if (cache or full_precision_steps) else None,
-                            full_precision_steps=full_precision_steps, cache=cache)
-            if cache or full_precision_steps:
-                needs_state.add(id(model))
-            layer_quantizers.append(q)
-            quantizers.append(q)
-        if all(q is None for q in layer_quantizers):
-            continue
-        replacement = cls(spec.codec, key_bits=spec.key_bits, value_bits=spec.value_bits, seed=spec.seed,
-                          original=module.processor, **spec.options)
-        replacement.bind(module, layer_quantizers)
-        hooked.append(_Hooked(model, label, module, module.processor, replacement))
-    if not hooked:
-        raise ValueError("nothing to quantize: the self_attention / cross_attention / layers selection matched no "
-                         "attention call")
 
-    hooks = []
-    for _, model in models:
-        if id(model) in needs_state:
-            hooks.append(model.register_forward_pre_hook(states[id(model)].pre_hook, with_kwargs=True))
-    for h in hooked:
-        _set_processor(h.module, h.replacement)
-        setattr(h.module, _HOOK_ATTRIBUTE, True)
-    return QuantizedAttentionHandle(hooked, quantizers, hooks, [states[k] for k in needs_state], spec)
+def _check_supported(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]]) -> None:
+    """TypeError naming every processor class among ``modules`` that has no quantized counterpart."""
+    missing: dict[str, str] = {}  # processor class name -> first module running it
+    for n, m in modules:
+        if quantized_processor_class(type(m.processor)) is None and not isinstance(m.processor,
+                                                                                 QuantizedAttnProcessorBase):
+            missing.setdefault(type(m.processor).__name__, n)
+    if missing:
+        known = ", ".join(sorted(c.__name__ for c in registered_processors()))
+        found = ", ".join(f"{cls} (e.g. {n})" for cls, n in sorted(missing.items()))
+        raise TypeError(f"cannot hook {type(model).__name__}: attention processor(s) {found} have no quantized "
+                        f"counterpart; supported: {known}. Exclude those modules with `layers=`.")
+
+
+def _prompt_inputs(model: torch.nn.Module, targets: list[_Target]) -> tuple[str, ...]:
+    """The forward arguments of ``model`` that its hooked processors' cacheable K/V depend on."""
+    return tuple(dict.fromkeys(i for t in targets if t.model is model for i in t.quantized_class.prompt_inputs))
+
+
+def _codecs(spec: KVCodecSpec, head_dim: int, index: int, label: str) -> tuple[Codec, Codec]:
+    """The key and value codecs of the ``index``-th quantized stream; errors name the layer."""
+    try:
+        return spec.build(head_dim, index)
+    except (CodecError, TypeError) as err:
+        raise type(err)(f"{label}: {err}") from err
 
 
 __all__ = ["quantize_attention", "QuantizedAttentionHandle", "denoisers", "attention_modules"]
