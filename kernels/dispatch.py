@@ -16,9 +16,13 @@ import torch
 from .codec_spec import KernelSpec, OctopusSpec
 
 #: (codec kind, head_dim) -> largest measured query-rows-per-KV-head at which the fused kernel was
-#: at least as fast as decode-then-attend. Source: docs/kernels/benchmark.md, section "crossover"
-#: (H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, Nkv = 32,760, 12 heads x 128, fp16, 3 bits).
-CROSSOVER: dict[tuple[str, int], int] = {}
+#: faster than decode-then-attend. Source: docs/kernels/run5b_bench.log / benchmark.md "crossover"
+#: (H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, Nkv = 32,760, 12 heads x 128, fp16, 3 bits):
+#: OCTOPUS fused 0.858 / 0.861 / 1.012 / 2.032 ms vs decoded 1.235 / 1.241 / 1.039 / 1.262 ms at
+#: Nq = 16 / 64 / 256 / 512. TurboQuant: decoded faster at 16 and 64 (0.574 vs 0.742, 0.465 vs 0.582),
+#: fused ahead only at 256 (0.804 vs 0.873, not monotonic: noise-level), decoded from 512 on, so 0.
+#: head_dim 64 was not measured and falls back to DEFAULT_CROSSOVER.
+CROSSOVER: dict[tuple[str, int], int] = {("octopus", 128): 256, ("turboquant", 128): 0}
 
 #: Used for a (kind, head_dim) that was not measured: never pick the fused kernel blindly.
 DEFAULT_CROSSOVER = 0

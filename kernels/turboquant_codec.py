@@ -112,6 +112,9 @@ def _tables(spec: TurboQuantSpec, device: torch.device) -> tuple:
 #: decode 16 rows 0.232 ms, 32 rows 0.294, 64 rows 0.272, 128 rows 0.290.
 GPU_BLOCK_ROWS = 16
 GPU_DECODE_BLOCK_ROWS = 16
+#: The tl.gather path keeps >= 64 rows: with 16 rows, 2- and 2.5-bit codebooks (4 entries) failed the
+#: GPU tests (docs/kernels/tests_final_run1.log), as OCTOPUS's gather did (octopus_decode.MIN_GATHER_ROWS).
+MIN_GATHER_ROWS = 64
 
 
 def _block_rows() -> int:
@@ -133,7 +136,10 @@ def tq_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: TurboQuantSpe
     elif out.shape != (c2.shape[0], spec.head_dim) or out.stride(-1) != 1:
         raise CodecError(f"decode: out must be ({c2.shape[0]}, {spec.head_dim}) with unit last stride")
     cb_hi, cb_lo, *_ = _tables(spec, codes.device)
-    br = GPU_DECODE_BLOCK_ROWS if torch.cuda.is_available() else 16
+    if not torch.cuda.is_available():
+        br = 16
+    else:
+        br = GPU_DECODE_BLOCK_ROWS if select_lookup else max(GPU_DECODE_BLOCK_ROWS, MIN_GATHER_ROWS)
     if c2.shape[0]:
         _tq_decode_kernel[(triton.cdiv(c2.shape[0], br),)](
             c2, c2.stride(0), n2, out, out.stride(0), cb_hi, cb_lo, c2.shape[0], D=spec.head_dim,
