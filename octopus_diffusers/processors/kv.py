@@ -3,8 +3,30 @@
 One :class:`KVQuantizer` serves one *stream* of one attention layer (a stream is one attention call
 inside a processor: Wan's image-to-video cross-attention has two, the image and the text call). It
 encodes K and V with their codecs, decodes them, counts what was stored, and hands the decoded K/V to
-the original attention call. :meth:`KVQuantizer.attend` is the single place where a fused GPU path
-(attention straight from the packed codes) plugs in; this module holds the PyTorch reference only.
+the original attention call. :meth:`KVQuantizer.attend` is the single place where the path is chosen
+(:func:`choose_attention_path`, one explicit rule):
+
+* ``reference`` -- CPU, codec ``none`` (never routed through kernels: stays bit-identical), or a codec
+  the Triton kernels do not implement (anything but OCTOPUS / TurboQuant-mse at head_dim 64 or 128).
+  The PyTorch reference codecs encode and decode (on CUDA too: they are plain torch code, so a codec
+  without kernels gives the same values as on the CPU, to float tolerance -- no silent change), then
+  the original attention call runs.
+* ``gpu_decode`` -- CUDA and a kernel codec, but the GPU attention op cannot take this call (a mask
+  or argument it lacks, a backend the user chose, an adapter-wrapped call): Triton encode + decode,
+  then the original attention call.
+* ``gpu_attention`` -- CUDA, a kernel codec and a plain call: Triton encode, then
+  ``octopus_diffusers.kernels.attention`` (which picks fused vs decode-then-attend by shape,
+  :mod:`octopus_diffusers.kernels.dispatch`) straight from the packed codes.
+
+torch.compile rule: while compiling (``torch.compiler.is_compiling()``) codecs run only inside
+``torch.library`` custom ops with fake implementations, so the graph does not break: on the two GPU
+paths the kernels' ops ``octopus_diffusers::encode`` / ``decode`` / ``attention``, on the reference path
+``octopus_diffusers::kv_roundtrip`` (:mod:`.ops`: encode + decode of any codec, NaN/Inf check included). Byte counters then come from
+the codec's packed bytes per vector times the vectors (:func:`packed_bytes_per_vector`, equal to
+``PackedTensor.nbytes``), so they stay exact. The cross-attention cache holds ``PackedTensor`` objects
+keyed by tensor identity, which cannot be traced: under torch.compile it is bypassed (every call
+encodes; outputs are unchanged because the cache is exact) and ``full_precision_steps`` is refused.
+Eager calls never take the op route, so eager results and counters are exactly as without compile.
 
 Layout rule: K/V are encoded as ``(B, H, S, D)`` so that a codec that groups along tokens (the
 KIVI-style ``uniform`` codec: keys per channel, values per token) sees tokens on dim ``-2``.
@@ -32,11 +54,16 @@ import math
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
 from ..codecs import Codec, CodecError, PackedTensor, get_codec
+from ..codecs.base import SUPPORTED_DTYPES
+from .ops import register_codec
+
+if TYPE_CHECKING:
+    from octopus_diffusers.kernels.codec_spec import KernelSpec
 
 #: Layouts a processor hands to :meth:`KVQuantizer.attend`: (batch, seq, heads, dim) as the diffusers
 #: dispatcher takes it, or (batch, heads, seq, dim) as ``F.scaled_dot_product_attention`` takes it.
@@ -185,7 +212,16 @@ class ForwardState:
         self.step_index, self.last_timestep, self.prompt_key = 0, None, None
 
     def pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """``register_forward_pre_hook(..., with_kwargs=True)`` callback; never changes the inputs."""
+        """``register_forward_pre_hook(..., with_kwargs=True)`` callback; never changes the inputs.
+
+        Under torch.compile the prompt key is not built (tensor identities cannot be traced): the
+        cross-attention cache is bypassed, and step tracking is refused."""
+        if torch.compiler.is_compiling():
+            if self.track_steps:
+                raise RuntimeError("full_precision_steps reads the timestep on the host and cannot run under "
+                                   "torch.compile; compile without it")
+            self.prompt_key = None
+            return
         if self._signature is None:
             self._signature = inspect.signature(module.forward)
         bound = self._signature.bind_partial(*args, **kwargs).arguments
@@ -203,6 +239,110 @@ class ForwardState:
         elif t < self.last_timestep:
             self.step_index += 1
         self.last_timestep = t
+
+
+# ---- packed size, attention arguments, path choice ---------------------------------------------------
+
+def packed_bytes_per_vector(codec: Codec, dtype: torch.dtype) -> int | None:
+    """Bytes one encoded ``head_dim`` vector of ``dtype`` occupies (every field counted), or None for a
+    codec whose storage is not a fixed amount per vector (``uniform`` with ``axis="channel"`` stores
+    per token group). Measured by encoding 1 and 3 zero vectors, so it is the codec's own layout."""
+    one = codec.encode(torch.zeros(1, 1, 1, codec.head_dim, dtype=dtype)).nbytes
+    three = codec.encode(torch.zeros(1, 1, 3, codec.head_dim, dtype=dtype)).nbytes
+    return one if three == 3 * one else None
+
+
+#: Paths of :meth:`KVQuantizer.attend` (see the module docstring).
+ATTENTION_PATHS = ("reference", "gpu_decode", "gpu_attention")
+
+@dataclass(frozen=True)
+class AttentionArguments:
+    """The original attention call's arguments besides q, k, v, by name (``F.scaled_dot_product_attention``
+    and diffusers' ``dispatch_attention_fn`` share the first seven), plus any other keyword set."""
+
+    attn_mask: torch.Tensor | None = None
+    dropout_p: float = 0.0
+    is_causal: bool = False
+    scale: float | None = None
+    enable_gqa: bool = False
+    extra: tuple[str, ...] = ()  # other arguments given a non-default value (backend, parallel_config, ...)
+
+    _POSITIONAL: ClassVar[tuple[str, ...]] = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+    @classmethod
+    def from_call(cls, args: Sequence[Any], kwargs: Mapping[str, Any]) -> "AttentionArguments":
+        if len(args) > len(cls._POSITIONAL):
+            raise TypeError(f"attention call with {len(args) + 3} positional arguments; at most "
+                            f"{len(cls._POSITIONAL) + 3} are known")
+        named = dict(zip(cls._POSITIONAL, args))
+        for name, value in kwargs.items():
+            if name in named:
+                raise TypeError(f"attention call: {name!r} given twice")
+            named[name] = value
+        extra = tuple(sorted(n for n, v in named.items()
+                             if n not in cls._POSITIONAL and v is not None and v != {}))
+        return cls(**{n: named[n] for n in cls._POSITIONAL if n in named}, extra=extra)
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    """What :meth:`KVQuantizer.attend` runs and why (one line, for logs and tests)."""
+
+    path: str
+    reason: str
+
+
+def choose_attention_path(device: torch.device, codec: str, kernels_support: bool,
+                          arguments: AttentionArguments | None, query_shape: Sequence[int],
+                          key_shape: Sequence[int], query_dtype: torch.dtype, layout: str) -> PathChoice:
+    """The path for one attention call (see the module docstring). ``kernels_support``: whether the
+    Triton kernels implement both K and V codecs (:func:`octopus_diffusers.kernels.supports`);
+    ``arguments``: the original call's arguments, None where the call was wrapped (an adapter that
+    splits or expands K/V), so only the original call can run it."""
+    if device.type != "cuda":
+        return PathChoice("reference", f"{device.type}: the PyTorch reference codecs")
+    if codec == "none":
+        return PathChoice("reference", "codec 'none' never goes through the kernels (bit-identical)")
+    if not kernels_support:
+        return PathChoice("reference", f"codec {codec!r} at this head_dim has no Triton kernel; the reference "
+                                       "codecs run on CUDA (same values as on the CPU, to float tolerance)")
+    if arguments is None:
+        return PathChoice("gpu_decode", "the attention call is wrapped (adapter); only it can run")
+    h_axis, n_axis = (1, 2) if layout == "BHSD" else (2, 1)
+    hq, hkv = query_shape[h_axis], key_shape[h_axis]
+    problem = _attention_op_problem(arguments, query_shape, key_shape, query_dtype, h_axis, n_axis)
+    if problem is None and hq != hkv and not (arguments.enable_gqa and hq % hkv == 0):
+        problem = f"{hq} query heads over {hkv} KV heads without enable_gqa"
+    if problem is not None:
+        return PathChoice("gpu_decode", f"the GPU attention op does not take this call: {problem}")
+    return PathChoice("gpu_attention", "CUDA, kernel codec, plain attention call")
+
+
+def _attention_op_problem(arguments: AttentionArguments, query_shape: Sequence[int], key_shape: Sequence[int],
+                          query_dtype: torch.dtype, h_axis: int, n_axis: int) -> str | None:
+    """Why ``octopus_diffusers.kernels.attention`` cannot replace this call, or None."""
+    if arguments.extra:
+        return f"arguments {', '.join(arguments.extra)} are set"
+    if arguments.dropout_p != 0.0:
+        return f"dropout_p={arguments.dropout_p}"
+    if arguments.is_causal:
+        return "is_causal=True"
+    if query_dtype not in SUPPORTED_DTYPES:
+        return f"query dtype {query_dtype}"
+    mask = arguments.attn_mask
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor):
+            return f"attn_mask of type {type(mask).__name__}"
+        if mask.dtype != torch.bool and not mask.dtype.is_floating_point:
+            return f"attn_mask dtype {mask.dtype}"
+        full = (query_shape[0], query_shape[h_axis], query_shape[n_axis], key_shape[n_axis])
+        try:
+            broadcast = torch.broadcast_shapes(tuple(mask.shape), full)
+        except RuntimeError:
+            broadcast = None
+        if mask.dim() > 4 or broadcast != full:
+            return f"attn_mask of shape {tuple(mask.shape)} does not broadcast to {full}"
+    return None
 
 
 # ---- the per-stream quantizer -------------------------------------------------------------------------
@@ -243,6 +383,14 @@ class KVQuantizer:
         self.cache_entries = cache_entries
         self.stats = KVStats()
         self._cache: OrderedDict[PromptKey, tuple[PackedTensor, PackedTensor]] = OrderedDict()
+        # Everything compiled code reads is prepared here, eagerly: op keys, packed sizes, kernel specs.
+        self._codec_keys = (register_codec(key_codec), register_codec(value_codec))
+        self._bytes_per_vector = {dtype: (packed_bytes_per_vector(key_codec, dtype),
+                                          packed_bytes_per_vector(value_codec, dtype))
+                                  for dtype in SUPPORTED_DTYPES}
+        self._kernel_specs: tuple[KernelSpec, KernelSpec] | None | bool = False  # False: not looked up yet
+        if torch.cuda.is_available():
+            self.kernel_specs()
 
     @property
     def name(self) -> str:
@@ -253,44 +401,146 @@ class KVQuantizer:
         self._cache.clear()
         self.stats = KVStats()
 
+    def kernel_specs(self) -> tuple[KernelSpec, KernelSpec] | None:
+        """The Triton kernel specs of the K and V codecs, or None where the kernels lack either (cached;
+        codec ``none`` is never looked up)."""
+        if self._kernel_specs is False:
+            from octopus_diffusers import kernels
+            from octopus_diffusers.kernels.codec_spec import kernel_spec
+
+            codecs = (self.key_codec, self.value_codec)
+            usable = self.key_codec.name != "none" and all(kernels.supports(c) for c in codecs)
+            self._kernel_specs = (kernel_spec(codecs[0]), kernel_spec(codecs[1])) if usable else None
+        return self._kernel_specs  # type: ignore[return-value]
+
     # ---- the plug point --------------------------------------------------------------------------
+    def choose_path(self, query: torch.Tensor, key: torch.Tensor, layout: str,
+                    arguments: AttentionArguments | None) -> PathChoice:
+        """:func:`choose_attention_path` for this stream's codecs and this call."""
+        supported = query.is_cuda and self.kernel_specs() is not None
+        return choose_attention_path(query.device, self.key_codec.name, supported, arguments, tuple(query.shape),
+                                     tuple(key.shape), query.dtype, layout)
+
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                attention_call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-               layout: str) -> torch.Tensor:
-        """Attention over the quantized K/V: the one place a fused GPU kernel (attention read straight
-        from the packed codes) replaces the reference below, which decodes K/V and runs
-        ``attention_call`` -- the original processor's own call, same backend, same mask."""
+               layout: str, arguments: AttentionArguments | None = None) -> torch.Tensor:
+        """Attention over the quantized K/V, on the path :meth:`choose_path` picks.
+
+        ``attention_call`` is the original processor's own call (same backend, same mask) on
+        ``(q, k, v)``. ``arguments`` are that call's arguments: only with them can the GPU attention
+        op replace it (``gpu_attention``); without them the decoded K/V go to ``attention_call``.
+        """
         self.stats.calls += 1
         if self.state is not None and self.state.step_index < self.full_precision_steps:
             self.stats.full_precision_calls += 1
             return attention_call(query, key, value)
-        key_hat, value_hat = self.quantize_kv(key, value, layout)
-        return attention_call(query, key_hat, value_hat)
+        self._check_call(key, value, layout)
+        choice = self.choose_path(query, key, layout, arguments)
+        if choice.path != "gpu_attention":
+            key_hat, value_hat = self._quantize_kv(key, value, layout, gpu=choice.path == "gpu_decode")
+            return attention_call(query, key_hat, value_hat)
+        assert arguments is not None
+        if torch.compiler.is_compiling():
+            return self._attention_compiled(query, key, value, layout, arguments)
+        from octopus_diffusers import kernels
+
+        packed_k, packed_v = self._packed(key, value, layout, gpu=True)
+        query_bhsd = _to_bhsd(query, layout).contiguous()
+        out = kernels.attention(query_bhsd, packed_k, packed_v, self.key_codec, self.value_codec,
+                                arguments.attn_mask, arguments.scale, "BHSD", "auto")
+        return _restore_layout(out, query, layout)
 
     def quantize_kv(self, key: torch.Tensor, value: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode (or fetch from the cross-attention cache) and decode K and V, in the given layout."""
-        if layout not in LAYOUTS:
-            raise ValueError(f"{self.name}: layout must be one of {LAYOUTS}, got {layout!r}")
-        self._check_shape(key, value, layout)
+        """Encode (or fetch from the cross-attention cache) and decode K and V, in the given layout, with
+        the Triton kernels where the path rule allows (CUDA and a kernel codec)."""
+        self._check_call(key, value, layout)
+        gpu = key.is_cuda and self.kernel_specs() is not None
+        return self._quantize_kv(key, value, layout, gpu=gpu)
+
+    def _quantize_kv(self, key: torch.Tensor, value: torch.Tensor, layout: str,
+                     gpu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():
+            self._count(key, value, self._compiled_bytes(key, value))
+            return (_restore_layout(self._roundtrip_compiled(key, layout, 0, gpu), key, layout),
+                    _restore_layout(self._roundtrip_compiled(value, layout, 1, gpu), value, layout))
+        packed_k, packed_v = self._packed(key, value, layout, gpu)
+        if gpu:
+            from octopus_diffusers import kernels
+
+            decoded = (kernels.decode(self.key_codec, packed_k), kernels.decode(self.value_codec, packed_v))
+        else:
+            decoded = (self.key_codec.decode(packed_k), self.value_codec.decode(packed_v))
+        return _restore_layout(decoded[0], key, layout), _restore_layout(decoded[1], value, layout)
+
+    def _packed(self, key: torch.Tensor, value: torch.Tensor, layout: str,
+                gpu: bool) -> tuple[PackedTensor, PackedTensor]:
+        """Eager: the packed K/V from the cross-attention cache, or freshly encoded (and stored)."""
         packed = self._cached() if self.cache_enabled else None
         if packed is None:
-            packed = self.encode(key, value, layout)
+            packed = self.encode(key, value, layout, gpu=gpu)
             if self.cache_enabled:
                 self._store(packed)
-        packed_k, packed_v = packed
-        return (_restore_layout(self.key_codec.decode(packed_k), key, layout),
-                _restore_layout(self.value_codec.decode(packed_v), value, layout))
+        return packed
 
-    def encode(self, key: torch.Tensor, value: torch.Tensor, layout: str) -> tuple[PackedTensor, PackedTensor]:
-        """Pack K and V (as ``(B, H, S, D)``) and count vectors and bytes."""
-        packed_k = self.key_codec.encode(_to_bhsd(key, layout))
-        packed_v = self.value_codec.encode(_to_bhsd(value, layout))
+    def encode(self, key: torch.Tensor, value: torch.Tensor, layout: str,
+               gpu: bool = False) -> tuple[PackedTensor, PackedTensor]:
+        """Pack K and V (as ``(B, H, S, D)``; ``gpu``: with the Triton encode, bit-exact with the
+        reference codes) and count vectors and bytes."""
+        if gpu:
+            from octopus_diffusers import kernels
+
+            packed_k = kernels.encode(self.key_codec, _to_bhsd(key, layout))
+            packed_v = kernels.encode(self.value_codec, _to_bhsd(value, layout))
+        else:
+            packed_k = self.key_codec.encode(_to_bhsd(key, layout))
+            packed_v = self.value_codec.encode(_to_bhsd(value, layout))
+        self._count(key, value, packed_k.nbytes + packed_v.nbytes)
+        return packed_k, packed_v
+
+    def _count(self, key: torch.Tensor, value: torch.Tensor, nbytes: int) -> None:
         s = self.stats
         s.key_vectors += key.numel() // self.head_dim
         s.value_vectors += value.numel() // self.head_dim
-        s.bytes_stored += packed_k.nbytes + packed_v.nbytes
+        s.bytes_stored += nbytes
         s.fp16_bytes += 2 * (key.numel() + value.numel())
-        return packed_k, packed_v
+
+    # ---- under torch.compile: custom ops only ----------------------------------------------------
+    def _compiled_bytes(self, key: torch.Tensor, value: torch.Tensor) -> int:
+        """Packed bytes of K and V from the per-vector sizes (what ``PackedTensor.nbytes`` would say)."""
+        per_key, per_value = self._bytes_per_vector[key.dtype]
+        if per_key is None or per_value is None:
+            raise CodecError(f"{self.name}: codec {self.key_codec.name!r} does not store a fixed size per vector "
+                             "(token groups), so its bytes cannot be counted under torch.compile; run it eagerly")
+        return per_key * (key.numel() // self.head_dim) + per_value * (value.numel() // self.head_dim)
+
+    def _roundtrip_compiled(self, x: torch.Tensor, layout: str, which: int, gpu: bool) -> torch.Tensor:
+        """Encode + decode of K (``which=0``) or V (1) through custom ops: the kernels' Triton ops where
+        they run (``gpu``), else ``kv_roundtrip`` (the reference codec; on the CPU the kernels' ops would
+        run that same reference code)."""
+        key = self._codec_keys[which]
+        x_bhsd = _to_bhsd(x, layout).contiguous()
+        if gpu:
+            codes, norms = torch.ops.octopus_diffusers.encode(x_bhsd, key, False)
+            return torch.ops.octopus_diffusers.decode(codes, norms, key, x.dtype)
+        return torch.ops.octopus_diffusers.kv_roundtrip(x_bhsd, key)
+
+    def _attention_compiled(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: str,
+                            arguments: AttentionArguments) -> torch.Tensor:
+        from octopus_diffusers.kernels.dispatch import choose_method
+
+        self._count(key, value, self._compiled_bytes(key, value))
+        k_spec, v_spec = self.kernel_specs()  # type: ignore[misc]
+        codes_k, norms_k = torch.ops.octopus_diffusers.encode(_to_bhsd(key, layout).contiguous(),
+                                                             self._codec_keys[0], False)
+        codes_v, norms_v = torch.ops.octopus_diffusers.encode(_to_bhsd(value, layout).contiguous(),
+                                                             self._codec_keys[1], False)
+        query_bhsd = _to_bhsd(query, layout).contiguous()
+        rows = query_bhsd.shape[2] * (query_bhsd.shape[1] // codes_k.shape[1])
+        method = choose_method(rows, k_spec, v_spec, query.device)
+        out = torch.ops.octopus_diffusers.attention(query_bhsd, codes_k, norms_k, codes_v, norms_v,
+                                                    self._codec_keys[0], self._codec_keys[1], arguments.attn_mask,
+                                                    arguments.scale, "BHSD", method)
+        return _restore_layout(out, query, layout)
 
     # ---- cross-attention cache ----------------------------------------------------------------------
     def _cached(self) -> tuple[PackedTensor, PackedTensor] | None:
@@ -319,6 +569,11 @@ class KVQuantizer:
     def cached_bytes(self) -> int:
         """Bytes the cross-attention cache holds now."""
         return sum(k.nbytes + v.nbytes for k, v in self._cache.values())
+
+    def _check_call(self, key: torch.Tensor, value: torch.Tensor, layout: str) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"{self.name}: layout must be one of {LAYOUTS}, got {layout!r}")
+        self._check_shape(key, value, layout)
 
     def _check_shape(self, key: torch.Tensor, value: torch.Tensor, layout: str) -> None:
         if key.dim() != 4 or value.dim() != 4:

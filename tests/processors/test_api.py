@@ -1,4 +1,5 @@
-"""quantize_attention and the processor framework: report, counters, restore, errors, direct use, compile."""
+"""quantize_attention and the processor framework: report, counters, restore, errors, direct use
+(torch.compile: test_compile.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 import torch
 from diffusers import LTXVideoTransformer3DModel
 
-from octopus_diffusers.codecs import Codec, CodecError, PackedTensor
-from octopus_diffusers.processors import (ForwardState, KVQuantizer, PromptKey, QuantizedWanAttnProcessor,
-                                          attention_modules, quantize_attention, registered_processors)
+from octopus_diffusers.codecs import CodecError, PackedTensor
+from octopus_diffusers.processors import (ForwardState, PromptKey, QuantizedWanAttnProcessor,
+                                          quantize_attention, registered_processors)
 
 
 def _wan(tiny_runs):
@@ -261,51 +262,4 @@ def test_direct_processor_use_matches_quantize_attention(tiny_runs):
         transformer.set_attn_processor(per_layer)
         assert torch.equal(transformer(x, t, ehs, return_dict=False)[0], hooked)
     finally:
-        transformer.set_attn_processor(dict(originals))
-
-
-# ---- torch.compile --------------------------------------------------------------------------------------
-
-class _HalfCodec(Codec):
-    """A compile-friendly stand-in codec (fp16 storage, no data-dependent input check), so this test
-    isolates the processor machinery; the real codecs reach torch.compile through the kernels' custom ops."""
-
-    name = "test_fp16"
-    bits_per_scalar = 16.0
-
-    def encode(self, x):
-        return self._encode(x.contiguous())
-
-    def _encode(self, x):
-        return PackedTensor(self.name, tuple(x.shape), x.dtype, {"values": x.to(torch.float16)})
-
-    def _decode(self, packed):
-        return packed.fields["values"].float()
-
-
-@torch.no_grad()
-def test_quantized_wan_transformer_compiles_without_graph_breaks(tiny_runs):
-    transformer = _wan(tiny_runs).denoiser
-    x, t, ehs = _wan_inputs()
-    originals = dict(transformer.attn_processors)
-    unquantized = transformer(x, t, ehs, return_dict=False)[0]
-    quantizers = []
-    try:
-        for name, module in attention_modules(transformer):
-            processor = QuantizedWanAttnProcessor(original=module.processor)
-            streams = processor.streams(module, name, transformer)
-            bound = [KVQuantizer(name, s, 2, 2, 16, _HalfCodec(16, 16), _HalfCodec(16, 16)) for s in streams]
-            processor.bind(module, bound)
-            module.set_processor(processor)
-            quantizers += bound
-        eager = transformer(x, t, ehs, return_dict=False)[0]
-        assert not torch.equal(eager, unquantized)  # the fp16 round trip is in the path
-        torch._dynamo.reset()
-        compiled = torch.compile(transformer, fullgraph=True, backend="eager")
-        assert torch.equal(compiled(x, t, ehs, return_dict=False)[0], eager)
-        assert torch.equal(compiled(x, t, ehs, return_dict=False)[0], eager)
-        # Counters are Python side effects: they advance on every compiled call too.
-        assert [q.stats.calls for q in quantizers] == [3, 3, 3, 3]
-    finally:
-        torch._dynamo.reset()
         transformer.set_attn_processor(dict(originals))
