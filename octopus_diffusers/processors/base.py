@@ -152,8 +152,7 @@ class QuantizedAttnProcessorBase:
                  **codec_options: Any) -> None:
         self.codec_spec = KVCodecSpec(codec, bits if key_bits is None else key_bits,
                                       bits if value_bits is None else value_bits, seed, dict(codec_options))
-        self.original = original
-        if original is not None:
+        if original is not None:  # the processor this one replaces: carry its attention backend over
             if type(original) is not self.original_class:
                 raise TypeError(f"{type(self).__name__} replaces {self.original_class.__name__}, not "
                                 f"{type(original).__name__}")
