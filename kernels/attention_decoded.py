@@ -54,6 +54,21 @@ def decode_rotated(packed: PackedTensor, spec: KernelSpec, out_dtype: torch.dtyp
                           scale_by_norm=True, select_lookup=select)
 
 
+_SIGNS: dict[tuple, torch.Tensor | None] = {}
+
+
+def sign_matrix(spec: KernelSpec, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    """``sqrt(d) * R`` (entries exactly +-1) in ``dtype`` for a Hadamard rotation and a half-precision
+    ``dtype``; None otherwise (the caller then rotates in float32)."""
+    key = (spec, device, dtype)
+    if key not in _SIGNS:
+        signs = (spec.rotation.double() * spec.head_dim ** 0.5).round()
+        ok = dtype in (torch.float16, torch.bfloat16) and bool(signs.abs().eq(1).all()) and torch.allclose(
+            signs / spec.head_dim ** 0.5, spec.rotation.double(), rtol=1e-6, atol=0)
+        _SIGNS[key] = signs.to(device=device, dtype=dtype) if ok else None
+    return _SIGNS[key]
+
+
 def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
                       v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
                       layout: str = "BHSD", backends: list[SDPBackend] | None = None) -> torch.Tensor:
@@ -63,21 +78,31 @@ def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec:
     dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
     k_rot = decode_rotated(k, k_spec, dtype)
     v_rot = decode_rotated(v, v_spec, dtype)
-    r_k = k_spec.rotation.to(q.device)
-    r_v = v_spec.rotation.to(q.device)
-    q_rot = (q.float() @ r_k.T).to(dtype)
+    d = q.shape[-1]
+    signs_k, signs_v = sign_matrix(k_spec, q.device, dtype), sign_matrix(v_spec, q.device, dtype)
+    if signs_k is not None and signs_v is not None:
+        # Half-precision GEMMs with the exact +-1 matrices H diag(s) (fp32 accumulation); 1/sqrt(d) goes
+        # into the softmax scale for Q and is applied after the GEMM for the output.
+        q_rot = q @ signs_k.T
+        extra_scale = d ** -0.5
+    else:
+        q_rot = (q.float() @ k_spec.rotation.to(q.device).T).to(dtype)
+        extra_scale = 1.0
     if layout == "BSHD":
         q_rot, k_rot, v_rot = (t.transpose(1, 2) for t in (q_rot, k_rot, v_rot))
     if q_rot.shape[1] % k_rot.shape[1]:
         raise CodecError(f"attention: {q_rot.shape[1]} query heads is not a multiple of {k_rot.shape[1]} "
                          "KV heads")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * extra_scale
     ctx = sdpa_kernel(backends or backend_priority(q_rot.shape[2]), set_priority=True) if q.is_cuda else nullcontext()
     with ctx:
         o_rot = torch.nn.functional.scaled_dot_product_attention(
             q_rot, k_rot, v_rot, attn_mask=attn_mask, scale=scale,
             enable_gqa=q_rot.shape[1] != k_rot.shape[1])
-    out = (o_rot.float() @ r_v).to(q.dtype)
+    if signs_v is not None and signs_k is not None:
+        out = (o_rot @ signs_v) * d ** -0.5
+    else:
+        out = (o_rot.float() @ v_spec.rotation.to(q.device)).to(q.dtype)
     return out if layout == "BHSD" else out.transpose(1, 2)
 
 

@@ -156,7 +156,7 @@ def _sdpa(backend):
 
 
 def bench_attention(rows: list, shapes=ATTENTION_SHAPES, dtypes=(torch.float16, torch.bfloat16),
-                    codecs=CODECS, rep: int = 100) -> None:
+                    codecs=CODECS, rep: int = 100, methods=("fused", "decoded")) -> None:
     from torch.nn.attention import SDPBackend
 
     print(f"\n{'shape':<24}{'dtype':>6}{'method':>22}{'ms':>9}{'TFLOP/s':>9}{'vs best':>8}{'err':>9}")
@@ -190,7 +190,7 @@ def bench_attention(rows: list, shapes=ATTENTION_SHAPES, dtypes=(torch.float16, 
                 # Correctness: against fp16 SDPA on the decoded K/V (the decode kernel checked by tests).
                 ref = decoded_attention(q, kp, vp, sk, sv)
                 for method, fn in (("fused", fused_attention), ("decoded", decoded_attention)):
-                    if method == "fused" and big:  # full-sequence: never dispatched (run 1: 82 TFLOP/s)
+                    if method not in methods:
                         continue
                     out = fn(q, kp, vp, sk, sv)
                     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sections", default="copy,tune,codec,attention,crossover,wan",
                         help="comma list of copy, tune, codec, attention, variants, crossover, wan")
     parser.add_argument("--shapes", default="", help="comma list of attention shape names (default all)")
+    parser.add_argument("--methods", default="fused,decoded", help="attention paths to time")
     parser.add_argument("--out", default="", help="JSON file for every row, with the environment")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -362,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_codec(rows, copy_gbs)
     if "attention" in sections:
         wanted = set(args.shapes.split(",")) if args.shapes else None
-        bench_attention(rows, [s for s in ATTENTION_SHAPES if wanted is None or s[0] in wanted])
+        bench_attention(rows, [s for s in ATTENTION_SHAPES if wanted is None or s[0] in wanted],
+                        methods=tuple(args.methods.split(",")))
     if "variants" in sections:
         bench_variants(rows)
     if "crossover" in sections:

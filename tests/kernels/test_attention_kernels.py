@@ -71,6 +71,10 @@ def test_fused_head_dim_128_dtypes_and_split_kv(name, dtype):
                               splits=splits)
         assert _rel_rms(out, ref) <= TOL, splits
     assert fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), scale=0.05).dtype == dtype
+    # Decode-then-attend in the input dtype (half-precision rotations): output rounding included.
+    decoded = decoded_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), scale=0.05)
+    assert decoded.dtype == dtype
+    assert _rel_rms(decoded, ref) <= (2e-3 if dtype == torch.float16 else 1e-2)
 
 
 @pytest.mark.parametrize("name,bits", [("octopus", 2), ("turboquant", 2.5)])

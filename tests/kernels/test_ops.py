@@ -68,3 +68,13 @@ def test_dispatch_uses_reference_path_on_cpu_and_refuses_bad_arguments():
     with pytest.raises(CodecError, match="configuration"):
         kernels.decode(get_codec("turboquant", 64, 2), packed)
     assert kernels.supports(codec) and not kernels.supports(get_codec("octopus", 96, 3))
+
+
+def test_dispatch_follows_the_measured_crossover():
+    octo = kernels.kernel_spec(get_codec("octopus", 128, 3))
+    tq = kernels.kernel_spec(get_codec("turboquant", 128, 3))
+    cuda = torch.device("cuda")
+    assert choose_method(16, octo, octo, cuda) == "fused"
+    assert choose_method(1560, octo, octo, cuda) == "decoded"
+    assert choose_method(16, tq, tq, cuda) == "decoded"
+    assert choose_method(16, octo, tq, cuda) == "decoded"  # both codecs must favour the fused kernel
