@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
 
 from ..codecs import Codec, CodecError
-from .base import QuantizedAttnProcessorBase, layer_selector, quantized_processor_class, registered_processors
+from .base import QuantizedAttnProcessorBase, quantized_processor_class, registered_processors
 from .kv import ForwardState, KVCodecSpec, KVQuantizer, KVStats
 
 #: Pipeline components that hold the denoiser (Wan 2.2 has two transformers), in this order.
@@ -148,6 +149,34 @@ def _set_processor(module: torch.nn.Module, processor: Any) -> None:
         module.set_processor(processor)
     else:
         module.processor = processor
+
+
+def block_index(name: str) -> int | None:
+    """The first integer component of a module path (``blocks.3.attn1`` -> 3), or None."""
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def layer_selector(layers: Any) -> Callable[[str], bool]:
+    """``layers``: None (all), block indices, ``fnmatch`` patterns on module names, or a predicate."""
+    if layers is None:
+        return lambda name: True
+    if callable(layers):
+        return layers
+    if isinstance(layers, (int, str)):
+        layers = [layers]
+    items = list(layers)
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise TypeError(f"layers: expected block indices or name patterns, got {item!r}")
+
+    def select(name: str) -> bool:
+        index = block_index(name)
+        return any((isinstance(i, int) and i == index) or (isinstance(i, str) and fnmatch.fnmatchcase(name, i))
+                   for i in items)
+    return select
 
 
 def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float = 3, key_bits: float | None = None,

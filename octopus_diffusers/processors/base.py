@@ -28,7 +28,6 @@ processor whose attention calls do not map one-to-one onto its streams returns a
 
 from __future__ import annotations
 
-import fnmatch
 import inspect
 import types
 from typing import Any, Callable, ClassVar
@@ -288,35 +287,5 @@ class DirectSDPAProcessor(QuantizedAttnProcessorBase):
     _parallel_config = None
 
 
-# ---- layer selection --------------------------------------------------------------------------------
-
-def block_index(name: str) -> int | None:
-    """The first integer component of a module path (``blocks.3.attn1`` -> 3), or None."""
-    for part in name.split("."):
-        if part.isdigit():
-            return int(part)
-    return None
-
-
-def layer_selector(layers: Any) -> Callable[[str], bool]:
-    """``layers``: None (all), block indices, ``fnmatch`` patterns on module names, or a predicate."""
-    if layers is None:
-        return lambda name: True
-    if callable(layers):
-        return layers
-    if isinstance(layers, (int, str)):
-        layers = [layers]
-    items = list(layers)
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, str)):
-            raise TypeError(f"layers: expected block indices or name patterns, got {item!r}")
-
-    def select(name: str) -> bool:
-        index = block_index(name)
-        return any((isinstance(i, int) and i == index) or (isinstance(i, str) and fnmatch.fnmatchcase(name, i))
-                   for i in items)
-    return select
-
-
-__all__ = ["QuantizedAttnProcessorBase", "DirectSDPAProcessor", "register_quantized_processor", "quantized_processor_class",
-           "registered_processors", "layer_selector", "block_index"]
+__all__ = ["QuantizedAttnProcessorBase", "DirectSDPAProcessor", "register_quantized_processor",
+           "quantized_processor_class", "registered_processors"]
