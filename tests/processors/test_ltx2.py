@@ -11,13 +11,14 @@ from octopus_diffusers.processors import QuantizedLTX2AudioVideoAttnProcessor, q
 FRAMES, HEIGHT, WIDTH, AUDIO_FRAMES, TEXT = 2, 4, 4, 6, 5
 
 
-def _tiny_ltx2(cross_attn_mod: bool = False) -> LTX2VideoTransformer3DModel:
+def _tiny_ltx2(**options: bool) -> LTX2VideoTransformer3DModel:
+    """The tiny transformer; ``options`` switch on LTX-2 features (``cross_attn_mod``, ``perturbed_attn``)."""
     torch.manual_seed(0)
     return LTX2VideoTransformer3DModel(
         in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
         audio_in_channels=8, audio_out_channels=8, audio_num_attention_heads=2, audio_attention_head_dim=16,
-        audio_cross_attention_dim=32, num_layers=2, caption_channels=32, cross_attn_mod=cross_attn_mod,
-        audio_cross_attn_mod=cross_attn_mod, rope_double_precision=False).eval()
+        audio_cross_attention_dim=32, num_layers=2, caption_channels=32, rope_double_precision=False,
+        **options).eval()
 
 
 def _inputs() -> dict:
@@ -82,7 +83,7 @@ def test_ltx2_text_cache_is_exact_and_off_with_cross_attn_adaln(ltx2):
     assert all(torch.equal(a, b) for x, y in zip(cached, uncached) for a, b in zip(x, y))
     assert (text["cache_misses"], text["cache_hits"]) == (1, 1)
 
-    adaln = _tiny_ltx2(cross_attn_mod=True)
+    adaln = _tiny_ltx2(cross_attn_mod=True, audio_cross_attn_mod=True)
     assert adaln.transformer_blocks[0].cross_attn_adaln
     with quantize_attention(adaln, codec="turboquant", bits=3) as handle:
         adaln(**inputs, sigma=torch.tensor([0.5]))
@@ -93,12 +94,7 @@ def test_ltx2_text_cache_is_exact_and_off_with_cross_attn_adaln(ltx2):
 
 @torch.no_grad()
 def test_ltx2_perturbed_processor_passes_the_perturbation_through():
-    torch.manual_seed(0)
-    model = LTX2VideoTransformer3DModel(
-        in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
-        audio_in_channels=8, audio_out_channels=8, audio_num_attention_heads=2, audio_attention_head_dim=16,
-        audio_cross_attention_dim=32, num_layers=2, caption_channels=32, perturbed_attn=True,
-        rope_double_precision=False).eval()
+    model = _tiny_ltx2(perturbed_attn=True)
     inputs = _inputs()
     perturbed = dict(inputs, spatio_temporal_guidance_blocks=[0], perturbation_mask=torch.zeros(1, 1, 1))
     ref, ref_perturbed = model(**inputs), model(**perturbed)
