@@ -9,9 +9,10 @@ operations in its order, see :mod:`.tl_exact`):
   (tested under the interpreter on CPU).
 * ``fused_rotation=True`` (**fast**): the kernel reads x once, computes gamma and the rotation itself
   (one tensor-core product with the Hadamard sign matrix split into x/y/z planes, entries +-1 so the
-  products are exact, then ``/ sqrt(d)``). Its float32 accumulation order is not torch's, so a value
-  within an ulp of a decision threshold can land on the other side: codes agree with the reference
-  except for such near-ties (the fraction is measured in the tests and the benchmark).
+  products are exact, then ``/ sqrt(d)``), and quantizes with the GPU's fast division and square
+  root. Its float32 rounding is not torch's, so a value within an ulp or two of a decision threshold
+  can land on the other side: codes agree with the reference except for such near-ties (the
+  fraction is measured in the tests and the benchmark).
 
 :func:`octopus_encode_reference` is the reference meaning (the codec's own ``encode``).
 """
@@ -41,16 +42,29 @@ def _nearest(v, THR, N_THR: tl.constexpr):
 
 @triton.jit
 def _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R: tl.constexpr,
-                       BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, JOINT: tl.constexpr):
-    """Field values ``i_xi | i_eta << BX | i_rho << (BX + BE)`` of triplets ``(t0, t1, t2)``."""
-    rho = norm3(t0, t1, t2)
+                       BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, JOINT: tl.constexpr,
+                       EXACT: tl.constexpr):
+    """Field values ``i_xi | i_eta << BX | i_rho << (BX + BE)`` of triplets ``(t0, t1, t2)``.
+
+    ``EXACT``: the reference's float32 operations (FMA-exact norms, IEEE divisions); otherwise the
+    GPU's fast forms (one reciprocal square root per candidate), for the fused-rotation path whose
+    codes are already allowed to differ at near-ties."""
+    if EXACT:
+        rho = norm3(t0, t1, t2)
+    else:
+        rho = tl.sqrt(t0 * t0 + t1 * t1 + t2 * t2)
     has_dir = rho > 0
     dx = tl.where(has_dir, t0, 0.0)
     dy = tl.where(has_dir, t1, 0.0)
     dz = tl.where(has_dir, t2, 1.0)
     l1 = tl.abs(dx) + tl.abs(dy) + tl.abs(dz)
-    px = tl.div_rn(dx, l1)
-    py = tl.div_rn(dy, l1)
+    if EXACT:
+        px = tl.div_rn(dx, l1)
+        py = tl.div_rn(dy, l1)
+    else:
+        inv_l1 = 1.0 / l1
+        px = dx * inv_l1
+        py = dy * inv_l1
     lower = dz < 0
     xi = tl.where(lower, sign_nonzero(px) * (1.0 - tl.abs(py)), px)
     eta = tl.where(lower, sign_nonzero(py) * (1.0 - tl.abs(px)), py)
@@ -69,8 +83,11 @@ def _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R: 
             for b in tl.static_range(3):
                 c_eta = tl.minimum(tl.maximum(j_eta + (b - 1), 0), (1 << BE) - 1)
                 ux, uy, uz = octahedral_unfold(xi_c, lookup(cbe, c_eta))
-                nrm = norm3(ux, uy, uz)
-                s = tl.div_rn(ux, nrm) * t0 + tl.div_rn(uy, nrm) * t1 + tl.div_rn(uz, nrm) * t2
+                if EXACT:
+                    nrm = norm3(ux, uy, uz)
+                    s = tl.div_rn(ux, nrm) * t0 + tl.div_rn(uy, nrm) * t1 + tl.div_rn(uz, nrm) * t2
+                else:
+                    s = (ux * t0 + uy * t1 + uz * t2) * tl.rsqrt(ux * ux + uy * uy + uz * uz)
                 better = s > best
                 best = tl.where(better, s, best)
                 b_xi = tl.where(better, c_xi, b_xi)
@@ -90,7 +107,7 @@ def _octopus_encode_kernel(X, s_x, GAMMA, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt
                            D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BX: tl.constexpr,
                            BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr,
                            NBYTES_PAD: tl.constexpr, JOINT: tl.constexpr, FUSED_ROTATION: tl.constexpr,
-                           BLOCK_R: tl.constexpr):
+                           EXACT: tl.constexpr, BLOCK_R: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = rows < N_ROWS
     i = tl.arange(0, TP)[None, :]
@@ -114,7 +131,7 @@ def _octopus_encode_kernel(X, s_x, GAMMA, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt
         t0 = tl.load(x_rows + 3 * i, mask=m & (3 * i < D), other=0.0)
         t1 = tl.load(x_rows + 3 * i + 1, mask=m & (3 * i + 1 < D), other=0.0)
         t2 = tl.load(x_rows + 3 * i + 2, mask=m & (3 * i + 2 < D), other=0.0)
-    v = _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R, BX, BE, BR, JOINT)
+    v = _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R, BX, BE, BR, JOINT, EXACT)
     pack_fields_to_bytes(v, CODES + rows[:, None].to(tl.int64) * s_c, r_mask[:, None], T, T, BX + BE + BR,
                          BX + BE + BR, NBYTES, NBYTES_PAD)
 
@@ -189,7 +206,7 @@ def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False) -> Pack
             cbx, cbe, thx, the, thr, n, D=spec.head_dim, T=spec.n_triplets, TP=plane_width(spec.head_dim),
             BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
             NBYTES_PAD=triton.next_power_of_2(spec.nbytes), JOINT=spec.joint_rounding,
-            FUSED_ROTATION=fused_rotation, BLOCK_R=br, num_warps=4, enable_fp_fusion=False)
+            FUSED_ROTATION=fused_rotation, EXACT=not fused_rotation, BLOCK_R=br, num_warps=4, enable_fp_fusion=fused_rotation)
     return PackedTensor("octopus", tuple(x.shape), x.dtype,
                         {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},
                         packed_meta(codec))
