@@ -20,10 +20,11 @@ the original attention call. :meth:`KVQuantizer.attend` is the single place wher
 
 torch.compile rule: while compiling (``torch.compiler.is_compiling()``) codecs run only inside
 ``torch.library`` custom ops with fake implementations, so the graph does not break: on the two GPU
-paths the kernels' ops ``octopus_diffusers::encode`` / ``decode`` / ``attention``, on the reference path
-``octopus_diffusers::kv_roundtrip`` (:mod:`.ops`: encode + decode of any codec, NaN/Inf check included). Byte counters then come from
-the codec's packed bytes per vector times the vectors (:func:`packed_bytes_per_vector`, equal to
-``PackedTensor.nbytes``), so they stay exact. The cross-attention cache holds ``PackedTensor`` objects
+paths the kernels' ops ``octopus_diffusers::encode`` / ``decode`` / ``attention``, on the reference
+path ``octopus_diffusers::kv_roundtrip`` (:mod:`.ops`: encode + decode of any codec, NaN/Inf check
+included, raising at run time). Byte counters then come from the codec's packed bytes per vector
+times the vectors (:func:`packed_bytes_per_vector`, equal to ``PackedTensor.nbytes``), so they stay
+exact; a codec without a fixed size per vector (``uniform`` with ``axis="channel"``) is refused. The cross-attention cache holds ``PackedTensor`` objects
 keyed by tensor identity, which cannot be traced: under torch.compile it is bypassed (every call
 encodes; outputs are unchanged because the cache is exact) and ``full_precision_steps`` is refused.
 Eager calls never take the op route, so eager results and counters are exactly as without compile.
@@ -50,6 +51,7 @@ of a new generation (step 0 again).
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import weakref
 from collections import OrderedDict
@@ -246,10 +248,18 @@ class ForwardState:
 def packed_bytes_per_vector(codec: Codec, dtype: torch.dtype) -> int | None:
     """Bytes one encoded ``head_dim`` vector of ``dtype`` occupies (every field counted), or None for a
     codec whose storage is not a fixed amount per vector (``uniform`` with ``axis="channel"`` stores
-    per token group). Measured by encoding 1 and 3 zero vectors, so it is the codec's own layout."""
-    one = codec.encode(torch.zeros(1, 1, 1, codec.head_dim, dtype=dtype)).nbytes
-    three = codec.encode(torch.zeros(1, 1, 3, codec.head_dim, dtype=dtype)).nbytes
-    return one if three == 3 * one else None
+    per token group). Measured by encoding 1 and 3 zero vectors, so it is the codec's own layout;
+    cached per configuration (the seed changes no size), so a model's many layers probe once."""
+    config = {k: v for k, v in codec.config().items() if k != "seed"}
+    key = (type(codec).__qualname__, json.dumps(config, sort_keys=True, default=str), dtype)
+    if key not in _BYTES_PER_VECTOR:
+        one = codec.encode(torch.zeros(1, 1, 1, codec.head_dim, dtype=dtype)).nbytes
+        three = codec.encode(torch.zeros(1, 1, 3, codec.head_dim, dtype=dtype)).nbytes
+        _BYTES_PER_VECTOR[key] = one if three == 3 * one else None
+    return _BYTES_PER_VECTOR[key]
+
+
+_BYTES_PER_VECTOR: dict[tuple[str, str, torch.dtype], int | None] = {}
 
 
 #: Paths of :meth:`KVQuantizer.attend` (see the module docstring).
@@ -389,6 +399,7 @@ class KVQuantizer:
                                           packed_bytes_per_vector(value_codec, dtype))
                                   for dtype in SUPPORTED_DTYPES}
         self._kernel_specs: tuple[KernelSpec, KernelSpec] | None | bool = False  # False: not looked up yet
+        self.last_choice: PathChoice | None = None  # the path of the latest quantized attention call
         if torch.cuda.is_available():
             self.kernel_specs()
 
@@ -435,7 +446,7 @@ class KVQuantizer:
             self.stats.full_precision_calls += 1
             return attention_call(query, key, value)
         self._check_call(key, value, layout)
-        choice = self.choose_path(query, key, layout, arguments)
+        choice = self.last_choice = self.choose_path(query, key, layout, arguments)
         if choice.path != "gpu_attention":
             key_hat, value_hat = self._quantize_kv(key, value, layout, gpu=choice.path == "gpu_decode")
             return attention_call(query, key_hat, value_hat)

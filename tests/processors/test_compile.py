@@ -90,3 +90,14 @@ def test_full_precision_steps_are_refused_under_compile(tiny_runs, fresh_dynamo)
         compiled = torch.compile(transformer, fullgraph=True, backend="eager")
         with pytest.raises(Exception, match="full_precision_steps reads the timestep on the host"):
             compiled(*_wan_inputs(), return_dict=False)
+
+
+@torch.no_grad()
+def test_token_group_codec_is_refused_under_compile(tiny_runs, fresh_dynamo):
+    """uniform keys (KIVI: per channel, grouped along tokens) have no fixed size per vector, so their
+    bytes cannot be counted from shapes: refused with the reason, never counted wrongly."""
+    transformer = tiny_runs.pipeline("wan").denoiser
+    with quantize_attention(transformer, codec="uniform", bits=4):
+        compiled = torch.compile(transformer, fullgraph=True, backend="eager")
+        with pytest.raises(Exception, match="does not store a fixed size per vector"):
+            compiled(*_wan_inputs(), return_dict=False)
