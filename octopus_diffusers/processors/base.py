@@ -35,7 +35,7 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .kv import KVCodecSpec, KVQuantizer, StreamSpec
+from .kv import AttentionArguments, KVCodecSpec, KVQuantizer, StreamSpec
 from .streams import StreamAdapter
 
 #: diffusers processor class -> quantized processor class. Extended by each family module.
@@ -227,7 +227,10 @@ class QuantizedAttnProcessorBase:
             slot = binding.next_slot()
             if slot is None:
                 return original_attention(query, key, value, *args, **kwargs)
-            return slot.attend(query, key, value, lambda q, k, v: original_attention(q, k, v, *args, **kwargs), layout)
+            call = lambda q, k, v: original_attention(q, k, v, *args, **kwargs)  # noqa: E731
+            if isinstance(slot, KVQuantizer):  # the call's own arguments let the GPU attention op replace it
+                return slot.attend(query, key, value, call, layout, AttentionArguments.from_call(args, kwargs))
+            return slot.attend(query, key, value, call, layout)
 
         # Without `__name__`, torch.compile keys these globals by the dict itself, not by the module it
         # would import under that name (whose globals hold the original, unquantized attention call).
