@@ -19,6 +19,6 @@ picks the attention path; :mod:`.benchmark` measures everything on a GPU.
 # ops a second time there would define them twice with two codec registries, so the stray copy stays
 # empty (no ``__version__``: transformers then treats it as not installed).
 if __name__ == "octopus_diffusers.kernels":
-    from .api import KERNEL_HEAD_DIMS, attention, decode, encode, supports
+    from .api import KERNEL_HEAD_DIMS, attention, decode, encode, kernel_spec, supports
 
-    __all__ = ["KERNEL_HEAD_DIMS", "attention", "decode", "encode", "supports"]
+    __all__ = ["KERNEL_HEAD_DIMS", "attention", "decode", "encode", "kernel_spec", "supports"]
