@@ -33,8 +33,21 @@ from octopus_diffusers.codecs import CodecError, PackedTensor
 
 from .codec_spec import KernelSpec, OctopusSpec, TurboQuantSpec, plane_width
 from .octopus_decode import octopus_planes_tile
-from .tl_helpers import load_codebook
+from .tl_helpers import field_groups, load_codebook, lookup_any, unpack_grouped
 from .turboquant_codec import tq_tile
+
+
+@triton.jit
+def _tq_values(rows, row_mask, cb_hi, cb_lo, D: tl.constexpr, N_HI: tl.constexpr, B_HI: tl.constexpr,
+               B_LO: tl.constexpr, NBYTES: tl.constexpr, SELECT: tl.constexpr, GE: tl.constexpr,
+               GB: tl.constexpr):
+    """TurboQuant unit vectors of a KV tile: byte-group unpacking when ``GE > 0`` (one width for all
+    channels, :func:`field_groups`), else :func:`tq_tile`'s per-field reads."""
+    if GE > 0:
+        val = lookup_any(cb_hi, unpack_grouped(rows, row_mask, D, B_HI, GE, GB), 1 << B_HI, SELECT)
+    else:
+        val = tq_tile(rows, row_mask, cb_hi, cb_lo, D, N_HI, B_HI, B_LO, NBYTES, SELECT)
+    return val
 
 LOG2E = 1.4426950408889634
 
@@ -50,9 +63,9 @@ def _fused_attention_kernel(
         H, N_Q, N_KV, GROUP, KV_PER_SPLIT,
         D: tl.constexpr,
         K_OCT: tl.constexpr, K_B0: tl.constexpr, K_B1: tl.constexpr, K_B2: tl.constexpr,
-        K_NBYTES: tl.constexpr,
+        K_NBYTES: tl.constexpr, K_GE: tl.constexpr, K_GB: tl.constexpr,
         V_OCT: tl.constexpr, V_B0: tl.constexpr, V_B1: tl.constexpr, V_B2: tl.constexpr,
-        V_NBYTES: tl.constexpr,
+        V_NBYTES: tl.constexpr, V_GE: tl.constexpr, V_GB: tl.constexpr,
         T: tl.constexpr, TP: tl.constexpr,
         HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, SPLIT: tl.constexpr, SELECT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -143,7 +156,7 @@ def _fused_attention_kernel(
             s = tl.dot(q1, tl.trans(ky.to(tl.float16)), s)
             s = tl.dot(q2, tl.trans(kz.to(tl.float16)), s)
         else:
-            k = tq_tile(k_rows, n_mask[:, None], kcb0, kcb1, D, K_B2, K_B0, K_B1, K_NBYTES, SELECT)
+            k = _tq_values(k_rows, n_mask[:, None], kcb0, kcb1, D, K_B2, K_B0, K_B1, K_NBYTES, SELECT, K_GE, K_GB)
             s = tl.dot(q0, tl.trans(k.to(tl.float16)))
         g_k = tl.load(kg_base + offs_n * s_kgn, mask=n_mask, other=0.0).to(tl.float32)
         s = s * g_k[None, :]
@@ -173,7 +186,7 @@ def _fused_attention_kernel(
             acc1 = tl.dot(pv, vy.to(tl.float16), acc1 * alpha[:, None])
             acc2 = tl.dot(pv, vz.to(tl.float16), acc2 * alpha[:, None])
         else:
-            v = tq_tile(v_rows, n_mask[:, None], vcb0, vcb1, D, V_B2, V_B0, V_B1, V_NBYTES, SELECT)
+            v = _tq_values(v_rows, n_mask[:, None], vcb0, vcb1, D, V_B2, V_B0, V_B1, V_NBYTES, SELECT, V_GE, V_GB)
             acc0 = tl.dot(pv, v.to(tl.float16), acc0 * alpha[:, None])
 
     # ---- normalise and store (rows with no unmasked key give 0) ------------------------------
@@ -250,6 +263,13 @@ def _codebooks(spec: KernelSpec, device: torch.device) -> tuple[list[torch.Tenso
     return _MATRIX_CACHE[key], (spec.bits_hi, spec.bits_lo, spec.n_high)
 
 
+def _groups(spec: KernelSpec, grouped: bool) -> tuple[int, int]:
+    """Byte-group shape for :func:`unpack_grouped` (TurboQuant with one width), else ``(0, 0)``."""
+    if not grouped or isinstance(spec, OctopusSpec) or spec.bits_hi != spec.bits_lo:
+        return 0, 0
+    return field_groups(spec.bits_hi, spec.head_dim)
+
+
 def _row_strides(packed: PackedTensor, layout: str) -> tuple[torch.Tensor, tuple[int, int, int],
                                                               torch.Tensor, tuple[int, int, int]]:
     """Codes and norms with their (batch, head, token) strides for ``layout``."""
@@ -282,18 +302,24 @@ def prepare_mask(attn_mask: torch.Tensor | None, shape: tuple[int, int, int, int
     return m, is_bool
 
 
-def _default_blocks(n_q: int, octopus_keys: bool) -> tuple[int, int, int, int]:
+def _default_blocks(n_q: int, n_kv: int, octopus_keys: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) on the GPU; small tiles in the interpreter.
 
     OCTOPUS keys never get BLOCK_M = 16: on the H100 (Triton 3.6) that configuration produced wrong
-    scores (relative error 0.7 in tests/kernels, run 2 of docs/kernels), while 64 and 128 are exact."""
+    scores (relative error 0.7 in tests/kernels, run 2 of docs/kernels), while 64 and 128 are exact;
+    (128, 128, 8 warps) was wrong too (run 8). Above 64 query rows BLOCK_M = 256 halves the decode
+    work per query (run 8, 3 bits: AR chunk TurboQuant 5.88 -> 2.67 ms, OCTOPUS 7.31 -> 5.18; LTX
+    7.06 -> 4.71 and 10.61 -> 7.48), except OCTOPUS over a short KV sequence (cross-attention to 512
+    tokens: 10.49 ms at 128, 11.42 at 256), which keeps 128."""
     if not torch.cuda.is_available():
         return 16, 16, 4, 1
     if n_q <= 16 and not octopus_keys:
         return 16, 64, 4, 2
     if n_q <= 64:
         return 64, 64, 4, 2
-    return 128, 64, 8, 2
+    if octopus_keys and n_kv <= 1024:
+        return 128, 64, 8, 2
+    return 256, 64, 8, 2
 
 
 def choose_splits(batch_heads: int, m_blocks: int, n_kv: int, block_n: int, device: torch.device) -> int:
@@ -312,12 +338,13 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
                             v_spec: KernelSpec, attn_mask: torch.Tensor | None = None,
                             scale: float | None = None, layout: str = "BHSD", splits: int | None = None,
                             blocks: tuple[int, int, int, int] | None = None, fp32_out: bool = False,
-                            out: torch.Tensor | None = None, select_lookup: bool = False
-                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                            out: torch.Tensor | None = None, select_lookup: bool = False,
+                            grouped_unpack: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the kernel: per-split outputs ``(S, B, Hq, Nq, OW)`` in V's rotated basis (planes for
     OCTOPUS) and, when ``S > 1``, their base-2 log-sum-exps ``(S, B, Hq, Nq)``; see
     :func:`fused_attention` for the arguments. ``out`` (optional) is the buffer to write into;
-    ``select_lookup`` reads codebooks by compare-select chains instead of ``tl.gather``."""
+    ``select_lookup`` reads codebooks by compare-select chains instead of ``tl.gather``;
+    ``grouped_unpack=False`` keeps TurboQuant's per-field byte reads (for comparison)."""
     if layout not in ("BHSD", "BSHD"):
         raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
     qb = q if layout == "BHSD" else q.transpose(1, 2)
@@ -334,7 +361,7 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
     q_in = ((qb.float() @ query_matrix(k_spec, dev)) * (scale * LOG2E)).to(torch.float16).contiguous()
     ow = 3 * tp if v_oct else D
 
-    bm, bn, warps, stages = blocks or _default_blocks(Nq, k_oct)
+    bm, bn, warps, stages = blocks or _default_blocks(Nq, Nkv, k_oct)
     m_blocks = triton.cdiv(Nq, bm)
     n_split = splits or choose_splits(B * Hq, m_blocks, Nkv, bn, dev)
     kv_per_split = max(bn, triton.cdiv(triton.cdiv(Nkv, n_split), bn) * bn)
@@ -351,6 +378,7 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
     vc, vcs, vg, vgs = _row_strides(v, layout)
     kcb, kbits = _codebooks(k_spec, dev)
     vcb, vbits = _codebooks(v_spec, dev)
+    k_groups, v_groups = _groups(k_spec, grouped_unpack), _groups(v_spec, grouped_unpack)
     mask, mask_bool = prepare_mask(attn_mask, (B, Hq, Nq, Nkv))
     ms = mask.stride() if mask is not None else (0, 0, 0, 0)
     lse_arg = lse if lse is not None else out
@@ -365,8 +393,9 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
         lse_arg, lss[1], lss[2], lss[3], lss[0],
         Hq, Nq, Nkv, Hq // Hkv, kv_per_split,
         D=D, K_OCT=k_oct, K_B0=kbits[0], K_B1=kbits[1], K_B2=kbits[2], K_NBYTES=k_spec.nbytes,
+        K_GE=k_groups[0], K_GB=k_groups[1],
         V_OCT=v_oct, V_B0=vbits[0], V_B1=vbits[1], V_B2=vbits[2], V_NBYTES=v_spec.nbytes,
-        T=(D + 2) // 3, TP=tp, HAS_MASK=mask is not None, MASK_BOOL=mask_bool, SPLIT=split, SELECT=select_lookup,
+        V_GE=v_groups[0], V_GB=v_groups[1], T=(D + 2) // 3, TP=tp, HAS_MASK=mask is not None, MASK_BOOL=mask_bool, SPLIT=split, SELECT=select_lookup,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
     return out, lse
 
@@ -374,7 +403,8 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
 def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
                     v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
                     layout: str = "BHSD", out_dtype: torch.dtype | None = None, splits: int | None = None,
-                    blocks: tuple[int, int, int, int] | None = None, select_lookup: bool = False) -> torch.Tensor:
+                    blocks: tuple[int, int, int, int] | None = None, select_lookup: bool = False,
+                    grouped_unpack: bool = True) -> torch.Tensor:
     """Attention of ``q`` over packed ``k``/``v`` with in-loop decoding; output in ``q``'s layout.
 
     ``q``: ``(B, Hq, Nq, D)`` for layout ``"BHSD"`` or ``(B, Nq, Hq, D)`` for ``"BSHD"``; ``k``/``v``
@@ -385,7 +415,8 @@ def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: K
     """
     out_dtype = q.dtype if out_dtype is None else out_dtype
     o, lse = fused_attention_rotated(q, k, v, k_spec, v_spec, attn_mask, scale, layout, splits, blocks,
-                                     fp32_out=out_dtype == torch.float32, select_lookup=select_lookup)
+                                     fp32_out=out_dtype == torch.float32, select_lookup=select_lookup,
+                                     grouped_unpack=grouped_unpack)
     o_rot = combine_splits(o, lse) if lse is not None else o[0]
     out = (o_rot.float() @ output_matrix(v_spec, q.device)).to(out_dtype)
     return out if layout == "BHSD" else out.transpose(1, 2)

@@ -16,15 +16,15 @@ import torch
 from .codec_spec import KernelSpec, OctopusSpec
 
 #: (codec kind, head_dim) -> largest measured query-rows-per-KV-head at which the fused kernel was
-#: faster than decode-then-attend. Source: docs/kernels/run5b_bench.log / benchmark.md "crossover"
-#: (H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, Nkv = 32,760, 12 heads x 128, fp16, 3 bits):
-#: OCTOPUS fused 0.858 / 0.861 / 1.012 / 2.032 ms vs decoded 1.235 / 1.241 / 1.039 / 1.262 ms at
-#: Nq = 16 / 64 / 256 / 512. TurboQuant: decoded faster at 16 and 64 (0.574 vs 0.742, 0.465 vs 0.582),
-#: fused ahead only at 256 (0.804 vs 0.873, not monotonic: noise-level), decoded from 512 on, so 0.
-#: OCTOPUS is set to 64, not 256: its 256-row margin was 0.03 ms and run 6 then made decode-then-attend
-#: faster (half-precision rotations, about 0.3 ms less at 1,560 rows), so 256 is no longer measured
-#: in favour of the fused kernel. head_dim 64 was not measured and falls back to DEFAULT_CROSSOVER.
-CROSSOVER: dict[tuple[str, int], int] = {("octopus", 128): 64, ("turboquant", 128): 0}
+#: faster than decode-then-attend. Source: docs/kernels/benchmark.md "Fused kernel, run 10"
+#: (H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, Nkv = 32,760, 12 heads x 128, fp16, 3 bits,
+#: after byte-group unpacking and BLOCK_M = 256): OCTOPUS fused 0.559 / 0.493 / 0.846 / 0.951 /
+#: 1.411 ms vs decoded 0.732 / 0.710 / 0.907 / 0.920 / 1.174 ms at Nq = 16 / 64 / 128 / 256 / 512,
+#: so 128 (the 256-row loss is 3 %, noise-level, and decoded wins clearly from 512 on).
+#: TurboQuant: fused 0.437 vs decoded 0.459 ms at 16 (5 %, within run-to-run noise: run 5b had
+#: decoded ahead, 0.574 vs 0.742), decoded clearly ahead from 64 on (0.272 vs 0.472), so 0.
+#: head_dim 64 was not measured and falls back to DEFAULT_CROSSOVER.
+CROSSOVER: dict[tuple[str, int], int] = {("octopus", 128): 128, ("turboquant", 128): 0}
 
 #: Used for a (kind, head_dim) that was not measured: never pick the fused kernel blindly.
 DEFAULT_CROSSOVER = 0

@@ -4,6 +4,8 @@ Everything here is a ``@triton.jit`` function inlined into the kernels that call
 
 * :func:`unpack_field` reads one LSB-first bit field per element straight from a packed ``uint8`` row
   (the layout of ``octopus_diffusers.codecs.packing``);
+* :func:`unpack_grouped` reads all fields of one width per row with one load per code byte (not two per
+  field), for widths whose fields tile whole bytes in groups (attention's TurboQuant keys/values);
 * :func:`lookup` reads a codebook held in registers with ``tl.gather`` (a table read through
   ``tl.load(table_ptr + idx)`` inside an attention loop collapses throughput 13x, performance.md);
 * :func:`octahedral_unfold` is the inverse octahedral map without normalisation;
@@ -12,6 +14,8 @@ Everything here is a ``@triton.jit`` function inlined into the kernels that call
 """
 
 from __future__ import annotations
+
+import math
 
 import triton
 import triton.language as tl
@@ -34,6 +38,35 @@ def unpack_field(row_ptr, bit_off, row_mask, NBYTES: tl.constexpr, WIDTH: tl.con
         b2 = tl.load(row_ptr + byte + 2, mask=row_mask & (byte + 2 < NBYTES), other=0).to(tl.int32)
         v = v | (b2 << 16)
     return (v >> shift) & ((1 << WIDTH) - 1)
+
+
+def field_groups(width: int, n_fields: int) -> tuple[int, int]:
+    """``(fields, bytes)`` per byte-aligned group of ``width``-bit fields for :func:`unpack_grouped`,
+    or ``(0, 0)`` where the groups would not fit an int32 or not divide ``n_fields`` evenly."""
+    fields = 8 // math.gcd(width, 8)
+    nbytes = width * fields // 8
+    if nbytes > 3 or n_fields % fields or (n_fields // fields) & (n_fields // fields - 1):
+        return 0, 0
+    return fields, nbytes
+
+
+@triton.jit
+def unpack_grouped(row_ptr, row_mask, F: tl.constexpr, WIDTH: tl.constexpr, GE: tl.constexpr,
+                   GB: tl.constexpr):
+    """All ``F`` LSB-first ``WIDTH``-bit fields of each packed row, int32 ``[R, F]``.
+
+    Fields come in groups of ``GE`` that fill exactly ``GB`` bytes (:func:`field_groups`): each group
+    is read as ``GB`` byte loads of an ``[R, F / GE]`` tile and its fields split off with shifts, so
+    a tile costs ``GB / GE`` loads per field instead of :func:`unpack_field`'s one or two.
+    """
+    g = tl.arange(0, F // GE)[None, :]
+    base = row_ptr + g * GB
+    word = tl.load(base, mask=row_mask, other=0).to(tl.int32)
+    for b in tl.static_range(1, GB):
+        word = word | (tl.load(base + b, mask=row_mask, other=0).to(tl.int32) << (8 * b))
+    e = tl.arange(0, GE)[None, None, :]
+    fields = (word[:, :, None] >> (e * WIDTH)) & ((1 << WIDTH) - 1)
+    return tl.reshape(fields, (word.shape[0], F))
 
 
 @triton.jit

@@ -118,3 +118,22 @@ def test_bad_shapes_are_refused():
     with pytest.raises(CodecError, match="broadcast"):
         fused_attention(q[:, :2], kp, vp, kernel_spec(ck), kernel_spec(cv),
                         attn_mask=torch.ones(5, 7, dtype=torch.bool, device=DEVICE))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_grouped_unpack_matches_per_field_reads(bits):
+    """TurboQuant at an integer rate reads codes by byte groups (tl_helpers.unpack_grouped); the same
+    attention must come out as with the per-field reads, for every width the groups cover."""
+    q, kp, vp, ck, cv, k_hat, v_hat = _setup("turboquant", 64, bits, torch.float16, nq=16, nkv=24)
+    ref = attention_fused_reference(q, k_hat, v_hat)
+    grouped = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32)
+    per_field = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32,
+                                grouped_unpack=False)
+    assert _rel_rms(grouped, ref) <= TOL
+    assert torch.allclose(grouped, per_field, rtol=0, atol=1e-6)
+
+
+def test_field_groups_cover_byte_aligned_widths_only():
+    from octopus_diffusers.kernels.tl_helpers import field_groups
+    assert [field_groups(w, 128) for w in (1, 2, 3, 4, 5, 6, 8)] == [
+        (8, 1), (4, 1), (8, 3), (2, 1), (0, 0), (4, 3), (1, 1)]
