@@ -33,7 +33,7 @@ from octopus_diffusers.codecs import CodecError, PackedTensor
 
 from .codec_spec import KernelSpec, OctopusSpec, TurboQuantSpec, plane_width
 from .octopus_decode import octopus_planes_tile
-from .tl_helpers import field_groups, load_codebook, lookup_any, unpack_grouped
+from .tl_helpers import field_groups, load_codebook, load_groups, lookup_any, split_groups, unpack_grouped
 from .turboquant_codec import tq_tile
 
 
@@ -68,7 +68,7 @@ def _fused_attention_kernel(
         V_NBYTES: tl.constexpr, V_GE: tl.constexpr, V_GB: tl.constexpr,
         T: tl.constexpr, TP: tl.constexpr,
         HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, SPLIT: tl.constexpr, SELECT: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -144,12 +144,31 @@ def _fused_attention_kernel(
     kg_base = KG + b * s_kgb + hk * s_kgh
     vc_base = VC + b * s_vcb + hk * s_vch
     vg_base = VG + b * s_vgb + hk * s_vgh
+    if PREFETCH:
+        # TurboQuant K and V read by byte groups: each iteration loads the next tile's codes and
+        # norms before decoding its own, so the loads' latency overlaps this tile's work.
+        offs_p = lo + tl.arange(0, BLOCK_N)
+        p_mask = offs_p < hi
+        kw = load_groups(kc_base + offs_p[:, None] * s_kcn, p_mask[:, None], D, K_GE, K_GB)
+        vw = load_groups(vc_base + offs_p[:, None] * s_vcn, p_mask[:, None], D, V_GE, V_GB)
+        g_k_nxt = tl.load(kg_base + offs_p * s_kgn, mask=p_mask, other=0.0).to(tl.float32)
+        g_v_nxt = tl.load(vg_base + offs_p * s_vgn, mask=p_mask, other=0.0).to(tl.float32)
     for start in range(0, KV_PER_SPLIT, BLOCK_N):
         offs_n = lo + start + tl.arange(0, BLOCK_N)
         n_mask = offs_n < hi
         # ---- scores in base 2: (q_rot * scale * log2 e) . u_k * gamma_k ----------------------
         k_rows = kc_base + offs_n[:, None] * s_kcn
-        if K_OCT:
+        if PREFETCH:
+            offs_p = offs_n + BLOCK_N
+            p_mask = offs_p < hi
+            kw_cur, vw_cur, g_k, g_v = kw, vw, g_k_nxt, g_v_nxt
+            kw = load_groups(kc_base + offs_p[:, None] * s_kcn, p_mask[:, None], D, K_GE, K_GB)
+            vw = load_groups(vc_base + offs_p[:, None] * s_vcn, p_mask[:, None], D, V_GE, V_GB)
+            g_k_nxt = tl.load(kg_base + offs_p * s_kgn, mask=p_mask, other=0.0).to(tl.float32)
+            g_v_nxt = tl.load(vg_base + offs_p * s_vgn, mask=p_mask, other=0.0).to(tl.float32)
+            k = lookup_any(kcb0, split_groups(kw_cur, D, K_B0, K_GE), 1 << K_B0, SELECT)
+            s = tl.dot(q0, tl.trans(k.to(tl.float16)))
+        elif K_OCT:
             kx, ky, kz = octopus_planes_tile(k_rows, n_mask[:, None], kcb0, kcb1, kcb2, T, TP, K_B0, K_B1,
                                              K_B2, K_NBYTES, SELECT)
             s = tl.dot(q0, tl.trans(kx.to(tl.float16)))
@@ -158,7 +177,8 @@ def _fused_attention_kernel(
         else:
             k = _tq_values(k_rows, n_mask[:, None], kcb0, kcb1, D, K_B2, K_B0, K_B1, K_NBYTES, SELECT, K_GE, K_GB)
             s = tl.dot(q0, tl.trans(k.to(tl.float16)))
-        g_k = tl.load(kg_base + offs_n * s_kgn, mask=n_mask, other=0.0).to(tl.float32)
+        if not PREFETCH:
+            g_k = tl.load(kg_base + offs_n * s_kgn, mask=n_mask, other=0.0).to(tl.float32)
         s = s * g_k[None, :]
         if HAS_MASK:
             m_ptrs = MASK + b * s_mb + h * s_mh + offs_m[:, None] * s_mm + offs_n[None, :] * s_mn
@@ -176,10 +196,14 @@ def _fused_attention_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
         # ---- values: gamma_v folded into P ----------------------------------------------------
-        g_v = tl.load(vg_base + offs_n * s_vgn, mask=n_mask, other=0.0).to(tl.float32)
+        if not PREFETCH:
+            g_v = tl.load(vg_base + offs_n * s_vgn, mask=n_mask, other=0.0).to(tl.float32)
         pv = (p * g_v[None, :]).to(tl.float16)
         v_rows = vc_base + offs_n[:, None] * s_vcn
-        if V_OCT:
+        if PREFETCH:
+            v = lookup_any(vcb0, split_groups(vw_cur, D, V_B0, V_GE), 1 << V_B0, SELECT)
+            acc0 = tl.dot(pv, v.to(tl.float16), acc0 * alpha[:, None])
+        elif V_OCT:
             vx, vy, vz = octopus_planes_tile(v_rows, n_mask[:, None], vcb0, vcb1, vcb2, T, TP, V_B0, V_B1,
                                              V_B2, V_NBYTES, SELECT)
             acc0 = tl.dot(pv, vx.to(tl.float16), acc0 * alpha[:, None])
@@ -302,7 +326,8 @@ def prepare_mask(attn_mask: torch.Tensor | None, shape: tuple[int, int, int, int
     return m, is_bool
 
 
-def _default_blocks(n_q: int, n_kv: int, octopus_keys: bool) -> tuple[int, int, int, int]:
+def _default_blocks(n_q: int, n_kv: int, d: int, octopus_keys: bool, prefetch_loop: bool
+                    ) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) on the GPU; small tiles in the interpreter.
 
     OCTOPUS keys never get BLOCK_M = 16: on the H100 (Triton 3.6) that configuration produced wrong
@@ -310,7 +335,9 @@ def _default_blocks(n_q: int, n_kv: int, octopus_keys: bool) -> tuple[int, int, 
     (128, 128, 8 warps) was wrong too (run 8). Above 64 query rows BLOCK_M = 256 halves the decode
     work per query (run 8, 3 bits: AR chunk TurboQuant 5.88 -> 2.67 ms, OCTOPUS 7.31 -> 5.18; LTX
     7.06 -> 4.71 and 10.61 -> 7.48), except OCTOPUS over a short KV sequence (cross-attention to 512
-    tokens: 10.49 ms at 128, 11.42 at 256), which keeps 128."""
+    tokens: 10.49 ms at 128, 11.42 at 256), which keeps 128. The prefetching loop (byte-grouped
+    TurboQuant K and V, the only measured case) takes BLOCK_N = 32 there at head_dim 128 (run 11: AR chunk 2.46 -> 2.16 ms, cross-512 6.16 ->
+    6.07; at head_dim 64, LTX, 64 stays faster: 3.75 vs 4.61)."""
     if not torch.cuda.is_available():
         return 16, 16, 4, 1
     if n_q <= 16 and not octopus_keys:
@@ -319,7 +346,7 @@ def _default_blocks(n_q: int, n_kv: int, octopus_keys: bool) -> tuple[int, int, 
         return 64, 64, 4, 2
     if octopus_keys and n_kv <= 1024:
         return 128, 64, 8, 2
-    return 256, 64, 8, 2
+    return 256, (32 if d == 128 and prefetch_loop else 64), 8, 2
 
 
 def choose_splits(batch_heads: int, m_blocks: int, n_kv: int, block_n: int, device: torch.device) -> int:
@@ -339,12 +366,14 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
                             scale: float | None = None, layout: str = "BHSD", splits: int | None = None,
                             blocks: tuple[int, int, int, int] | None = None, fp32_out: bool = False,
                             out: torch.Tensor | None = None, select_lookup: bool = False,
-                            grouped_unpack: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                            grouped_unpack: bool = True, prefetch: bool = True
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the kernel: per-split outputs ``(S, B, Hq, Nq, OW)`` in V's rotated basis (planes for
     OCTOPUS) and, when ``S > 1``, their base-2 log-sum-exps ``(S, B, Hq, Nq)``; see
     :func:`fused_attention` for the arguments. ``out`` (optional) is the buffer to write into;
     ``select_lookup`` reads codebooks by compare-select chains instead of ``tl.gather``;
-    ``grouped_unpack=False`` keeps TurboQuant's per-field byte reads (for comparison)."""
+    ``grouped_unpack=False`` keeps TurboQuant's per-field byte reads (for comparison);
+    ``prefetch`` loads the next KV tile's codes during the current one (grouped TurboQuant K and V)."""
     if layout not in ("BHSD", "BSHD"):
         raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
     qb = q if layout == "BHSD" else q.transpose(1, 2)
@@ -361,7 +390,9 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
     q_in = ((qb.float() @ query_matrix(k_spec, dev)) * (scale * LOG2E)).to(torch.float16).contiguous()
     ow = 3 * tp if v_oct else D
 
-    bm, bn, warps, stages = blocks or _default_blocks(Nq, Nkv, k_oct)
+    k_groups, v_groups = _groups(k_spec, grouped_unpack), _groups(v_spec, grouped_unpack)
+    prefetch_loop = prefetch and k_groups[0] > 0 and v_groups[0] > 0
+    bm, bn, warps, stages = blocks or _default_blocks(Nq, Nkv, D, k_oct, prefetch_loop)
     m_blocks = triton.cdiv(Nq, bm)
     n_split = splits or choose_splits(B * Hq, m_blocks, Nkv, bn, dev)
     kv_per_split = max(bn, triton.cdiv(triton.cdiv(Nkv, n_split), bn) * bn)
@@ -378,7 +409,6 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
     vc, vcs, vg, vgs = _row_strides(v, layout)
     kcb, kbits = _codebooks(k_spec, dev)
     vcb, vbits = _codebooks(v_spec, dev)
-    k_groups, v_groups = _groups(k_spec, grouped_unpack), _groups(v_spec, grouped_unpack)
     mask, mask_bool = prepare_mask(attn_mask, (B, Hq, Nq, Nkv))
     ms = mask.stride() if mask is not None else (0, 0, 0, 0)
     lse_arg = lse if lse is not None else out
@@ -396,6 +426,7 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
         K_GE=k_groups[0], K_GB=k_groups[1],
         V_OCT=v_oct, V_B0=vbits[0], V_B1=vbits[1], V_B2=vbits[2], V_NBYTES=v_spec.nbytes,
         V_GE=v_groups[0], V_GB=v_groups[1], T=(D + 2) // 3, TP=tp, HAS_MASK=mask is not None, MASK_BOOL=mask_bool, SPLIT=split, SELECT=select_lookup,
+        PREFETCH=prefetch_loop,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
     return out, lse
 
@@ -404,7 +435,7 @@ def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: K
                     v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
                     layout: str = "BHSD", out_dtype: torch.dtype | None = None, splits: int | None = None,
                     blocks: tuple[int, int, int, int] | None = None, select_lookup: bool = False,
-                    grouped_unpack: bool = True) -> torch.Tensor:
+                    grouped_unpack: bool = True, prefetch: bool = True) -> torch.Tensor:
     """Attention of ``q`` over packed ``k``/``v`` with in-loop decoding; output in ``q``'s layout.
 
     ``q``: ``(B, Hq, Nq, D)`` for layout ``"BHSD"`` or ``(B, Nq, Hq, D)`` for ``"BSHD"``; ``k``/``v``
@@ -416,7 +447,7 @@ def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: K
     out_dtype = q.dtype if out_dtype is None else out_dtype
     o, lse = fused_attention_rotated(q, k, v, k_spec, v_spec, attn_mask, scale, layout, splits, blocks,
                                      fp32_out=out_dtype == torch.float32, select_lookup=select_lookup,
-                                     grouped_unpack=grouped_unpack)
+                                     grouped_unpack=grouped_unpack, prefetch=prefetch)
     o_rot = combine_splits(o, lse) if lse is not None else o[0]
     out = (o_rot.float() @ output_matrix(v_spec, q.device)).to(out_dtype)
     return out if layout == "BHSD" else out.transpose(1, 2)

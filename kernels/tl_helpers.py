@@ -51,6 +51,27 @@ def field_groups(width: int, n_fields: int) -> tuple[int, int]:
 
 
 @triton.jit
+def load_groups(row_ptr, row_mask, F: tl.constexpr, GE: tl.constexpr, GB: tl.constexpr):
+    """The packed rows as int32 ``[R, F / GE]`` groups of ``GB`` bytes (``GE`` fields each): one
+    load per code byte. Split by :func:`split_groups`; apart so a loop can load one tile ahead."""
+    g = tl.arange(0, F // GE)[None, :]
+    base = row_ptr + g * GB
+    word = tl.load(base, mask=row_mask, other=0).to(tl.int32)
+    for b in tl.static_range(1, GB):
+        word = word | (tl.load(base + b, mask=row_mask, other=0).to(tl.int32) << (8 * b))
+    return word
+
+
+@triton.jit
+def split_groups(word, F: tl.constexpr, WIDTH: tl.constexpr, GE: tl.constexpr):
+    """int32 ``[R, F]`` fields of :func:`load_groups`' words, by shifts (field ``GE g + e`` of a row
+    sits at bit ``WIDTH e`` of its group ``g``)."""
+    e = tl.arange(0, GE)[None, None, :]
+    fields = (word[:, :, None] >> (e * WIDTH)) & ((1 << WIDTH) - 1)
+    return tl.reshape(fields, (word.shape[0], F))
+
+
+@triton.jit
 def unpack_grouped(row_ptr, row_mask, F: tl.constexpr, WIDTH: tl.constexpr, GE: tl.constexpr,
                    GB: tl.constexpr):
     """All ``F`` LSB-first ``WIDTH``-bit fields of each packed row, int32 ``[R, F]``.
@@ -59,14 +80,7 @@ def unpack_grouped(row_ptr, row_mask, F: tl.constexpr, WIDTH: tl.constexpr, GE: 
     is read as ``GB`` byte loads of an ``[R, F / GE]`` tile and its fields split off with shifts, so
     a tile costs ``GB / GE`` loads per field instead of :func:`unpack_field`'s one or two.
     """
-    g = tl.arange(0, F // GE)[None, :]
-    base = row_ptr + g * GB
-    word = tl.load(base, mask=row_mask, other=0).to(tl.int32)
-    for b in tl.static_range(1, GB):
-        word = word | (tl.load(base + b, mask=row_mask, other=0).to(tl.int32) << (8 * b))
-    e = tl.arange(0, GE)[None, None, :]
-    fields = (word[:, :, None] >> (e * WIDTH)) & ((1 << WIDTH) - 1)
-    return tl.reshape(fields, (word.shape[0], F))
+    return split_groups(load_groups(row_ptr, row_mask, F, GE, GB), F, WIDTH, GE)
 
 
 @triton.jit

@@ -133,6 +133,20 @@ def test_grouped_unpack_matches_per_field_reads(bits):
     assert torch.allclose(grouped, per_field, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("splits", [1, 2])
+def test_prefetching_loop_matches_plain_loop(splits):
+    """Loading the next KV tile's codes one iteration ahead (tail tile masked, per split) must not
+    change the result; 40 keys = several tiles and a partial last one."""
+    q, kp, vp, ck, cv, k_hat, v_hat = _setup("turboquant", 64, 3, torch.float16, nq=16, nkv=40)
+    mask = _masks(16, 40)["bool"]
+    ref = attention_fused_reference(q, k_hat, v_hat, mask)
+    kw = dict(out_dtype=torch.float32, splits=splits)
+    ahead = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, **kw)
+    plain = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, prefetch=False, **kw)
+    assert _rel_rms(ahead, ref) <= TOL
+    assert torch.allclose(ahead, plain, rtol=0, atol=1e-6)
+
+
 def test_field_groups_cover_byte_aligned_widths_only():
     from octopus_diffusers.kernels.tl_helpers import field_groups
     assert [field_groups(w, 128) for w in (1, 2, 3, 4, 5, 6, 8)] == [
