@@ -16,7 +16,8 @@ import torch
 from .codec_spec import KernelSpec, OctopusSpec
 
 #: (codec kind, head_dim) -> largest measured query-rows-per-KV-head at which the fused kernel was
-#: faster than decode-then-attend. Source: docs/kernels/benchmark.md "Fused kernel, run 10"
+#: faster than decode-then-attend. Source: docs/kernels/benchmark.md, "Crossover with the new
+#: defaults (run 10)"
 #: (H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, Nkv = 32,760, 12 heads x 128, fp16, 3 bits,
 #: after byte-group unpacking and BLOCK_M = 256): OCTOPUS fused 0.559 / 0.493 / 0.846 / 0.951 /
 #: 1.411 ms vs decoded 0.732 / 0.710 / 0.907 / 0.920 / 1.174 ms at Nq = 16 / 64 / 128 / 256 / 512,
