@@ -1,17 +1,13 @@
 """Round 2 (helper I): compile stats, kernel-only time, fp16 codebooks, tile/warp/stage choices."""
-import dataclasses, json, os, sys
-import torch, triton
-from triton.testing import do_bench
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from octopus_diffusers.codecs import get_codec
+import json, os
+import torch
 from octopus_diffusers.kernels import attention_fused as af
-from octopus_diffusers.kernels.attention_fused import fused_attention, fused_attention_rotated, attention_fused_reference
-from octopus_diffusers.kernels.codec_spec import kernel_spec, TurboQuantSpec
-from octopus_diffusers.kernels.octopus_encode import octopus_encode
-from octopus_diffusers.kernels.turboquant_codec import tq_encode
-from octopus_diffusers.kernels import api
+from octopus_diffusers.kernels.attention_fused import fused_attention, fused_attention_rotated
+from octopus_diffusers.kernels.codec_spec import TurboQuantSpec
 
-OUT = os.environ.get("OUT", "/tmp")
+from harness import (OUT, JsonLines, SHAPES as ALL_SHAPES, bench, encoded, print_env, print_table, random_qkv,
+                     reference, rel, verdict)
+
 _orig_cb = af._codebooks
 FP16_CB = [False]
 def _cb(spec, device):
@@ -21,12 +17,7 @@ def _cb(spec, device):
     return cbs, bits
 af._codebooks = _cb
 
-def bench(fn):
-    return float(do_bench(fn, warmup=10, rep=40, return_mode="median"))
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-SHAPES = [("decode_16", 1, 12, 16, 32760, 128), ("ar_chunk", 1, 12, 1560, 32760, 128), ("cross_512", 1, 40, 32760, 512, 128)]
+SHAPES = ALL_SHAPES[:3]
 # label, blocks, splits, fp16 codebook, codecs
 VAR = {
  "decode_16": [("new_default", None, None, False, "to"), ("kernel_only", None, None, False, "to"),
@@ -41,25 +32,15 @@ VAR = {
                ("256x32w8", (256, 32, 8, 2), None, False, "to"), ("256x128w8", (256, 128, 8, 2), None, False, "t"),
                ("128x32w8", (128, 32, 8, 2), None, False, "o")],
 }
-p = torch.cuda.get_device_properties(0)
-print({"gpu": p.name, "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}, flush=True)
-log = open(os.path.join(OUT, "sweep2.jsonl"), "w")
+print_env()
+log = JsonLines("sweep2.jsonl")
 table = []
 for sname, b, h, nq, nkv, d in SHAPES:
-    torch.manual_seed(0)
-    q = torch.randn(b, h, nq, d, device="cuda", dtype=torch.float16)
-    k = torch.randn(b, h, nkv, d, device="cuda", dtype=torch.float16)
-    v = torch.randn(b, h, nkv, d, device="cuda", dtype=torch.float16)
+    q, k, v = random_qkv(b, h, nq, nkv, d)
     flops = 4 * b * h * nq * nkv * d
     for name in ("turboquant", "octopus"):
-        ck, cv = get_codec(name, d, 3, seed=1), get_codec(name, d, 3, seed=2)
-        enc = octopus_encode if name == "octopus" else tq_encode
-        kp, vp = enc(ck, k, fused_rotation=True), enc(cv, v, fused_rotation=True)
-        sk, sv = kernel_spec(ck), kernel_spec(cv)
-        k_hat = api.decode(ck, dataclasses.replace(kp, dtype=torch.float32)).float()
-        v_hat = api.decode(cv, dataclasses.replace(vp, dtype=torch.float32)).float()
-        ref = attention_fused_reference(q, k_hat, v_hat)
-        del k_hat, v_hat
+        kp, vp, ck, cv, sk, sv = encoded(name, k, v)
+        ref = reference(q, kp, vp, ck, cv)
         for label, blocks, splits, f16, codecs in VAR[sname]:
             if name[0] not in codecs:
                 continue
@@ -77,9 +58,9 @@ for sname, b, h, nq, nkv, d in SHAPES:
             finally:
                 FP16_CB[0] = False
             line = (f"{sname:10s} {name:10s} {label:14s} {ms:8.3f} ms {flops / ms * 1e-9:6.1f} TF err {err:.1e} "
-                    f"{'ok' if err < 2e-3 else 'WRONG'}")
-            log.write(json.dumps({"shape": sname, "codec": name, "variant": label, "blocks": blocks, "splits": splits,
-                                  "fp16_codebook": f16, "ms": ms, "rel_err": err}) + "\n"); log.flush()
+                    f"{verdict(err)}")
+            log.write({"shape": sname, "codec": name, "variant": label, "blocks": blocks, "splits": splits,
+                       "fp16_codebook": f16, "ms": ms, "rel_err": err})
             print(line, flush=True); table.append(line)
         del kp, vp, ref
         torch.cuda.empty_cache()
@@ -103,5 +84,4 @@ with open(os.path.join(OUT, "compile_stats.json"), "w") as f:
 print("\n==== COMPILE (regs, spills, cvt, gather) ====")
 for s in stats:
     print(s["n_regs"], s["n_spills"], s.get("num_warps"), s.get("shared"), s["convert_layout"], s["gather"])
-print("\n==== TABLE ====")
-print("\n".join(table))
+print_table(table)

@@ -1,26 +1,20 @@
 """Round 3 (helper I): crossover fused vs decode-then-attend with the new defaults, decode_16 confirmations."""
-import dataclasses, json, os
-import torch, triton
-from triton.testing import do_bench
+import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from octopus_diffusers.codecs import get_codec
 from octopus_diffusers.kernels.attention_fused import fused_attention
 from octopus_diffusers.kernels.attention_decoded import decoded_attention
-from octopus_diffusers.kernels.codec_spec import kernel_spec
-from octopus_diffusers.kernels.octopus_encode import octopus_encode
-from octopus_diffusers.kernels.turboquant_codec import tq_encode
 
-OUT = os.environ.get("OUT", "/tmp")
+from harness import encoded, print_env, print_table, rel, verdict, warm_clocks
+import harness
+
+
 def bench(fn):
-    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-p = torch.cuda.get_device_properties(0)
-print({"gpu": p.name, "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}, flush=True)
-# warm the clocks
-x = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
-do_bench(lambda: x @ x, warmup=200, rep=500)
-log = open(os.path.join(OUT, "sweep3.jsonl"), "w")
+    return harness.bench(fn, warmup=25, rep=100)
+
+
+print_env()
+warm_clocks()
+log = harness.JsonLines("sweep3.jsonl")
 table = []
 torch.manual_seed(0)
 H, NKV, D = 12, 32760, 128
@@ -28,9 +22,8 @@ k = torch.randn(1, H, NKV, D, device="cuda", dtype=torch.float16)
 v = torch.randn(1, H, NKV, D, device="cuda", dtype=torch.float16)
 packed = {}
 for name in ("turboquant", "octopus"):
-    ck, cv = get_codec(name, D, 3, seed=1), get_codec(name, D, 3, seed=2)
-    enc = octopus_encode if name == "octopus" else tq_encode
-    packed[name] = (enc(ck, k, fused_rotation=True), enc(cv, v, fused_rotation=True), kernel_spec(ck), kernel_spec(cv))
+    kp, vp, _, _, sk, sv = encoded(name, k, v)
+    packed[name] = (kp, vp, sk, sv)
 VARS16 = {"turboquant": [("16x64w4_s11", (16, 64, 4, 2), 11), ("16x64w8", (16, 64, 8, 2), None)],
           "octopus": [("64x64w4(old)", (64, 64, 4, 2), None), ("64x64w8_s11", (64, 64, 8, 2), 11)]}
 for nq in (16, 64, 128, 256, 512, 1024, 1560):
@@ -55,8 +48,7 @@ for nq in (16, 64, 128, 256, 512, 1024, 1560):
             except Exception as e:
                 print(nq, name, label, "FAILED", str(e)[:200], flush=True); continue
             row[label] = ms; row[label + "_err"] = err
-            line = f"nq={nq:5d} {name:10s} {label:14s} {ms:7.3f} ms  (best SDPA {sdpa_ms:.3f})  err {err:.1e} {'ok' if err < 2e-3 else 'WRONG'}"
+            line = f"nq={nq:5d} {name:10s} {label:14s} {ms:7.3f} ms  (best SDPA {sdpa_ms:.3f})  err {err:.1e} {verdict(err)}"
             print(line, flush=True); table.append(line)
-        log.write(json.dumps(row) + "\n"); log.flush()
-print("\n==== TABLE ====")
-print("\n".join(table))
+        log.write(row)
+print_table(table)
