@@ -34,7 +34,13 @@ def encode(codec: Codec, x: torch.Tensor, fused_rotation: bool = False) -> Packe
     may differ from the reference at float near-ties), the default is bit-exact with the reference."""
     codec.check_input(x)
     key = ops.register_codec(codec)
-    codes, norms = torch.ops.octopus_diffusers.encode(x.contiguous(), key, fused_rotation)
+    swapped = not x.is_contiguous() and x.dim() == 4 and x.transpose(1, 2).is_contiguous()
+    # A (B, H, S, D) view of a contiguous (B, S, H, D) tensor (diffusers' layout) is encoded row by row
+    # in place, not copied: the codes come back as the same kind of view.
+    src = x.transpose(1, 2) if swapped else x.contiguous()
+    codes, norms = torch.ops.octopus_diffusers.encode(src, key, fused_rotation)
+    if swapped:
+        codes, norms = codes.transpose(1, 2), norms.transpose(1, 2)
     return PackedTensor(codec.name, tuple(x.shape), x.dtype, {"codes": codes, "norms": norms},
                         ops.packed_meta(codec))
 

@@ -9,7 +9,7 @@ Sections (each prints a short table and adds rows to the JSON written with ``--o
   our fused and decode-then-attend paths at 3 bits, at the shapes of ``performance.md``;
 * ``crossover``: fused vs decode-then-attend over Nq at Nkv = 32,760 (12 x 128), for :mod:`.dispatch`;
 * ``wan``: one denoising step of a random-weight Wan-1.3B-architecture transformer at 480p
-  (32,760 tokens), fp16 attention vs compressed self-attention K/V (needs diffusers).
+  (32,760 tokens), fp16 attention vs ``quantize_attention`` at 3 bits (needs diffusers).
 
 Timing: ``triton.testing.do_bench`` medians after warm-up; every number is stored with the device,
 the versions and the shape. Correctness is checked on the fly (attention outputs against the fp16
@@ -246,11 +246,24 @@ def bench_crossover(rows: list, nqs=(16, 64, 256, 512, 1024, 1560, 2048, 4096, 8
                   f"{'fused' if min(f, fs) <= dd else 'decoded'}")
 
 
-def bench_wan(rows: list, codec_name: str = "octopus", bits: int = 3) -> None:
-    """One step of a random-weight Wan-1.3B-architecture transformer at 480p, 81 frames."""
-    from diffusers import WanTransformer3DModel
+#: Quantized-attention configurations of the ``wan`` section: (label, codec, bits, quantize_attention options).
+WAN_CONFIGS = [("octopus3_self", "octopus", 3, {"cross_attention": False}),
+               ("octopus3_self+cross", "octopus", 3, {}),
+               ("turboquant3_self", "turboquant", 3, {"cross_attention": False}),
+               ("turboquant3_self+cross", "turboquant", 3, {})]
 
-    from . import attention as kv_attention
+
+def bench_wan(rows: list, configs=WAN_CONFIGS) -> None:
+    """One step of a random-weight Wan-1.3B-architecture transformer at 480p, 81 frames: fp16 attention
+    against :func:`octopus_diffusers.quantize_attention` (the processors users get, on their CUDA path:
+    fused-rotation Triton encode, then the attention op the dispatcher picks). Cross-attention K/V, when
+    quantized, are encoded once and reused from the cache, as on every denoising step after the first."""
+    from diffusers import WanTransformer3DModel
+    from torch.nn.attention import sdpa_kernel
+
+    from octopus_diffusers.processors import quantize_attention
+
+    from .attention_decoded import BACKEND_PRIORITY
 
     torch.manual_seed(0)
     model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
@@ -265,52 +278,26 @@ def bench_wan(rows: list, codec_name: str = "octopus", bits: int = 3) -> None:
         with torch.no_grad():
             return model(hidden_states=latents, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
 
-    from .attention_decoded import BACKEND_PRIORITY
-    from torch.nn.attention import sdpa_kernel
-
     ms_fp16 = _time_step(step)
     with sdpa_kernel(BACKEND_PRIORITY, set_priority=True):
         ms_fp16_cudnn = _time_step(step)
+    best = min(ms_fp16, ms_fp16_cudnn)
     out_fp16 = step()
-    codec_k, codec_v = get_codec(codec_name, 128, bits, seed=1), get_codec(codec_name, 128, bits, seed=2)
-    enc = octopus_encode if codec_name == "octopus" else tq_encode
-
-    class CompressedSelfAttention:
-        """Wan self-attention with K/V encoded (fused kernel) and attended compressed."""
-
-        def __init__(self, original):
-            self.original = original
-
-        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                     rotary_emb=None, **kwargs):
-            if encoder_hidden_states is not None:
-                return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb,
-                                     **kwargs)
-            from diffusers.models.transformers.transformer_wan import WanAttnProcessor  # noqa: F401
-
-            q = attn.norm_q(attn.to_q(hidden_states))
-            k = attn.norm_k(attn.to_k(hidden_states))
-            v = attn.to_v(hidden_states)
-            q, k, v = (z.unflatten(2, (attn.heads, -1)) for z in (q, k, v))  # BSHD
-            if rotary_emb is not None:
-                q, k = _apply_wan_rotary(q, rotary_emb), _apply_wan_rotary(k, rotary_emb)
-            kp, vp = enc(codec_k, k, fused_rotation=True), enc(codec_v, v, fused_rotation=True)
-            o = kv_attention(q, kp, vp, codec_k, codec_v, layout="BSHD", method="auto")
-            o = o.flatten(2, 3).type_as(q)
-            return attn.to_out[1](attn.to_out[0](o))
-
-    for block in model.blocks:
-        block.attn1.set_processor(CompressedSelfAttention(block.attn1.processor))
-    ms_q = _time_step(step)
-    out_q = step()
-    rel = ((out_q.float() - out_fp16.float()).norm() / out_fp16.float().norm()).item()
-    rows.append({"section": "wan", "model": "Wan-1.3B architecture, random weights", "tokens": 32760,
-                 "fp16_step_ms_default_sdpa": ms_fp16, "fp16_step_ms_cudnn_first": ms_fp16_cudnn,
-                 "compressed_step_ms": ms_q, "codec": codec_name, "bits": bits,
-                 "ratio_vs_best_fp16": ms_q / min(ms_fp16, ms_fp16_cudnn), "rel_output_change": rel})
-    print(f"\nWan-1.3B step @480p: fp16 {ms_fp16:.1f} ms (default SDPA), {ms_fp16_cudnn:.1f} ms (cuDNN first); "
-          f"{codec_name}{bits} K/V {ms_q:.1f} ms (x{ms_q / min(ms_fp16, ms_fp16_cudnn):.3f} of the best fp16), "
-          f"output rel change {rel:.3f}")
+    print(f"\nWan-1.3B step @480p (32,760 tokens): fp16 {ms_fp16:.1f} ms (default SDPA), {ms_fp16_cudnn:.1f} ms "
+          f"(cuDNN first)")
+    for label, codec_name, bits, options in configs:
+        with quantize_attention(model, codec=codec_name, bits=bits, **options) as handle:
+            ms_q = _time_step(step)
+            out_q = step()
+            paths = sorted({q.last_choice.path for q in handle.quantizers if q.last_choice is not None})
+        rel = ((out_q.float() - out_fp16.float()).norm() / out_fp16.float().norm()).item()
+        rows.append({"section": "wan", "model": "Wan-1.3B architecture, random weights", "tokens": 32760,
+                     "config": label, "codec": codec_name, "bits": bits, "options": options,
+                     "fp16_step_ms_default_sdpa": ms_fp16, "fp16_step_ms_cudnn_first": ms_fp16_cudnn,
+                     "compressed_step_ms": ms_q, "ratio_vs_best_fp16": ms_q / best, "rel_output_change": rel,
+                     "paths": paths})
+        print(f"  {label:<24} {ms_q:7.1f} ms  x{ms_q / best:.3f} of the best fp16  output rel change {rel:.3f}  "
+              f"({', '.join(paths)})")
 
 
 def _time_step(step, runs: int = 3) -> float:
@@ -325,20 +312,6 @@ def _time_step(step, runs: int = 3) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
-
-
-def _apply_wan_rotary(x: torch.Tensor, freqs) -> torch.Tensor:
-    """Wan's rotary embedding on BSHD tensors (diffusers 0.42 passes (cos, sin) in BSHD-compatible shape)."""
-    if isinstance(freqs, tuple):
-        cos, sin = freqs
-        x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-        cos, sin = cos[..., 0::2], sin[..., 1::2]
-        out = torch.empty_like(x)
-        out[..., 0::2] = (x1 * cos - x2 * sin).type_as(x)
-        out[..., 1::2] = (x1 * sin + x2 * cos).type_as(x)
-        return out
-    x_c = torch.view_as_complex(x.double().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(x_c * freqs).flatten(-2).type_as(x)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -183,7 +183,7 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
                        value_bits: float | None = None, self_attention: bool = True, cross_attention: bool = True,
                        layers: Iterable[int | str] | Callable[[str], bool] | int | str | None = None,
                        full_precision_steps: int = 0, seed: int = 0, cache_cross_attention: bool = True,
-                       **codec_options: Any) -> QuantizedAttentionHandle:
+                       exact_gpu_codes: bool = False, **codec_options: Any) -> QuantizedAttentionHandle:
     """Quantize the attention K/V of a diffusers pipeline's denoiser(s) or of a transformer.
 
     K (after qk-norm and RoPE) and V are encoded with ``codec`` at ``key_bits`` / ``value_bits``
@@ -195,12 +195,18 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
     ``full_precision_steps`` leaves the first denoising steps unquantized. ``cache_cross_attention``
     keeps step-invariant cross-attention K/V compressed and reuses them across steps (see
     :mod:`octopus_diffusers.processors.kv` for the keying rule).
+    ``exact_gpu_codes`` makes the CUDA encode repeat the reference's float32 arithmetic (codes equal
+    the reference codec's run on the same device, about half the speed); by default fp16/bf16 K/V are
+    encoded by the fused-rotation kernel, whose codes differ only at float near-ties
+    (:meth:`KVQuantizer.fused_rotation <octopus_diffusers.processors.kv.KVQuantizer.fused_rotation>`).
     Only the denoiser's attention modules are touched; nothing global is patched.
     """
     if isinstance(full_precision_steps, bool) or not isinstance(full_precision_steps, int) or full_precision_steps < 0:
         raise ValueError(f"full_precision_steps must be an int >= 0, got {full_precision_steps!r}")
+    if not isinstance(exact_gpu_codes, bool):
+        raise TypeError(f"exact_gpu_codes must be a bool, got {exact_gpu_codes!r}")
     spec = KVCodecSpec(codec, bits if key_bits is None else key_bits, bits if value_bits is None else value_bits,
-                       int(seed), dict(codec_options))
+                       int(seed), dict(codec_options), exact_gpu_codes)
     models = denoisers(pipe_or_model)
     targets = _targets(models, layer_selector(layers))
 
@@ -222,7 +228,8 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
             q = KVQuantizer(target.label, stream, heads, kv_heads, head_dim,
                             *_codecs(spec, head_dim, len(quantizers), target.label),
                             state=states[id(target.model)] if uses_state else None,
-                            full_precision_steps=full_precision_steps, cache=cache)
+                            full_precision_steps=full_precision_steps, cache=cache,
+                            exact_gpu_codes=exact_gpu_codes)
             if uses_state:
                 needs_state.add(id(target.model))
             layer_quantizers.append(q)
@@ -231,7 +238,8 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
             continue
         original = target.module.processor
         replacement = target.quantized_class(spec.codec, key_bits=spec.key_bits, value_bits=spec.value_bits,
-                                             seed=spec.seed, original=original, **spec.options)
+                                             seed=spec.seed, original=original,
+                                             exact_gpu_codes=exact_gpu_codes, **spec.options)
         replacement.bind(target.module, layer_quantizers)
         hooked.append(_Hooked(target.label, target.module, original, replacement))
     if not hooked:

@@ -148,9 +148,10 @@ class QuantizedAttnProcessorBase:
 
     def __init__(self, codec: str = "octopus", bits: float = 3, key_bits: float | None = None,
                  value_bits: float | None = None, seed: int = 0, *, original: Any = None,
-                 **codec_options: Any) -> None:
+                 exact_gpu_codes: bool = False, **codec_options: Any) -> None:
         self.codec_spec = KVCodecSpec(codec, bits if key_bits is None else key_bits,
-                                      bits if value_bits is None else value_bits, seed, dict(codec_options))
+                                      bits if value_bits is None else value_bits, seed, dict(codec_options),
+                                      exact_gpu_codes)
         if original is not None:  # the processor this one replaces: carry its attention backend over
             if type(original) is not self.original_class:
                 raise TypeError(f"{type(self).__name__} replaces {self.original_class.__name__}, not "
@@ -212,7 +213,8 @@ class QuantizedAttnProcessorBase:
             index = sum(len(b.quantizers) for b in self._bindings.values()) + len(quantizers)
             key_codec, value_codec = self.codec_spec.build(head_dim, index)
             quantizers.append(KVQuantizer(f"{type(attn).__name__}#{len(self._bindings)}", spec, heads, kv_heads,
-                                          head_dim, key_codec, value_codec))
+                                          head_dim, key_codec, value_codec,
+                                          exact_gpu_codes=self.codec_spec.exact_gpu_codes))
         binding = self._bindings[id(attn)] = _LayerBinding(self, quantizers)
         return binding
 

@@ -101,6 +101,9 @@ class KVCodecSpec:
     value_bits: float = 3
     seed: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: On CUDA, encode with the kernel that repeats the reference's float32 arithmetic (see
+    #: :meth:`KVQuantizer.fused_rotation`) instead of the faster fused-rotation kernel.
+    exact_gpu_codes: bool = False
 
     def build(self, head_dim: int, index: int) -> tuple[Codec, Codec]:
         """Key and value codecs of the ``index``-th hooked stream.
@@ -374,7 +377,8 @@ class KVQuantizer:
 
     def __init__(self, layer: str, stream: StreamSpec, heads: int, kv_heads: int, head_dim: int,
                  key_codec: Codec, value_codec: Codec, *, state: ForwardState | None = None,
-                 full_precision_steps: int = 0, cache: bool = False, cache_entries: int = 4) -> None:
+                 full_precision_steps: int = 0, cache: bool = False, cache_entries: int = 4,
+                 exact_gpu_codes: bool = False) -> None:
         if key_codec.head_dim != head_dim or value_codec.head_dim != head_dim:
             raise CodecError(f"{layer}: codecs built for head_dim {key_codec.head_dim}/{value_codec.head_dim}, "
                              f"layer has head_dim {head_dim}")
@@ -391,6 +395,7 @@ class KVQuantizer:
         self.full_precision_steps = int(full_precision_steps)
         self.cache_enabled = cache
         self.cache_entries = cache_entries
+        self.exact_gpu_codes = bool(exact_gpu_codes)
         self.stats = KVStats()
         self._cache: OrderedDict[PromptKey, tuple[PackedTensor, PackedTensor]] = OrderedDict()
         # Everything compiled code reads is prepared here, eagerly: op keys, packed sizes, kernel specs.
@@ -424,6 +429,14 @@ class KVQuantizer:
             self._kernel_specs = (kernel_spec(codecs[0]), kernel_spec(codecs[1])) if usable else None
         return self._kernel_specs  # type: ignore[return-value]
 
+    def fused_rotation(self, x: torch.Tensor) -> bool:
+        """Whether the Triton encode of ``x`` rotates inside the kernel (fp16/bf16 input, unless
+        ``exact_gpu_codes``). That kernel is about twice as fast (docs/kernels/benchmark.md); its codes
+        differ from the exact kernel's only where a value lies within float rounding of a decision
+        threshold (a few per million code bytes measured), like any two float orders of the rotation.
+        float32 input always takes the exact kernel (a tensor-core product would round it to tf32)."""
+        return not self.exact_gpu_codes and x.dtype in (torch.float16, torch.bfloat16)
+
     # ---- the plug point --------------------------------------------------------------------------
     def choose_path(self, query: torch.Tensor, key: torch.Tensor, layout: str,
                     arguments: AttentionArguments | None) -> PathChoice:
@@ -456,8 +469,8 @@ class KVQuantizer:
         from octopus_diffusers import kernels
 
         packed_k, packed_v = self._packed(key, value, layout, gpu=True)
-        query_bhsd = _to_bhsd(query, layout).contiguous()
-        out = kernels.attention(query_bhsd, packed_k, packed_v, self.key_codec, self.value_codec,
+        # No copy of a BSHD query: the attention op reads the (B, H, S, D) view's strides.
+        out = kernels.attention(_to_bhsd(query, layout), packed_k, packed_v, self.key_codec, self.value_codec,
                                 arguments.attn_mask, arguments.scale, "BHSD", "auto")
         return _restore_layout(out, query, layout)
 
@@ -495,13 +508,13 @@ class KVQuantizer:
 
     def encode(self, key: torch.Tensor, value: torch.Tensor, layout: str,
                gpu: bool = False) -> tuple[PackedTensor, PackedTensor]:
-        """Pack K and V (as ``(B, H, S, D)``; ``gpu``: with the Triton encode, bit-exact with the
-        reference codes) and count vectors and bytes."""
+        """Pack K and V (as ``(B, H, S, D)``; ``gpu``: with the Triton encode, see
+        :meth:`fused_rotation`) and count vectors and bytes."""
         if gpu:
             from octopus_diffusers import kernels
 
-            packed_k = kernels.encode(self.key_codec, _to_bhsd(key, layout))
-            packed_v = kernels.encode(self.value_codec, _to_bhsd(value, layout))
+            packed_k = kernels.encode(self.key_codec, _to_bhsd(key, layout), self.fused_rotation(key))
+            packed_v = kernels.encode(self.value_codec, _to_bhsd(value, layout), self.fused_rotation(value))
         else:
             packed_k = self.key_codec.encode(_to_bhsd(key, layout))
             packed_v = self.value_codec.encode(_to_bhsd(value, layout))
@@ -531,7 +544,7 @@ class KVQuantizer:
         key = self._codec_keys[which]
         x_bhsd = _to_bhsd(x, layout).contiguous()
         if gpu:
-            codes, norms = torch.ops.octopus_diffusers.encode(x_bhsd, key, False)
+            codes, norms = torch.ops.octopus_diffusers.encode(x_bhsd, key, self.fused_rotation(x))
             return torch.ops.octopus_diffusers.decode(codes, norms, key, x.dtype)
         return torch.ops.octopus_diffusers.kv_roundtrip(x_bhsd, key)
 
@@ -542,9 +555,9 @@ class KVQuantizer:
         self._count(key, value, self._compiled_bytes(key, value))
         k_spec, v_spec = self.kernel_specs()  # type: ignore[misc]
         codes_k, norms_k = torch.ops.octopus_diffusers.encode(_to_bhsd(key, layout).contiguous(),
-                                                             self._codec_keys[0], False)
+                                                             self._codec_keys[0], self.fused_rotation(key))
         codes_v, norms_v = torch.ops.octopus_diffusers.encode(_to_bhsd(value, layout).contiguous(),
-                                                             self._codec_keys[1], False)
+                                                             self._codec_keys[1], self.fused_rotation(value))
         query_bhsd = _to_bhsd(query, layout).contiguous()
         rows = query_bhsd.shape[2] * (query_bhsd.shape[1] // codes_k.shape[1])
         method = choose_method(rows, k_spec, v_spec, query.device)

@@ -28,6 +28,21 @@ def test_cpu_entry_points_are_the_reference():
     assert torch.equal(out, reference_attention(q, packed, packed, codec, codec, None, None, "BHSD"))
 
 
+def test_encode_of_a_transposed_bshd_view_is_not_copied():
+    """diffusers keeps K/V as (B, S, H, D); their (B, H, S, D) view is encoded in place and the codes come
+    back as the same kind of view, equal to encoding a contiguous copy."""
+    codec = get_codec("turboquant", 64, 3)
+    x_bshd = torch.randn(2, 9, 3, 64)
+    view = x_bshd.transpose(1, 2)
+    packed = kernels.encode(codec, view)
+    ref = codec.encode(view.contiguous())
+    assert packed.shape == view.shape == ref.shape
+    for name in ("codes", "norms"):
+        assert torch.equal(packed.fields[name], ref.fields[name])
+        assert not packed.fields[name].is_contiguous() and packed.fields[name].transpose(1, 2).is_contiguous()
+    assert torch.equal(kernels.decode(codec, packed), codec.decode(ref))
+
+
 def test_fake_implementations_give_shapes_and_dtypes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 

@@ -85,6 +85,31 @@ def test_kernel_support_per_codec_and_head_dim():
     assert _quantizer("none", 64, bits=16).kernel_specs() is None
 
 
+def test_gpu_encode_kernel_choice_follows_dtype_and_exact_gpu_codes():
+    fast = _quantizer("octopus", 64)
+    assert fast.fused_rotation(torch.empty(1, dtype=torch.float16))
+    assert fast.fused_rotation(torch.empty(1, dtype=torch.bfloat16))
+    assert not fast.fused_rotation(torch.empty(1))  # float32 always takes the exact kernel
+    k, v = (get_codec("octopus", 64, 3, seed=s) for s in (0, 1))
+    exact = KVQuantizer("layer", StreamSpec("self", "self"), 4, 2, 64, k, v, exact_gpu_codes=True)
+    assert not exact.fused_rotation(torch.empty(1, dtype=torch.float16))
+
+
+def test_quantize_attention_passes_exact_gpu_codes_to_every_quantizer():
+    from octopus_diffusers.pipelines import tiny
+
+    transformer = tiny._tiny_wan_transformer(attention_head_dim=64)
+    with quantize_attention(transformer, codec="octopus", bits=3, exact_gpu_codes=True) as handle:
+        assert handle.quantizers and all(q.exact_gpu_codes for q in handle.quantizers)
+        assert all(p.codec_spec.exact_gpu_codes for p in {id(m.processor): m.processor
+                                                          for m in transformer.modules()
+                                                          if hasattr(m, "processor")}.values())
+    with quantize_attention(transformer, codec="octopus", bits=3) as handle:
+        assert not any(q.exact_gpu_codes for q in handle.quantizers)
+    with pytest.raises(TypeError, match="exact_gpu_codes must be a bool"):
+        quantize_attention(transformer, codec="octopus", bits=3, exact_gpu_codes="yes")
+
+
 def test_cpu_attend_runs_the_reference_and_records_the_choice():
     q = _quantizer("octopus", 64)
     x = torch.randn(1, 2, 5, 64)
@@ -205,6 +230,23 @@ def test_gpu_path_on_tiny_wan_matches_the_cpu_reference(codec):
     quantization_error = _rel_rms(reference, unquantized)
     assert quantization_error > 0
     assert _rel_rms(gpu, reference) <= min(1e-2, 0.1 * quantization_error)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("codec", ["octopus", "turboquant"])
+def test_fast_and_exact_gpu_encode_agree_on_fp16(codec):
+    """The processors' default fp16 encode (fused rotation) against ``exact_gpu_codes=True``: codes equal
+    except at float near-ties (at most 1e-3 of code bytes), on BSHD K/V as diffusers passes them."""
+    torch.manual_seed(0)
+    k, v = (get_codec(codec, 128, 3, seed=s) for s in (0, 1))
+    key = torch.randn(2, 300, 4, 128, device=CUDA, dtype=torch.float16)
+    fast = KVQuantizer("l", StreamSpec("self", "self"), 4, 4, 128, k, v)
+    exact = KVQuantizer("l", StreamSpec("self", "self"), 4, 4, 128, k, v, exact_gpu_codes=True)
+    pk, _ = fast.encode(key, key, "BSHD", gpu=True)
+    ek, _ = exact.encode(key, key, "BSHD", gpu=True)
+    assert pk.shape == ek.shape == (2, 4, 300, 128)
+    assert (pk.fields["codes"] != ek.fields["codes"]).float().mean().item() <= 1e-3
+    torch.testing.assert_close(pk.fields["norms"], ek.fields["norms"], rtol=1e-3, atol=0)
 
 
 @pytest.mark.gpu
