@@ -143,7 +143,9 @@ class Codec(ABC):
     def encode(self, x: torch.Tensor) -> PackedTensor:
         """Compress ``x`` of shape ``(..., head_dim)`` (fp32, fp16 or bf16, any device)."""
         self.check_input(x)
-        return self._encode(x.contiguous())
+        packed = self._encode(x.contiguous())
+        self.check_side_info(packed)
+        return packed
 
     def decode(self, packed: PackedTensor) -> torch.Tensor:
         """Reconstruct a tensor of the encoded shape, in the encoded dtype, on ``packed``'s device."""
@@ -158,8 +160,10 @@ class Codec(ABC):
         """``decode(encode(x))``: the values attention sees when K/V are stored compressed."""
         return self.decode(self.encode(x))
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise :class:`CodecError` / ``TypeError`` naming what is wrong with ``x``."""
+    def check_input(self, x: torch.Tensor, finite: bool = True) -> None:
+        """Raise :class:`CodecError` / ``TypeError`` naming what is wrong with ``x``. ``finite=False``
+        skips the pass over ``x`` for NaN/Inf: the GPU kernels find those in their norms instead
+        (:meth:`check_side_info`), saving a full read of K/V per call."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{self.name}: expected a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in SUPPORTED_DTYPES:
@@ -168,9 +172,20 @@ class Codec(ABC):
         if x.dim() < 1 or x.shape[-1] != self.head_dim:
             raise CodecError(f"{self.name}: expected (..., {self.head_dim}) input, got shape "
                              f"{tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
+        if finite and not bool(torch.isfinite(x).all()):
             raise CodecError(f"{self.name}: input contains NaN or Inf (shape {tuple(x.shape)}, "
                              f"{int((~torch.isfinite(x)).sum())} non-finite values)")
+
+    def check_side_info(self, packed: PackedTensor) -> None:
+        """Raise :class:`CodecError` if a float field of ``packed`` (norms, scales) holds NaN or Inf:
+        the input held NaN/Inf, or a vector's norm or scale exceeded the field's range (float16 norms
+        overflow above 65504), which decoding would silently turn into Inf/NaN."""
+        for name, field in packed.fields.items():
+            if field.is_floating_point() and field.dtype.itemsize > 1 and not bool(torch.isfinite(field).all()):
+                bad = int((~torch.isfinite(field)).sum())
+                raise CodecError(f"{self.name}: input contains NaN or Inf, or {bad} vector {name} exceed "
+                                 f"{field.dtype}'s range (max {torch.finfo(field.dtype).max:g}); shape "
+                                 f"{tuple(packed.shape)}")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(head_dim={self.head_dim}, bits={self.bits}, seed={self.seed}, "

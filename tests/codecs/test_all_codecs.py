@@ -240,6 +240,16 @@ def test_load_refuses_another_format_version(name: str, case: Case, tmp_path) ->
         PackedTensor.load(path)
 
 
+@pytest.mark.parametrize("name", ["octopus", "turboquant", "polarquant", "qjl"])
+def test_a_norm_beyond_float16_range_is_an_error_not_silent_inf(name: str) -> None:
+    """Finite fp16 input whose vector norm exceeds 65504 would decode to Inf through fp16 norms."""
+    codec = get_codec(name, 64, 4 if name == "polarquant" else 3)
+    x = torch.full((2, 64), 30000.0, dtype=torch.float16)
+    with pytest.raises(CodecError, match="exceed.* (torch.)?float16"):
+        codec.encode(x)
+    codec.encode(x / 16)  # norm 15,000: fine
+
+
 @pytest.mark.parametrize("name,case", PARAMS)
 def test_bad_inputs_raise_clear_errors(name: str, case: Case) -> None:
     codec = make(name, case)
