@@ -49,17 +49,75 @@ def _tq_values(rows, row_mask, cb_hi, cb_lo, D: tl.constexpr, N_HI: tl.constexpr
         val = tq_tile(rows, row_mask, cb_hi, cb_lo, D, N_HI, B_HI, B_LO, NBYTES, SELECT)
     return val
 
+@triton.jit
+def _lookup_prmt(idx, t0, t1, t2, t3):
+    """fp16 ``codebook[idx]`` of an <= 8-entry codebook by byte permutes (GPU only: inline PTX).
+
+    ``t0, t1`` hold the low bytes of the fp16 entries 0-3 and 4-7, ``t2, t3`` the high bytes
+    (:func:`prmt_tables`). Four 3-bit indices go into one PRMT selector; two PRMTs fetch four low
+    and four high bytes and two more interleave them into two fp16 pairs: 7 instructions per 4
+    values, against a ``tl.gather`` or a 7-step compare-select chain per value. The result equals
+    ``codebook[idx].to(float16)`` bit for bit."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 sel, lo, hi;
+        bfi.b32 sel, $3, $2, 4, 4;
+        bfi.b32 sel, $4, sel, 8, 4;
+        bfi.b32 sel, $5, sel, 12, 4;
+        prmt.b32 lo, $6, $10, sel;
+        prmt.b32 hi, $14, $18, sel;
+        prmt.b32 $0, lo, hi, 0x5140;
+        prmt.b32 $1, lo, hi, 0x7362;
+        }""",
+        constraints="=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",
+        args=[idx, t0, t1, t2, t3], dtype=tl.float16, is_pure=True, pack=4)
+
+
+def prmt_tables(codebook: torch.Tensor) -> tuple[int, int, int, int]:
+    """The four int32 words :func:`_lookup_prmt` reads: low bytes of fp16 entries 0-3, 4-7, high bytes
+    0-3, 4-7 (a codebook of 2**b <= 8 entries, padded with its last entry)."""
+    if codebook.numel() > 8:
+        raise CodecError(f"attention: byte-permute lookup takes <= 8 codebook entries, got {codebook.numel()}")
+    cb = torch.cat([codebook.flatten(), codebook.flatten()[-1:].expand(8 - codebook.numel())])
+    bits = cb.to(torch.float16).view(torch.int16).to(torch.int64) & 0xFFFF
+    lo, hi = (bits & 0xFF).tolist(), (bits >> 8).tolist()
+
+    def word(b: list[int]) -> int:
+        w = b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24
+        return w - (1 << 32) if w >= 1 << 31 else w  # a Triton int32 argument
+
+    return word(lo[:4]), word(lo[4:]), word(hi[:4]), word(hi[4:])
+
+
 LOG2E = 1.4426950408889634
+#: Columns of the query matrix multiplied per step of the in-kernel query rotation (keeps the
+#: float32 matrix slice in shared memory small: 32 x 128 x 4 B = 16 KB).
+Q_ROT_CHUNK = 32
+
+
+@triton.jit
+def _rotated_queries(q_rows, s_qd, m_mask, QM, s_qmat, COL0: tl.constexpr, W: tl.constexpr, D: tl.constexpr,
+                     q_scale, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
+    """Columns ``[COL0, COL0 + W)`` of ``(q @ QM) * q_scale`` as the fp16 score operand, ``q`` read in
+    its own dtype and strides. tf32x3 products keep float32 accuracy (the torch path's fp32 GEMM)."""
+    acc = tl.zeros((BLOCK_M, W), dtype=tl.float32)
+    cols = COL0 + tl.arange(0, W)[None, :]
+    for k0 in range(0, D, CHUNK):  # a loop, not unrolled: one chunk's operands live at a time
+        kk = k0 + tl.arange(0, CHUNK)
+        qk = tl.load(q_rows + kk[None, :] * s_qd, mask=m_mask[:, None], other=0.0).to(tl.float32)
+        mk = tl.load(QM + kk[:, None] * s_qmat + cols)
+        acc = tl.dot(qk, mk, acc, input_precision="tf32x3")
+    return (acc * q_scale).to(tl.float16)
 
 
 @triton.jit
 def _fused_attention_kernel(
-        Q, s_qb, s_qh, s_qm,
+        Q, s_qb, s_qh, s_qm, s_qd, QM, s_qmat, q_scale,
         KC, s_kcb, s_kch, s_kcn, KG, s_kgb, s_kgh, s_kgn,
         VC, s_vcb, s_vch, s_vcn, VG, s_vgb, s_vgh, s_vgn,
-        KCB0, KCB1, KCB2, VCB0, VCB1, VCB2,
+        KCB0, KCB1, KCB2, VCB0, VCB1, VCB2, k_t0, k_t1, k_t2, k_t3, v_t0, v_t1, v_t2, v_t3,
         MASK, s_mb, s_mh, s_mm, s_mn,
-        O, s_ob, s_oh, s_om, s_os, LSE, s_lb, s_lh, s_lm, s_ls,
+        O, s_ob, s_oh, s_om, s_od, s_os, OM, LSE, s_lb, s_lh, s_lm, s_ls,
         H, N_Q, N_KV, GROUP, KV_PER_SPLIT,
         D: tl.constexpr,
         K_OCT: tl.constexpr, K_B0: tl.constexpr, K_B1: tl.constexpr, K_B2: tl.constexpr,
@@ -68,7 +126,8 @@ def _fused_attention_kernel(
         V_NBYTES: tl.constexpr, V_GE: tl.constexpr, V_GB: tl.constexpr,
         T: tl.constexpr, TP: tl.constexpr,
         HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, SPLIT: tl.constexpr, SELECT: tl.constexpr,
-        PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        PREFETCH: tl.constexpr, PRMT: tl.constexpr, ROTATE_Q: tl.constexpr, Q_CHUNK: tl.constexpr,
+        ROTATE_OUT: tl.constexpr, O_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -79,12 +138,19 @@ def _fused_attention_kernel(
     m_mask = offs_m < N_Q
 
     # ---- rotated, pre-scaled queries (fp16), planes for OCTOPUS keys --------------------------
+    # ROTATE_Q: Q is the caller's query and QM the query matrix (rotation here, once per program);
+    # else Q already holds the rotated, pre-scaled fp16 queries.
     q_rows = Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm
     if K_OCT:
-        tp = tl.arange(0, TP)[None, :]
-        q0 = tl.load(q_rows + tp, mask=m_mask[:, None], other=0.0)
-        q1 = tl.load(q_rows + TP + tp, mask=m_mask[:, None], other=0.0)
-        q2 = tl.load(q_rows + 2 * TP + tp, mask=m_mask[:, None], other=0.0)
+        if ROTATE_Q:
+            q0 = _rotated_queries(q_rows, s_qd, m_mask, QM, s_qmat, 0, TP, D, q_scale, BLOCK_M, Q_CHUNK)
+            q1 = _rotated_queries(q_rows, s_qd, m_mask, QM, s_qmat, TP, TP, D, q_scale, BLOCK_M, Q_CHUNK)
+            q2 = _rotated_queries(q_rows, s_qd, m_mask, QM, s_qmat, 2 * TP, TP, D, q_scale, BLOCK_M, Q_CHUNK)
+        else:
+            tp = tl.arange(0, TP)[None, :]
+            q0 = tl.load(q_rows + tp, mask=m_mask[:, None], other=0.0)
+            q1 = tl.load(q_rows + TP + tp, mask=m_mask[:, None], other=0.0)
+            q2 = tl.load(q_rows + 2 * TP + tp, mask=m_mask[:, None], other=0.0)
         if SELECT:
             kcb0 = KCB0
         else:
@@ -98,7 +164,10 @@ def _fused_attention_kernel(
         else:
             kcb2 = load_codebook(KCB2, BLOCK_N, 1 << K_B2)
     else:
-        q0 = tl.load(q_rows + tl.arange(0, D)[None, :], mask=m_mask[:, None], other=0.0)
+        if ROTATE_Q:
+            q0 = _rotated_queries(q_rows, s_qd, m_mask, QM, s_qmat, 0, D, D, q_scale, BLOCK_M, Q_CHUNK)
+        else:
+            q0 = tl.load(q_rows + tl.arange(0, D)[None, :], mask=m_mask[:, None], other=0.0)
         if SELECT:
             kcb0 = KCB0
         else:
@@ -166,8 +235,11 @@ def _fused_attention_kernel(
             vw = load_groups(vc_base + offs_p[:, None] * s_vcn, p_mask[:, None], D, V_GE, V_GB)
             g_k_nxt = tl.load(kg_base + offs_p * s_kgn, mask=p_mask, other=0.0).to(tl.float32)
             g_v_nxt = tl.load(vg_base + offs_p * s_vgn, mask=p_mask, other=0.0).to(tl.float32)
-            k = lookup_any(kcb0, split_groups(kw_cur, D, K_B0, K_GE), 1 << K_B0, SELECT)
-            s = tl.dot(q0, tl.trans(k.to(tl.float16)))
+            if PRMT:
+                k = _lookup_prmt(split_groups(kw_cur, D, K_B0, K_GE), k_t0, k_t1, k_t2, k_t3)
+            else:
+                k = lookup_any(kcb0, split_groups(kw_cur, D, K_B0, K_GE), 1 << K_B0, SELECT).to(tl.float16)
+            s = tl.dot(q0, tl.trans(k))
         elif K_OCT:
             kx, ky, kz = octopus_planes_tile(k_rows, n_mask[:, None], kcb0, kcb1, kcb2, T, TP, K_B0, K_B1,
                                              K_B2, K_NBYTES, SELECT)
@@ -201,8 +273,11 @@ def _fused_attention_kernel(
         pv = (p * g_v[None, :]).to(tl.float16)
         v_rows = vc_base + offs_n[:, None] * s_vcn
         if PREFETCH:
-            v = lookup_any(vcb0, split_groups(vw_cur, D, V_B0, V_GE), 1 << V_B0, SELECT)
-            acc0 = tl.dot(pv, v.to(tl.float16), acc0 * alpha[:, None])
+            if PRMT:
+                v = _lookup_prmt(split_groups(vw_cur, D, V_B0, V_GE), v_t0, v_t1, v_t2, v_t3)
+            else:
+                v = lookup_any(vcb0, split_groups(vw_cur, D, V_B0, V_GE), 1 << V_B0, SELECT).to(tl.float16)
+            acc0 = tl.dot(pv, v, acc0 * alpha[:, None])
         elif V_OCT:
             vx, vy, vz = octopus_planes_tile(v_rows, n_mask[:, None], vcb0, vcb1, vcb2, T, TP, V_B0, V_B1,
                                              V_B2, V_NBYTES, SELECT)
@@ -216,25 +291,72 @@ def _fused_attention_kernel(
     # ---- normalise and store (rows with no unmasked key give 0) ------------------------------
     inv_l = tl.where(l_i > 0, 1.0 / l_i, 0.0)
     o_rows = O + pid_s * s_os + b * s_ob + h * s_oh + offs_m[:, None] * s_om
-    if V_OCT:
-        tp_o = tl.arange(0, TP)[None, :]
+    if ROTATE_OUT:
+        if V_OCT:
+            _store_rotated_back(o_rows, s_od, m_mask, acc0 * inv_l[:, None], acc1 * inv_l[:, None],
+                                acc2 * inv_l[:, None], OM, True, TP, D, O_CHUNK)
+        else:
+            a0 = acc0 * inv_l[:, None]
+            _store_rotated_back(o_rows, s_od, m_mask, a0, a0, a0, OM, False, D, D, O_CHUNK)
+    elif V_OCT:
+        tp_o = tl.arange(0, TP)[None, :] * s_od
         tl.store(o_rows + tp_o, (acc0 * inv_l[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None])
-        tl.store(o_rows + TP + tp_o, (acc1 * inv_l[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None])
-        tl.store(o_rows + 2 * TP + tp_o, (acc2 * inv_l[:, None]).to(O.dtype.element_ty),
+        tl.store(o_rows + TP * s_od + tp_o, (acc1 * inv_l[:, None]).to(O.dtype.element_ty), mask=m_mask[:, None])
+        tl.store(o_rows + 2 * TP * s_od + tp_o, (acc2 * inv_l[:, None]).to(O.dtype.element_ty),
                  mask=m_mask[:, None])
     else:
-        tl.store(o_rows + tl.arange(0, D)[None, :], (acc0 * inv_l[:, None]).to(O.dtype.element_ty),
+        tl.store(o_rows + tl.arange(0, D)[None, :] * s_od, (acc0 * inv_l[:, None]).to(O.dtype.element_ty),
                  mask=m_mask[:, None])
     if SPLIT:
         lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
         tl.store(LSE + pid_s * s_ls + b * s_lb + h * s_lh + offs_m * s_lm, lse, mask=m_mask)
 
 
+@triton.jit
+def _store_rotated_back(o_rows, s_od, m_mask, a0, a1, a2, OM, V_OCT: tl.constexpr, W: tl.constexpr,
+                        D: tl.constexpr, CHUNK: tl.constexpr):
+    """Store ``o_rot @ OM`` (the output in the caller's basis; ``OM`` the ``(OW, D)`` float32
+    :func:`output_matrix`, ``a0..a2`` the normalised planes of width ``W``, or ``a0`` alone), ``CHUNK``
+    output columns per step so the matrix slice in shared memory stays small. tf32x3: float32 accuracy."""
+    r = tl.arange(0, W)[:, None]
+    for c0 in range(0, D, CHUNK):  # a loop, not unrolled: one chunk's operands live at a time
+        cols = c0 + tl.arange(0, CHUNK)[None, :]
+        res = tl.dot(a0, tl.load(OM + r * D + cols), input_precision="tf32x3")
+        if V_OCT:
+            res = tl.dot(a1, tl.load(OM + (W + r) * D + cols), res, input_precision="tf32x3")
+            res = tl.dot(a2, tl.load(OM + (2 * W + r) * D + cols), res, input_precision="tf32x3")
+        tl.store(o_rows + cols * s_od, res.to(o_rows.dtype.element_ty), mask=m_mask[:, None])
+
+
+@triton.jit
+def _merge_splits_kernel(O, s_os, s_ob, s_oh, s_om, LSE, s_ls, s_lb, s_lh, s_lm,
+                         OUT, s_tb, s_th, s_tm, s_td, H, N_Q, N_SPLIT,
+                         S_PAD: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One output row (b, h, m), ``BLOCK_D`` columns: the per-split outputs weighted by
+    ``exp2(lse_s - max lse)`` (:func:`combine_splits`), all splits loaded at once, stored in OUT's
+    dtype and strides."""
+    row = tl.program_id(0)
+    m = row % N_Q
+    h = (row // N_Q) % H
+    b = row // (N_Q * H)
+    s = tl.arange(0, S_PAD)
+    s_ok = s < N_SPLIT
+    lse = tl.load(LSE + s * s_ls + b * s_lb + h * s_lh + m * s_lm, mask=s_ok, other=float("-inf"))
+    top = tl.max(lse, 0)
+    w = tl.exp2(lse - tl.where(top == float("-inf"), 0.0, top))
+    den = tl.sum(w, 0)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    o = tl.load(O + s[:, None] * s_os + b * s_ob + h * s_oh + m * s_om + cols[None, :], mask=s_ok[:, None],
+                other=0.0)
+    res = tl.sum(o * w[:, None], 0) / tl.where(den > 0, den, 1.0)
+    tl.store(OUT + b * s_tb + h * s_th + m * s_tm + cols * s_td, res.to(OUT.dtype.element_ty))
+
+
 # ------------------------------------------------------------------------------------------------
 # Host side: rotations as plane matrices, argument plumbing, split-KV combination.
 # ------------------------------------------------------------------------------------------------
 
-_MATRIX_CACHE: dict[tuple, torch.Tensor] = {}
+_MATRIX_CACHE: dict[tuple, object] = {}
 
 
 def query_matrix(spec: KernelSpec, device: torch.device) -> torch.Tensor:
@@ -285,6 +407,14 @@ def _codebooks(spec: KernelSpec, device: torch.device) -> tuple[list[torch.Tenso
     if isinstance(spec, OctopusSpec):
         return _MATRIX_CACHE[key], (spec.bx, spec.be, spec.br)
     return _MATRIX_CACHE[key], (spec.bits_hi, spec.bits_lo, spec.n_high)
+
+
+def _prmt_words(spec: KernelSpec) -> tuple[int, int, int, int]:
+    """:func:`prmt_tables` of a TurboQuant spec's codebook (cached per spec)."""
+    key = ("prmt", spec)
+    if key not in _MATRIX_CACHE:
+        _MATRIX_CACHE[key] = prmt_tables(spec.codebook_hi)
+    return _MATRIX_CACHE[key]
 
 
 def _groups(spec: KernelSpec, grouped: bool) -> tuple[int, int]:
@@ -366,76 +496,124 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
                             scale: float | None = None, layout: str = "BHSD", splits: int | None = None,
                             blocks: tuple[int, int, int, int] | None = None, fp32_out: bool = False,
                             out: torch.Tensor | None = None, select_lookup: bool = False,
-                            grouped_unpack: bool = True, prefetch: bool = True
-                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                            grouped_unpack: bool = True, prefetch: bool = True, rotate_q_in_kernel: bool = True,
+                            prmt_lookup: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the kernel: per-split outputs ``(S, B, Hq, Nq, OW)`` in V's rotated basis (planes for
     OCTOPUS) and, when ``S > 1``, their base-2 log-sum-exps ``(S, B, Hq, Nq)``; see
     :func:`fused_attention` for the arguments. ``out`` (optional) is the buffer to write into;
     ``select_lookup`` reads codebooks by compare-select chains instead of ``tl.gather``;
     ``grouped_unpack=False`` keeps TurboQuant's per-field byte reads (for comparison);
-    ``prefetch`` loads the next KV tile's codes during the current one (grouped TurboQuant K and V)."""
-    if layout not in ("BHSD", "BSHD"):
-        raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
-    qb = q if layout == "BHSD" else q.transpose(1, 2)
-    B, Hq, Nq, D = qb.shape
-    Hkv = k.shape[1] if layout == "BHSD" else k.shape[2]
-    Nkv = k.shape[2] if layout == "BHSD" else k.shape[1]
-    if Hq % Hkv:
-        raise CodecError(f"attention: {Hq} query heads is not a multiple of {Hkv} KV heads")
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    dev = q.device
-    k_oct, v_oct = isinstance(k_spec, OctopusSpec), isinstance(v_spec, OctopusSpec)
-    tp = plane_width(D)
-    # Rotate (and split into planes) once; fold the softmax scale and log2(e) in.
-    q_in = ((qb.float() @ query_matrix(k_spec, dev)) * (scale * LOG2E)).to(torch.float16).contiguous()
-    ow = 3 * tp if v_oct else D
-
-    k_groups, v_groups = _groups(k_spec, grouped_unpack), _groups(v_spec, grouped_unpack)
-    prefetch_loop = prefetch and k_groups[0] > 0 and v_groups[0] > 0
-    bm, bn, warps, stages = blocks or _default_blocks(Nq, Nkv, D, k_oct, prefetch_loop)
-    m_blocks = triton.cdiv(Nq, bm)
-    n_split = splits or choose_splits(B * Hq, m_blocks, Nkv, bn, dev)
-    kv_per_split = max(bn, triton.cdiv(triton.cdiv(Nkv, n_split), bn) * bn)
-    n_split = max(1, triton.cdiv(Nkv, kv_per_split))
-    split = n_split > 1
-    o_dtype = torch.float32 if split or fp32_out else torch.float16
+    ``prefetch`` loads the next KV tile's codes during the current one (grouped TurboQuant K and V);
+    ``rotate_q_in_kernel=False`` rotates the queries with a torch GEMM first (for comparison);
+    ``prmt_lookup`` reads <= 3-bit TurboQuant codebooks by byte permutes (:func:`_lookup_prmt`; None:
+    wherever that applies, i.e. on CUDA with byte-grouped K and V and no ``select_lookup``)."""
+    launch = _Launch(q, k, v, k_spec, v_spec, layout, splits, blocks, grouped_unpack, prefetch)
+    ow = 3 * launch.tp if isinstance(v_spec, OctopusSpec) else launch.d
+    o_dtype = torch.float32 if launch.split or fp32_out else torch.float16
+    shape = (launch.n_split, launch.b, launch.hq, launch.nq, ow)
     if out is None:
-        out = torch.empty((n_split, B, Hq, Nq, ow), device=dev, dtype=o_dtype)
-    elif out.shape != (n_split, B, Hq, Nq, ow) or out.dtype != o_dtype or not out.is_contiguous():
-        raise CodecError(f"attention: out must be a contiguous {o_dtype} tensor {(n_split, B, Hq, Nq, ow)}")
-    lse = torch.empty((n_split, B, Hq, Nq), device=dev, dtype=torch.float32) if split else None
-
-    kc, kcs, kg, kgs = _row_strides(k, layout)
-    vc, vcs, vg, vgs = _row_strides(v, layout)
-    kcb, kbits = _codebooks(k_spec, dev)
-    vcb, vbits = _codebooks(v_spec, dev)
-    mask, mask_bool = prepare_mask(attn_mask, (B, Hq, Nq, Nkv))
-    ms = mask.stride() if mask is not None else (0, 0, 0, 0)
-    lse_arg = lse if lse is not None else out
-    lss = lse.stride() if lse is not None else (0, 0, 0, 0)
-
-    _fused_attention_kernel[(m_blocks, B * Hq, n_split)](
-        q_in, q_in.stride(0), q_in.stride(1), q_in.stride(2),
-        kc, *kcs, kg, *kgs, vc, *vcs, vg, *vgs,
-        kcb[0], kcb[1], kcb[2], vcb[0], vcb[1], vcb[2],
-        mask if mask is not None else q_in, *ms,
-        out, out.stride(1), out.stride(2), out.stride(3), out.stride(0),
-        lse_arg, lss[1], lss[2], lss[3], lss[0],
-        Hq, Nq, Nkv, Hq // Hkv, kv_per_split,
-        D=D, K_OCT=k_oct, K_B0=kbits[0], K_B1=kbits[1], K_B2=kbits[2], K_NBYTES=k_spec.nbytes,
-        K_GE=k_groups[0], K_GB=k_groups[1],
-        V_OCT=v_oct, V_B0=vbits[0], V_B1=vbits[1], V_B2=vbits[2], V_NBYTES=v_spec.nbytes,
-        V_GE=v_groups[0], V_GB=v_groups[1], T=(D + 2) // 3, TP=tp, HAS_MASK=mask is not None, MASK_BOOL=mask_bool, SPLIT=split, SELECT=select_lookup,
-        PREFETCH=prefetch_loop,
-        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        out = torch.empty(shape, device=q.device, dtype=o_dtype)
+    elif out.shape != shape or out.dtype != o_dtype or not out.is_contiguous():
+        raise CodecError(f"attention: out must be a contiguous {o_dtype} tensor {shape}")
+    lse = launch.new_lse()
+    launch.run(out, (out.stride(1), out.stride(2), out.stride(3), out.stride(4), out.stride(0)), lse,
+               attn_mask, scale, select_lookup, rotate_q_in_kernel, rotate_out=False, prmt_lookup=prmt_lookup)
     return out, lse
+
+
+class _Launch:
+    """Shapes, tiles and split count of one fused-attention call, and the kernel launch itself."""
+
+    def __init__(self, q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec, v_spec: KernelSpec,
+                 layout: str, splits: int | None, blocks: tuple[int, int, int, int] | None, grouped_unpack: bool,
+                 prefetch: bool) -> None:
+        if layout not in ("BHSD", "BSHD"):
+            raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
+        self.q, self.k, self.v, self.k_spec, self.v_spec, self.layout = q, k, v, k_spec, v_spec, layout
+        self.qb = q if layout == "BHSD" else q.transpose(1, 2)
+        self.b, self.hq, self.nq, self.d = self.qb.shape
+        self.hkv = k.shape[1] if layout == "BHSD" else k.shape[2]
+        self.nkv = k.shape[2] if layout == "BHSD" else k.shape[1]
+        if self.hq % self.hkv:
+            raise CodecError(f"attention: {self.hq} query heads is not a multiple of {self.hkv} KV heads")
+        self.tp = plane_width(self.d)
+        self.k_groups, self.v_groups = _groups(k_spec, grouped_unpack), _groups(v_spec, grouped_unpack)
+        self.prefetch = prefetch and self.k_groups[0] > 0 and self.v_groups[0] > 0
+        self.bm, self.bn, self.warps, self.stages = blocks or _default_blocks(
+            self.nq, self.nkv, self.d, isinstance(k_spec, OctopusSpec), self.prefetch)
+        self.prmt_ok = (self.prefetch and q.device.type == "cuda" and k_spec.bits_hi <= 3
+                        and v_spec.bits_hi <= 3)
+        self.m_blocks = triton.cdiv(self.nq, self.bm)
+        n_split = splits or choose_splits(self.b * self.hq, self.m_blocks, self.nkv, self.bn, q.device)
+        self.kv_per_split = max(self.bn, triton.cdiv(triton.cdiv(self.nkv, n_split), self.bn) * self.bn)
+        self.n_split = max(1, triton.cdiv(self.nkv, self.kv_per_split))
+        self.split = self.n_split > 1
+
+    def new_lse(self) -> torch.Tensor | None:
+        if not self.split:
+            return None
+        return torch.empty((self.n_split, self.b, self.hq, self.nq), device=self.q.device, dtype=torch.float32)
+
+    def run(self, out: torch.Tensor, out_strides: tuple[int, int, int, int, int], lse: torch.Tensor | None,
+            attn_mask: torch.Tensor | None, scale: float | None, select_lookup: bool, rotate_q: bool,
+            rotate_out: bool, prmt_lookup: bool | None) -> None:
+        """Launch into ``out`` with (batch, head, row, column, split) strides ``out_strides``;
+        ``rotate_out`` applies :func:`output_matrix` in the kernel (``out`` then has ``d`` columns);
+        ``prmt_lookup``: :func:`_lookup_prmt` for the codebooks (None: wherever it applies)."""
+        k_spec, v_spec, dev, d = self.k_spec, self.v_spec, self.q.device, self.d
+        if prmt_lookup and not self.prmt_ok:
+            raise CodecError("attention: the byte-permute lookup needs CUDA and byte-grouped TurboQuant K and V "
+                             "of <= 3 bits")
+        prmt = self.prmt_ok and not select_lookup if prmt_lookup is None else prmt_lookup
+        k_tab = _prmt_words(k_spec) if prmt else (0, 0, 0, 0)
+        v_tab = _prmt_words(v_spec) if prmt else (0, 0, 0, 0)
+        k_oct, v_oct = isinstance(k_spec, OctopusSpec), isinstance(v_spec, OctopusSpec)
+        q_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
+        qmat = query_matrix(k_spec, dev)
+        if rotate_q:
+            q_arg = self.qb
+        else:
+            # Rotate (and split into planes) once; fold the softmax scale and log2(e) in.
+            q_arg = ((self.qb.float() @ qmat) * q_scale).to(torch.float16).contiguous()
+        kc, kcs, kg, kgs = _row_strides(self.k, self.layout)
+        vc, vcs, vg, vgs = _row_strides(self.v, self.layout)
+        kcb, kbits = _codebooks(k_spec, dev)
+        vcb, vbits = _codebooks(v_spec, dev)
+        mask, mask_bool = prepare_mask(attn_mask, (self.b, self.hq, self.nq, self.nkv))
+        ms = mask.stride() if mask is not None else (0, 0, 0, 0)
+        lse_arg = lse if lse is not None else out
+        lss = lse.stride() if lse is not None else (0, 0, 0, 0)
+        _fused_attention_kernel[(self.m_blocks, self.b * self.hq, self.n_split)](
+            q_arg, *q_arg.stride(), qmat, qmat.stride(0), q_scale,
+            kc, *kcs, kg, *kgs, vc, *vcs, vg, *vgs,
+            kcb[0], kcb[1], kcb[2], vcb[0], vcb[1], vcb[2], *k_tab, *v_tab,
+            mask if mask is not None else q_arg, *ms,
+            out, *out_strides, output_matrix(v_spec, dev),
+            lse_arg, lss[1], lss[2], lss[3], lss[0],
+            self.hq, self.nq, self.nkv, self.hq // self.hkv, self.kv_per_split,
+            D=d, K_OCT=k_oct, K_B0=kbits[0], K_B1=kbits[1], K_B2=kbits[2], K_NBYTES=k_spec.nbytes,
+            K_GE=self.k_groups[0], K_GB=self.k_groups[1],
+            V_OCT=v_oct, V_B0=vbits[0], V_B1=vbits[1], V_B2=vbits[2], V_NBYTES=v_spec.nbytes,
+            V_GE=self.v_groups[0], V_GB=self.v_groups[1], T=(d + 2) // 3, TP=self.tp, HAS_MASK=mask is not None,
+            MASK_BOOL=mask_bool, SPLIT=self.split, SELECT=select_lookup, PREFETCH=self.prefetch, PRMT=prmt,
+            ROTATE_Q=rotate_q, Q_CHUNK=min(Q_ROT_CHUNK, d), ROTATE_OUT=rotate_out, O_CHUNK=min(OUT_ROT_CHUNK, d),
+            BLOCK_M=self.bm, BLOCK_N=self.bn, num_warps=self.warps, num_stages=self.stages)
+
+
+#: Largest query tile whose output the kernel rotates back itself: the float32 tile is the A operand
+#: of the rotation's tf32x3 products and goes through shared memory (16 x 128 x 4 B = 8 KB at 16 rows,
+#: 128 KB at 256 rows, more than a program may hold); larger tiles are rotated by one torch GEMM.
+MAX_ROTATE_OUT_ROWS = 64
+#: Output columns per step of the in-kernel output rotation (a 128 x 32 float32 slice: 16 KB).
+OUT_ROT_CHUNK = 32
 
 
 def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
                     v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
                     layout: str = "BHSD", out_dtype: torch.dtype | None = None, splits: int | None = None,
                     blocks: tuple[int, int, int, int] | None = None, select_lookup: bool = False,
-                    grouped_unpack: bool = True, prefetch: bool = True) -> torch.Tensor:
+                    grouped_unpack: bool = True, prefetch: bool = True, fused_epilogue: bool = True,
+                    prmt_lookup: bool | None = None) -> torch.Tensor:
     """Attention of ``q`` over packed ``k``/``v`` with in-loop decoding; output in ``q``'s layout.
 
     ``q``: ``(B, Hq, Nq, D)`` for layout ``"BHSD"`` or ``(B, Nq, Hq, D)`` for ``"BSHD"``; ``k``/``v``
@@ -443,14 +621,47 @@ def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: K
     head ``h // (Hq / Hkv)``, nothing repeated). ``attn_mask``: bool (True = attend) or additive
     float, broadcastable to ``(B, Hq, Nq, Nkv)``. ``out_dtype`` defaults to ``q.dtype``. Rows whose
     keys are all masked give 0. ``splits`` / ``blocks`` override the launch heuristics.
+
+    With ``fused_epilogue`` (default) and query tiles of <= :data:`MAX_ROTATE_OUT_ROWS` rows, the whole
+    call is at most two launches: the kernel rotates Q and the output itself and writes the result
+    (one split) or float32 partials merged by :func:`_merge_splits_kernel`; at few queries the
+    separate torch GEMMs and split combination cost more than the attention (docs/kernels/fewq_pass.md).
+    ``fused_epilogue=False`` runs the earlier torch path (for comparison).
     """
     out_dtype = q.dtype if out_dtype is None else out_dtype
-    o, lse = fused_attention_rotated(q, k, v, k_spec, v_spec, attn_mask, scale, layout, splits, blocks,
-                                     fp32_out=out_dtype == torch.float32, select_lookup=select_lookup,
-                                     grouped_unpack=grouped_unpack, prefetch=prefetch)
-    o_rot = combine_splits(o, lse) if lse is not None else o[0]
-    out = (o_rot.float() @ output_matrix(v_spec, q.device)).to(out_dtype)
-    return out if layout == "BHSD" else out.transpose(1, 2)
+    launch = _Launch(q, k, v, k_spec, v_spec, layout, splits, blocks, grouped_unpack, prefetch)
+    if not fused_epilogue or launch.bm > MAX_ROTATE_OUT_ROWS:
+        o, lse = fused_attention_rotated(q, k, v, k_spec, v_spec, attn_mask, scale, layout, splits, blocks,
+                                         fp32_out=out_dtype == torch.float32, select_lookup=select_lookup,
+                                         grouped_unpack=grouped_unpack, prefetch=prefetch,
+                                         rotate_q_in_kernel=fused_epilogue, prmt_lookup=prmt_lookup)
+        o_rot = combine_splits(o, lse) if lse is not None else o[0]
+        res = (o_rot.float() @ output_matrix(v_spec, q.device)).to(out_dtype)
+        return res if layout == "BHSD" else res.transpose(1, 2)
+    res = torch.empty_like(q, dtype=out_dtype)
+    rb = res if layout == "BHSD" else res.transpose(1, 2)
+    lse = launch.new_lse()
+    if lse is None:
+        launch.run(rb, (*rb.stride(), 0), None, attn_mask, scale, select_lookup, True, rotate_out=True,
+                   prmt_lookup=prmt_lookup)
+        return res
+    part = torch.empty((launch.n_split, launch.b, launch.hq, launch.nq, launch.d), device=q.device,
+                       dtype=torch.float32)
+    launch.run(part, (*part.stride()[1:], part.stride(0)), lse, attn_mask, scale, select_lookup, True,
+               rotate_out=True, prmt_lookup=prmt_lookup)
+    merge_splits(part, lse, rb)
+    return res
+
+
+def merge_splits(part: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) -> None:
+    """:func:`combine_splits` of ``part`` ``(S, B, H, N, D)`` into ``out`` ``(B, H, N, D)`` (any strides and
+    float dtype) in one launch."""
+    s_pad = triton.next_power_of_2(part.shape[0])
+    d = part.shape[-1]
+    block_d = max(16, min(d, 4096 // s_pad))
+    _merge_splits_kernel[(part.shape[1] * part.shape[2] * part.shape[3], triton.cdiv(d, block_d))](
+        part, *part.stride()[:4], lse, *lse.stride(), out, *out.stride(), part.shape[2], part.shape[3],
+        part.shape[0], S_PAD=s_pad, BLOCK_D=block_d, num_warps=4)
 
 
 def combine_splits(o: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
