@@ -6,7 +6,8 @@ string key (:func:`register_codec`) because an op's arguments must be tensors an
 
 Ops (CUDA: Triton kernels; CPU: the PyTorch reference codecs, so one call works everywhere):
 
-* ``encode(x, key, fused_rotation) -> (codes, norms)``
+* ``encode(x, key, fused_rotation, check_finite) -> (codes, norms)`` (``check_finite``: raise on
+  NaN/Inf norms, a host sync; callers that check later pass False)
 * ``decode(codes, norms, key, dtype) -> x_hat`` (original basis, as ``codec.decode``)
 * ``attention(q, k_codes, k_norms, v_codes, v_norms, k_key, v_key, attn_mask, scale, layout, method)``
   with ``method`` ``"fused"`` or ``"decoded"`` (``"auto"`` is resolved by the caller, :mod:`.dispatch`).
@@ -49,18 +50,21 @@ def _packed(codec: Codec, codes: torch.Tensor, norms: torch.Tensor, dtype: torch
 
 # ---- encode ------------------------------------------------------------------------------------
 @torch.library.custom_op("octopus_diffusers::encode", mutates_args=())
-def encode_op(x: torch.Tensor, key: str, fused_rotation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_op(x: torch.Tensor, key: str, fused_rotation: bool,
+              check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     codec = codec_for(key)
     if x.is_cuda:
         enc = octopus_encode if codec.name == "octopus" else tq_encode
         p = enc(codec, x, fused_rotation=fused_rotation)
+        if check_finite:  # NaN/Inf input gives NaN/Inf norms: a tiny check instead of a pass over x
+            codec.check_side_info(p)
     else:
         p = codec.encode(x)
     return p.fields["codes"], p.fields["norms"]
 
 
 @encode_op.register_fake
-def _(x: torch.Tensor, key: str, fused_rotation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _(x: torch.Tensor, key: str, fused_rotation: bool, check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     codec = codec_for(key)
     lead = x.shape[:-1]
     return (x.new_empty((*lead, nbytes_of(codec)), dtype=torch.uint8),

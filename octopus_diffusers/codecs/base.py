@@ -28,6 +28,12 @@ class CodecError(ValueError):
     """Raised for a codec configuration or an input that a codec cannot honour."""
 
 
+def nonfinite_message(count: int) -> str:
+    """What NaN/Inf in packed norms or scales means, for errors."""
+    return (f"input contains NaN or Inf, or {count} vector norm(s)/scale(s) exceed float16's range "
+            f"(max 65504) and would decode to Inf")
+
+
 @dataclass
 class PackedTensor:
     """Compressed K or V: packed integer codes plus side information, all as real tensors.
@@ -176,16 +182,21 @@ class Codec(ABC):
             raise CodecError(f"{self.name}: input contains NaN or Inf (shape {tuple(x.shape)}, "
                              f"{int((~torch.isfinite(x)).sum())} non-finite values)")
 
+    @staticmethod
+    def count_nonfinite_side_info(packed: PackedTensor) -> torch.Tensor:
+        """Number of NaN/Inf entries in the float fields of ``packed`` (norms, scales; not fp8 data), as a
+        0-d tensor on ``packed``'s device: no host sync until someone reads it."""
+        counts = [(~torch.isfinite(f)).sum() for f in packed.fields.values()
+                  if f.is_floating_point() and f.dtype.itemsize > 1]
+        return torch.stack(counts).sum() if counts else torch.zeros((), dtype=torch.int64)
+
     def check_side_info(self, packed: PackedTensor) -> None:
         """Raise :class:`CodecError` if a float field of ``packed`` (norms, scales) holds NaN or Inf:
         the input held NaN/Inf, or a vector's norm or scale exceeded the field's range (float16 norms
         overflow above 65504), which decoding would silently turn into Inf/NaN."""
-        for name, field in packed.fields.items():
-            if field.is_floating_point() and field.dtype.itemsize > 1 and not bool(torch.isfinite(field).all()):
-                bad = int((~torch.isfinite(field)).sum())
-                raise CodecError(f"{self.name}: input contains NaN or Inf, or {bad} vector {name} exceed "
-                                 f"{field.dtype}'s range (max {torch.finfo(field.dtype).max:g}); shape "
-                                 f"{tuple(packed.shape)}")
+        bad = int(self.count_nonfinite_side_info(packed))
+        if bad:
+            raise CodecError(f"{self.name}: {nonfinite_message(bad)}; shape {tuple(packed.shape)}")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(head_dim={self.head_dim}, bits={self.bits}, seed={self.seed}, "

@@ -10,7 +10,7 @@ import torch
 
 from ..codecs import Codec, CodecError
 from .base import QuantizedAttnProcessorBase, quantized_processor_class, registered_processors
-from .kv import ForwardState, KVCodecSpec, KVQuantizer, KVStats
+from .kv import ForwardState, KVCodecSpec, KVQuantizer, KVStats, raise_if_nonfinite
 
 #: Pipeline components that hold the denoiser (Wan 2.2 has two transformers), in this order.
 DENOISER_COMPONENTS = ("transformer", "transformer_2", "unet")
@@ -215,6 +215,7 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
               for _, model in models}
     hooked: list[_Hooked] = []
     quantizers: list[KVQuantizer] = []
+    by_model: dict[int, list[KVQuantizer]] = {}  # the quantizers of each denoiser, for its finite-check hook
     needs_state: set[int] = set()  # models whose forward pre-hook some quantizer reads
     for target in targets:
         heads, kv_heads, head_dim = target.quantized_class.head_sizes(target.module)
@@ -234,6 +235,7 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
                 needs_state.add(id(target.model))
             layer_quantizers.append(q)
             quantizers.append(q)
+            by_model.setdefault(id(target.model), []).append(q)
         if all(q is None for q in layer_quantizers):
             continue
         original = target.module.processor
@@ -248,10 +250,25 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
 
     hooks = [model.register_forward_pre_hook(states[id(model)].pre_hook, with_kwargs=True)
              for _, model in models if id(model) in needs_state]
+    for _, model in models:
+        own = by_model.get(id(model), [])
+        for q in own:
+            q.defer_finite_check = True
+        if own:
+            hooks.append(model.register_forward_hook(_finite_check_hook(own)))
     for h in hooked:
         _set_processor(h.module, h.replacement)
         setattr(h.module, _HOOK_ATTRIBUTE, True)
     return QuantizedAttentionHandle(hooked, quantizers, hooks, [states[k] for k in needs_state], spec)
+
+
+def _finite_check_hook(quantizers: list[KVQuantizer]) -> Callable[..., None]:
+    """Forward hook: the deferred NaN/Inf check of the GPU encodes of this forward (eager only; under
+    torch.compile the encode ops check at once)."""
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        if not torch.compiler.is_compiling():
+            raise_if_nonfinite(quantizers)
+    return hook
 
 
 def _targets(models: list[tuple[str, torch.nn.Module]], select: Callable[[str], bool]) -> list[_Target]:

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 import torch
 
 from ..codecs import Codec, CodecError, PackedTensor, get_codec
-from ..codecs.base import SUPPORTED_DTYPES
+from ..codecs.base import SUPPORTED_DTYPES, nonfinite_message
 from .ops import register_codec
 
 if TYPE_CHECKING:
@@ -396,6 +396,10 @@ class KVQuantizer:
         self.cache_enabled = cache
         self.cache_entries = cache_entries
         self.exact_gpu_codes = bool(exact_gpu_codes)
+        #: Set by quantize_attention, whose forward hook reads the NaN/Inf count once per forward
+        #: (:func:`raise_if_nonfinite`); otherwise each GPU encode checks at once (a host sync).
+        self.defer_finite_check = False
+        self._nonfinite: torch.Tensor | None = None  # deferred NaN/Inf count of the packed norms, on device
         self.stats = KVStats()
         self._cache: OrderedDict[PromptKey, tuple[PackedTensor, PackedTensor]] = OrderedDict()
         # Everything compiled code reads is prepared here, eagerly: op keys, packed sizes, kernel specs.
@@ -513,8 +517,12 @@ class KVQuantizer:
         if gpu:
             from octopus_diffusers import kernels
 
-            packed_k = kernels.encode(self.key_codec, _to_bhsd(key, layout), self.fused_rotation(key))
-            packed_v = kernels.encode(self.value_codec, _to_bhsd(value, layout), self.fused_rotation(value))
+            now = not self.defer_finite_check
+            packed_k = kernels.encode(self.key_codec, _to_bhsd(key, layout), self.fused_rotation(key), now)
+            packed_v = kernels.encode(self.value_codec, _to_bhsd(value, layout), self.fused_rotation(value), now)
+            if not now:
+                bad = Codec.count_nonfinite_side_info(packed_k) + Codec.count_nonfinite_side_info(packed_v)
+                self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
         else:
             packed_k = self.key_codec.encode(_to_bhsd(key, layout))
             packed_v = self.value_codec.encode(_to_bhsd(value, layout))
@@ -613,3 +621,23 @@ class KVQuantizer:
                 "head_dim": self.head_dim, "codec": self.key_codec.name,
                 "key_bits": self.key_codec.bits_per_scalar, "value_bits": self.value_codec.bits_per_scalar,
                 "cached": self.cache_enabled}
+
+
+def raise_if_nonfinite(quantizers: Sequence[KVQuantizer]) -> None:
+    """Raise :class:`CodecError` naming the streams whose deferred GPU encode checks found NaN/Inf (one
+    host sync for all of them); clears the counts.
+
+    Why deferred: a check per attention call stops the host at every layer, and the GPU then idles
+    while the host queues the layer's small kernels again: about 10 % of a Wan-1.3B step on an H100
+    (docs/kernels/benchmark.md). The forward's output is not returned when this raises."""
+    pending = [q for q in quantizers if q._nonfinite is not None]
+    if not pending:
+        return
+    device = pending[0]._nonfinite.device  # type: ignore[union-attr]
+    counts = torch.stack([q._nonfinite.to(device) for q in pending]).tolist()  # type: ignore[union-attr]
+    for q in pending:
+        q._nonfinite = None
+    bad = [f"{q.name} ({n})" for q, n in zip(pending, counts) if n]
+    if bad:
+        raise CodecError(f"K/V of {', '.join(bad)}: {nonfinite_message(int(sum(counts)))} (found by the check "
+                         "run when the transformer's forward returned)")

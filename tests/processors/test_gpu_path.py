@@ -110,6 +110,31 @@ def test_quantize_attention_passes_exact_gpu_codes_to_every_quantizer():
         quantize_attention(transformer, codec="octopus", bits=3, exact_gpu_codes="yes")
 
 
+def test_deferred_finite_check_names_the_streams_and_clears():
+    from octopus_diffusers.codecs import CodecError
+    from octopus_diffusers.processors.kv import raise_if_nonfinite
+
+    good, bad = _quantizer("octopus", 64), _quantizer("turboquant", 64)
+    good.layer, bad.layer = "blocks.0.attn1", "blocks.1.attn1"
+    raise_if_nonfinite([good, bad])  # nothing pending: no error
+    good._nonfinite, bad._nonfinite = torch.tensor(0), torch.tensor(3)
+    with pytest.raises(CodecError, match=r"blocks\.1\.attn1 \(3\).*NaN or Inf"):
+        raise_if_nonfinite([good, bad])
+    assert good._nonfinite is None and bad._nonfinite is None
+    raise_if_nonfinite([good, bad])  # cleared
+
+
+def test_quantize_attention_defers_the_finite_check_to_a_forward_hook():
+    from octopus_diffusers.pipelines import tiny
+
+    transformer = tiny._tiny_wan_transformer(attention_head_dim=64)
+    before = len(transformer._forward_hooks)
+    with quantize_attention(transformer, codec="octopus", bits=3) as handle:
+        assert all(q.defer_finite_check for q in handle.quantizers)
+        assert len(transformer._forward_hooks) == before + 1
+    assert len(transformer._forward_hooks) == before
+
+
 def test_cpu_attend_runs_the_reference_and_records_the_choice():
     q = _quantizer("octopus", 64)
     x = torch.randn(1, 2, 5, 64)
@@ -247,6 +272,25 @@ def test_fast_and_exact_gpu_encode_agree_on_fp16(codec):
     assert pk.shape == ek.shape == (2, 4, 300, 128)
     assert (pk.fields["codes"] != ek.fields["codes"]).float().mean().item() <= 1e-3
     torch.testing.assert_close(pk.fields["norms"], ek.fields["norms"], rtol=1e-3, atol=0)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_nan_in_k_on_cuda_raises_when_the_forward_returns():
+    """The GPU encode's NaN/Inf check is deferred to the end of the forward (no host sync per layer)."""
+    from octopus_diffusers.codecs import CodecError
+
+    transformer, inputs = _tiny_wan_64()
+    transformer.to(CUDA, torch.float16)
+    x, t, ehs = (i.to(CUDA) for i in inputs)
+    poison = transformer.blocks[0].attn1.to_k.register_forward_hook(
+        lambda module, args, out: out.index_fill(-1, torch.tensor([0], device=out.device), float("nan")))
+    try:
+        with quantize_attention(transformer, codec="turboquant", bits=3):
+            with pytest.raises(CodecError, match=r"blocks\.0\.attn1.*NaN or Inf"):
+                transformer(x.half(), t, ehs.half(), return_dict=False)
+    finally:
+        poison.remove()
 
 
 @pytest.mark.gpu
