@@ -4,9 +4,10 @@ For full-sequence self-attention in a bidirectional DiT the work is compute-boun
 is read by ``Nq / BLOCK_M`` query tiles; decoding once (0.3 ms for a Wan-14B layer, performance.md)
 and handing plain fp16/bf16 tensors to cuDNN / FlashAttention beats re-decoding in every tile.
 
-Because ``q . k_hat = (q @ R_k.T) . (gamma_k y_hat_k)``, SDPA runs entirely in the rotated bases:
-Q is rotated once, K/V are never rotated back, and ``R_v`` is applied once to the output. GQA goes
-to SDPA's ``enable_gqa`` (no repeat). :func:`attention_decoded_reference` is the reference meaning.
+Because ``q . k_hat = (q @ R_k.T) . (gamma_k y_hat_k)``, SDPA can run in the rotated bases: Q is
+rotated once, K/V are never rotated back, and ``R_v`` is applied once to the output. When K/V have
+fewer vectors than Q (cross-attention to a short prompt) they are rotated back instead and SDPA sees
+the original Q, as in fp16. GQA goes to SDPA's ``enable_gqa`` (no repeat). :func:`attention_decoded_reference` is the reference meaning.
 """
 
 from __future__ import annotations
@@ -79,36 +80,46 @@ def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec:
     k_rot = decode_rotated(k, k_spec, dtype)
     v_rot = decode_rotated(v, v_spec, dtype)
     d = q.shape[-1]
-    signs_k, signs_v = sign_matrix(k_spec, q.device, dtype), sign_matrix(v_spec, q.device, dtype)
-    if signs_k is not None and signs_v is not None:
-        # Half-precision GEMMs with the exact +-1 matrices H diag(s) (fp32 accumulation); 1/sqrt(d) goes
-        # into the softmax scale for Q and is applied after the GEMM for the output.
-        q_rot = q @ signs_k.T
-        extra_scale = d ** -0.5
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    # Rotate whichever side has fewer vectors: Q in and the output back (self-attention, long caches), or
+    # K and V back to the original basis (cross-attention to a short prompt: 2 x 512 vectors per head
+    # instead of 2 x 32,760).
+    unrotate_kv = k_rot.numel() < q.numel()
+    if unrotate_kv:
+        q_att, k_att, v_att = q, rotate(k_rot, k_spec, inverse=True), rotate(v_rot, v_spec, inverse=True)
     else:
-        q_rot = (q.float() @ k_spec.rotation.to(q.device).T).to(dtype)
-        extra_scale = 1.0
+        q_att, k_att, v_att = rotate(q, k_spec), k_rot, v_rot
     if layout == "BSHD":
-        q_rot, k_rot, v_rot = (t.transpose(1, 2) for t in (q_rot, k_rot, v_rot))
-    if q_rot.shape[1] % k_rot.shape[1]:
-        raise CodecError(f"attention: {q_rot.shape[1]} query heads is not a multiple of {k_rot.shape[1]} "
+        q_att, k_att, v_att = (t.transpose(1, 2) for t in (q_att, k_att, v_att))
+    if q_att.shape[1] % k_att.shape[1]:
+        raise CodecError(f"attention: {q_att.shape[1]} query heads is not a multiple of {k_att.shape[1]} "
                          "KV heads")
-    scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * extra_scale
     if attn_mask is not None and attn_mask.is_floating_point():
         # cuDNN SDPA (torch 2.11, H100) returns NaN for a float32 additive mask with fp16 queries, with
         # no error; the mask in the queries' dtype is correct there (docs/kernels/sweeps/mask_probe.py;
         # tests/processors/test_gpu_path.py covers it on the GPU).
-        attn_mask = attn_mask.to(q_rot.dtype)
-    ctx = sdpa_kernel(backends or backend_priority(q_rot.shape[2]), set_priority=True) if q.is_cuda else nullcontext()
+        attn_mask = attn_mask.to(q_att.dtype)
+    ctx = sdpa_kernel(backends or backend_priority(q_att.shape[2]), set_priority=True) if q.is_cuda else nullcontext()
     with ctx:
-        o_rot = torch.nn.functional.scaled_dot_product_attention(
-            q_rot, k_rot, v_rot, attn_mask=attn_mask, scale=scale,
-            enable_gqa=q_rot.shape[1] != k_rot.shape[1])
-    if signs_v is not None and signs_k is not None:
-        out = (o_rot @ signs_v) * d ** -0.5
-    else:
-        out = (o_rot.float() @ v_spec.rotation.to(q.device)).to(q.dtype)
-    return out if layout == "BHSD" else out.transpose(1, 2)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q_att, k_att, v_att, attn_mask=attn_mask, scale=scale, enable_gqa=q_att.shape[1] != k_att.shape[1])
+    if layout == "BSHD":
+        out = out.transpose(1, 2)
+    return out.to(q.dtype) if unrotate_kv else rotate(out, v_spec, inverse=True).to(q.dtype)
+
+
+def rotate(x: torch.Tensor, spec: KernelSpec, inverse: bool = False) -> torch.Tensor:
+    """``x @ R.T`` (``inverse``: ``x @ R``) in ``x``'s dtype: a half-precision GEMM with the exact +-1
+    matrix ``H diag(s)`` and ``1/sqrt(d)`` applied in its fp32 epilogue for a Hadamard rotation, else
+    in float32."""
+    signs = sign_matrix(spec, x.device, x.dtype)
+    if signs is None:
+        r = spec.rotation.to(x.device)
+        return (x.float() @ (r if inverse else r.T)).to(x.dtype)
+    m = signs if inverse else signs.T
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.addmm(rows.new_zeros(()), rows, m, beta=0, alpha=spec.head_dim ** -0.5)
+    return out.view(x.shape)
 
 
 def attention_decoded_reference(q: torch.Tensor, k_hat: torch.Tensor, v_hat: torch.Tensor,

@@ -1,0 +1,56 @@
+"""Decode-then-attend's choice of which side to rotate: Q and the output (K/V at least as many vectors
+as Q) or K and V back to the original basis (fewer, e.g. cross-attention to a short prompt). Both
+against float32 attention on the reference-decoded K/V, relative RMS <= 1e-3 (as the other kernels)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from octopus_diffusers.codecs import get_codec
+from octopus_diffusers.kernels.attention_decoded import decoded_attention, rotate
+from octopus_diffusers.kernels.attention_fused import attention_fused_reference
+from octopus_diffusers.kernels.codec_spec import kernel_spec
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("name", ["octopus", "turboquant"])
+@pytest.mark.parametrize(("nq", "nkv"), [(8, 48), (48, 8)], ids=["rotate_q", "unrotate_kv"])
+@pytest.mark.parametrize("layout", ["BHSD", "BSHD"])
+def test_both_rotation_sides_match_the_reference(name, nq, nkv, layout):
+    g = torch.Generator().manual_seed(0)
+    ck, cv = get_codec(name, 64, 3, seed=1), get_codec(name, 64, 3, seed=2)
+    q = torch.randn(1, 4, nq, 64, generator=g).half().to(DEVICE)
+    k = torch.randn(1, 2, nkv, 64, generator=g).half().to(DEVICE)
+    v = torch.randn(1, 2, nkv, 64, generator=g).half().to(DEVICE)
+    mask = (torch.rand(1, 1, nq, nkv, generator=g) > 0.3).to(DEVICE)
+    mask[..., 0] = True
+    kp, vp = ck.encode(k), cv.encode(v)
+    k_hat = ck.decode(dataclasses.replace(kp, dtype=torch.float32))
+    v_hat = cv.decode(dataclasses.replace(vp, dtype=torch.float32))
+    ref = attention_fused_reference(q, k_hat, v_hat, mask)
+    if layout == "BSHD":
+        q_in = q.transpose(1, 2).contiguous()
+        kp, vp = (ck.encode(k.transpose(1, 2).contiguous()), cv.encode(v.transpose(1, 2).contiguous()))
+        out = decoded_attention(q_in, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, layout="BSHD").transpose(1, 2)
+    else:
+        out = decoded_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask)
+    assert out.dtype == torch.float16 and out.shape == q.shape
+    assert ((out.float() - ref).norm() / ref.norm()).item() <= 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_rotate_and_its_inverse_are_the_codec_rotation(dtype):
+    codec = get_codec("turboquant", 64, 3)
+    spec = kernel_spec(codec)
+    x = torch.randn(3, 5, 64).to(dtype)
+    r = spec.rotation.double()
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6}[dtype]
+    y = rotate(x, spec)
+    assert y.dtype == dtype and y.shape == x.shape
+    torch.testing.assert_close(y.double(), x.double() @ r.T, rtol=0, atol=tol * x.abs().max().item())
+    torch.testing.assert_close(rotate(y, spec, inverse=True).double(), y.double() @ r, rtol=0,
+                               atol=tol * y.abs().max().item())
