@@ -10,11 +10,13 @@ PyTorch reference codecs.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from octopus_diffusers.codecs import Codec, CodecError, PackedTensor
+
+from .tl_helpers import LOOKUP_GATHER
 
 #: head_dims the kernels implement (power-of-two tiles; every model in performance.md uses one).
 KERNEL_HEAD_DIMS = (64, 128)
@@ -179,3 +181,37 @@ def plane_width(head_dim: int) -> int:
     """Padded triplet count per plane: the next power of two >= ceil(d / 3) (64 for d = 128)."""
     n = (head_dim + 2) // 3
     return 1 << (n - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """Launch choices of the encode kernels (OCTOPUS and TurboQuant); none changes the codes.
+
+    ``block_rows`` rows per block; ``lookup`` a ``tl_helpers.LOOKUP_*`` codebook read; ``search``:
+    binary-search nearest index instead of compare chains; ``pack8``: gather-free packing
+    (``tl_helpers.pack_groups8``); ``programs_per_sm`` > 0: persistent programs (that many per SM)
+    looping over blocks, reading the sign matrix once each; ``num_warps`` per program."""
+
+    block_rows: int = 16
+    lookup: int = LOOKUP_GATHER
+    search: bool = False
+    pack8: bool = False
+    programs_per_sm: int = 0
+    num_warps: int = 4
+
+
+def launch_grid(n_blocks: int, programs_per_sm: int, device: torch.device) -> tuple[int, bool]:
+    """``(programs, loop)``: one program per block, or at most ``programs_per_sm`` per SM looping."""
+    if programs_per_sm <= 0:
+        return n_blocks, False
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    return max(1, min(n_blocks, sms * programs_per_sm)), True
+
+
+def default_config(cfg: EncodeConfig | None, gpu_config: EncodeConfig, gpu_rows: int) -> EncodeConfig:
+    """``cfg``, else the GPU launch (its rows from ``gpu_rows``, which a tuner may have set) or the CPU one."""
+    if cfg is not None:
+        return cfg
+    if torch.cuda.is_available():
+        return replace(gpu_config, block_rows=gpu_rows)
+    return EncodeConfig()

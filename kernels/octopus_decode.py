@@ -15,6 +15,8 @@ codebooks held in registers, unfolds the octahedron, normalises and scales by rh
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 import triton
 import triton.language as tl
@@ -23,24 +25,39 @@ from octopus_diffusers.codecs import CodecError, PackedTensor
 
 from .codec_spec import OctopusSpec, check_packed, kernel_spec, plane_width, reference_rotated
 from .tl_exact import norm3
-from .tl_helpers import load_codebook, lookup, lookup_any, octahedral_unfold, unpack_field
+from .tl_helpers import (LOOKUP_GATHER, codebook_for, load_codebook, lookup,
+                         lookup_any, lookup_mode, octahedral_unfold, unpack_field, unpack_groups8)
+
+
+@triton.jit
+def octopus_unit_triplets(v, cbx, cbe, cbr, BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr,
+                          SELECT: tl.constexpr):
+    """Octahedron point ``p`` and scale ``rho / ||p||`` of packed triplet fields ``v`` (any shape;
+    ``SELECT`` a ``LOOKUP_*`` mode): fast arithmetic (one reciprocal square root), within float32
+    rounding of the reference. The unit vector times rho is ``p * scale``."""
+    xi = lookup_any(cbx, v & ((1 << BX) - 1), 1 << BX, SELECT)
+    eta = lookup_any(cbe, (v >> BX) & ((1 << BE) - 1), 1 << BE, SELECT)
+    rho = lookup_any(cbr, v >> (BX + BE), 1 << BR, SELECT)
+    x, y, z = octahedral_unfold(xi, eta)
+    return x, y, z, rho * tl.rsqrt(x * x + y * y + z * z)
 
 
 @triton.jit
 def octopus_planes_tile(row_ptr, row_mask, cbx, cbe, cbr, T: tl.constexpr, TP: tl.constexpr,
                         BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr,
-                        SELECT: tl.constexpr = False):
+                        SELECT: tl.constexpr = False, GROUPED: tl.constexpr = False):
     """Rotated unit vectors of a tile of packed rows as three float32 ``[R, TP]`` planes (x, y, z of
     each triplet; zero beyond ``T``), for attention. Fast arithmetic (one reciprocal square root per
-    triplet): within float32 rounding of the reference, not bit-exact."""
+    triplet): within float32 rounding of the reference, not bit-exact. ``GROUPED``: read the fields
+    in groups of 8 (:func:`unpack_groups8`) instead of one or two byte loads per field."""
     i = tl.arange(0, TP)[None, :]
     valid = i < T
-    v = unpack_field(row_ptr, i * (BX + BE + BR), row_mask & valid, NBYTES, BX + BE + BR)
-    xi = lookup_any(cbx, v & ((1 << BX) - 1), 1 << BX, SELECT)
-    eta = lookup_any(cbe, (v >> BX) & ((1 << BE) - 1), 1 << BE, SELECT)
-    rho = lookup_any(cbr, v >> (BX + BE), 1 << BR, SELECT)
-    x, y, z = octahedral_unfold(xi, eta)
-    r = tl.where(valid, rho * tl.rsqrt(x * x + y * y + z * z), 0.0)
+    if GROUPED:
+        v = unpack_groups8(row_ptr, row_mask, TP, BX + BE + BR, NBYTES)
+    else:
+        v = unpack_field(row_ptr, i * (BX + BE + BR), row_mask & valid, NBYTES, BX + BE + BR)
+    x, y, z, r = octopus_unit_triplets(v, cbx, cbe, cbr, BX, BE, BR, SELECT)
+    r = tl.where(valid, r, 0.0)
     return x * r, y * r, z * r
 
 
@@ -49,7 +66,7 @@ def _octopus_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS,
                            D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BX: tl.constexpr,
                            BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr,
                            SCALE_BY_NORM: tl.constexpr, EXACT: tl.constexpr, SELECT: tl.constexpr,
-                           BLOCK_R: tl.constexpr):
+                           BLOCK_R: tl.constexpr, GROUPED: tl.constexpr = False):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = rows < N_ROWS
     i = tl.arange(0, TP)[None, :]
@@ -66,12 +83,11 @@ def _octopus_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS,
         x = tl.div_rn(x, nrm) * rho
         y = tl.div_rn(y, nrm) * rho
         z = tl.div_rn(z, nrm) * rho
-    elif SELECT:
-        x, y, z = octopus_planes_tile(row_ptr, r_mask[:, None], CBX, CBE, CBR, T, TP, BX, BE, BR, NBYTES, True)
     else:
-        x, y, z = octopus_planes_tile(row_ptr, r_mask[:, None], load_codebook(CBX, BLOCK_R, 1 << BX),
-                                      load_codebook(CBE, BLOCK_R, 1 << BE), load_codebook(CBR, BLOCK_R, 1 << BR),
-                                      T, TP, BX, BE, BR, NBYTES)
+        x, y, z = octopus_planes_tile(row_ptr, r_mask[:, None], codebook_for(CBX, BLOCK_R, 1 << BX, SELECT),
+                                      codebook_for(CBE, BLOCK_R, 1 << BE, SELECT),
+                                      codebook_for(CBR, BLOCK_R, 1 << BR, SELECT), T, TP, BX, BE, BR, NBYTES,
+                                      SELECT, GROUPED)
     if SCALE_BY_NORM:
         g = tl.load(NORMS + rows, mask=r_mask, other=0.0).to(tl.float32)[:, None]
         x, y, z = x * g, y * g, z * g
@@ -82,51 +98,108 @@ def _octopus_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS,
     tl.store(out + 2, z.to(OUT.dtype.element_ty), mask=m & (3 * i + 2 < D))
 
 
-#: Rows (vectors) per program on the GPU, measured by the benchmark's "tune" section on the H100
-#: (docs/kernels/run4_compile_crash.log, fast decode, 3 bits, 1.3 M vectors): 8 rows 0.947 ms, 16 rows
-#: 1.724, 32 rows 3.092, 64 rows 3.053 — every triplet plane is a register tile, more rows spill.
-GPU_BLOCK_ROWS = 8
+@triton.jit
+def _octopus_decode_flat_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS, D: tl.constexpr,
+                                T: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr,
+                                NBYTES: tl.constexpr, SCALE_BY_NORM: tl.constexpr, SELECT: tl.constexpr,
+                                BLOCK_T: tl.constexpr):
+    """Fast decode over a flat range of ``BLOCK_T`` triplets (row ``t // T``, triplet ``t % T``): no
+    lanes wasted on the padding of a power-of-two plane (43 triplets in 64 at d = 128), every store
+    of a warp covers one contiguous stretch of the output. ``SELECT``: select or load lookups (int32
+    triplet numbers: the launcher checks ``N_ROWS * T < 2**31``)."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row = t // T
+    j = t - row * T
+    m = row < N_ROWS
+    row64 = row.to(tl.int64)
+    v = unpack_field(CODES + row64 * s_c, j * (BX + BE + BR), m, NBYTES, BX + BE + BR)
+    x, y, z, r = octopus_unit_triplets(v, CBX, CBE, CBR, BX, BE, BR, SELECT)
+    if SCALE_BY_NORM:
+        r = r * tl.load(NORMS + row, mask=m, other=0.0).to(tl.float32)
+    x, y, z = x * r, y * r, z * r
+    out = OUT + row64 * s_o + 3 * j
+    tl.store(out, x.to(OUT.dtype.element_ty), mask=m)
+    tl.store(out + 1, y.to(OUT.dtype.element_ty), mask=m & (3 * j + 1 < D))
+    tl.store(out + 2, z.to(OUT.dtype.element_ty), mask=m & (3 * j + 2 < D))
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Launch choices of the fast (attention) OCTOPUS decode; none changes the values.
+
+    ``flat``: :func:`_octopus_decode_flat_kernel` with ``block`` triplets per program; else the row-tile
+    kernel with ``block`` rows and ``grouped`` unpacking. The lookup mode comes from the caller
+    (``select_lookup``: True = select chain, False = gather, or a ``tl_helpers.LOOKUP_*``)."""
+
+    flat: bool = False
+    block: int = 8
+    grouped: bool = False
+    num_warps: int = 4
+
+
+#: The fast decode's GPU launch, measured on the H100 (docs/kernels/codec_pass.md). Before that pass:
+#: 8 rows per program (run 4, select lookups, 3 bits, 1.3 M vectors: 8 rows 0.947 ms, 16 rows 1.724,
+#: 32 rows 3.092, 64 rows 3.053 -- every triplet plane is a register tile, more rows spill).
+GPU_CONFIG = DecodeConfig(flat=False, block=8)
+#: Backwards-compatible name of the row-tile GPU rows per program (the benchmark's "tune" sets it).
+GPU_BLOCK_ROWS = GPU_CONFIG.block
 #: The tl.gather path (the exact decode) keeps 64 rows: Triton 3.6 aborts compiling a gather of a
 #: 2-entry codebook over 8 or 16 rows ("GatherLoweringHelper(op).isWarpLocal()" assertion,
 #: docs/kernels/run4_compile_crash.log, run5a_compile_crash.log); 64 rows compiled for 2-4 bits (runs
-#: 1-3). The select path (used by attention) has no such limit.
+#: 1-3). The select and load lookups have no such limit.
 MIN_GATHER_ROWS = 64
+#: Under the interpreter: 16-row tiles.
+CPU_CONFIG = DecodeConfig(flat=False, block=16)
+
+_CODEBOOKS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
 
-def _block_rows(gather: bool) -> int:
-    if not torch.cuda.is_available():
-        return 16
-    return max(GPU_BLOCK_ROWS, MIN_GATHER_ROWS) if gather else GPU_BLOCK_ROWS
+def _codebooks(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The three codebooks on ``device`` (cached: no host copy per call)."""
+    key = (spec, device)
+    if key not in _CODEBOOKS:
+        _CODEBOOKS[key] = tuple(c.to(device) for c in (spec.xi_codebook, spec.eta_codebook, spec.rho_codebook))
+    return _CODEBOOKS[key]
 
 
 def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusSpec,
                         out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False,
                         out: torch.Tensor | None = None, exact: bool = True,
-                        select_lookup: bool = False) -> torch.Tensor:
+                        select_lookup: bool | int = False, config: DecodeConfig | None = None) -> torch.Tensor:
     """Rotated reconstruction of every row of ``codes`` ``(..., nbytes)``: ``(..., d)`` in ``out_dtype``
     (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``); written into ``out`` (rows x d) if given.
     ``exact=False`` (attention) uses one reciprocal square root per triplet instead of the reference's
     IEEE divisions (within float32 rounding of the reference); ``select_lookup`` (fast path only) reads
-    the codebooks by compare-select chains instead of ``tl.gather``."""
+    the codebooks by compare-select chains (True), ``tl.gather`` (False) or loads (``LOOKUP_LOAD``);
+    ``config`` (fast path only) the launch (default: the measured GPU one)."""
     if codes.dtype != torch.uint8 or codes.shape[-1] != spec.nbytes:
         raise CodecError(f"octopus kernel: expected uint8 codes (..., {spec.nbytes}), got {codes.dtype} "
                          f"{tuple(codes.shape)}")
     lead = codes.shape[:-1]
     c2 = codes.reshape(-1, spec.nbytes)
     n2 = norms.reshape(-1)
+    n = c2.shape[0]
     if out is None:
-        out = torch.empty((c2.shape[0], spec.head_dim), device=codes.device, dtype=out_dtype)
-    elif out.shape != (c2.shape[0], spec.head_dim) or out.stride(-1) != 1:
-        raise CodecError(f"decode: out must be ({c2.shape[0]}, {spec.head_dim}) with unit last stride")
-    dev = codes.device
-    br = _block_rows(gather=exact or not select_lookup)
-    grid = (triton.cdiv(c2.shape[0], br),)
-    if c2.shape[0]:
-        _octopus_decode_kernel[grid](
-            c2, c2.stride(0), n2, out, out.stride(0), spec.xi_codebook.to(dev), spec.eta_codebook.to(dev),
-            spec.rho_codebook.to(dev), c2.shape[0], D=spec.head_dim, T=spec.n_triplets,
-            TP=plane_width(spec.head_dim), BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
-            SCALE_BY_NORM=scale_by_norm, EXACT=exact, SELECT=select_lookup, BLOCK_R=br, num_warps=4, enable_fp_fusion=not exact)
+        out = torch.empty((n, spec.head_dim), device=codes.device, dtype=out_dtype)
+    elif out.shape != (n, spec.head_dim) or out.stride(-1) != 1:
+        raise CodecError(f"decode: out must be ({n}, {spec.head_dim}) with unit last stride")
+    mode = LOOKUP_GATHER if exact else lookup_mode(select_lookup)
+    cfg = config or (replace(GPU_CONFIG, block=GPU_BLOCK_ROWS) if torch.cuda.is_available() else CPU_CONFIG)
+    cbx, cbe, cbr = _codebooks(spec, codes.device)
+    if not n:
+        return out.reshape(*lead, spec.head_dim)
+    common = dict(D=spec.head_dim, T=spec.n_triplets, BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
+                  SCALE_BY_NORM=scale_by_norm, SELECT=mode, num_warps=cfg.num_warps, enable_fp_fusion=not exact)
+    if cfg.flat and mode != LOOKUP_GATHER and n * spec.n_triplets < 2 ** 31:
+        _octopus_decode_flat_kernel[(triton.cdiv(n * spec.n_triplets, cfg.block),)](
+            c2, c2.stride(0), n2, out, out.stride(0), cbx, cbe, cbr, n, BLOCK_T=cfg.block, **common)
+    else:
+        br = 16 if cfg.flat else cfg.block
+        if mode == LOOKUP_GATHER and torch.cuda.is_available():
+            br = max(br, MIN_GATHER_ROWS)
+        _octopus_decode_kernel[(triton.cdiv(n, br),)](
+            c2, c2.stride(0), n2, out, out.stride(0), cbx, cbe, cbr, n, TP=plane_width(spec.head_dim),
+            EXACT=exact, BLOCK_R=br, GROUPED=cfg.grouped and not exact, **common)
     return out.reshape(*lead, spec.head_dim)
 
 

@@ -25,30 +25,35 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import OctopusSpec, kernel_spec, packed_meta, plane_width
+from .codec_spec import EncodeConfig, OctopusSpec, default_config, kernel_spec, launch_grid, packed_meta, plane_width
 from .tl_exact import norm3
-from .tl_helpers import (load_codebook, lookup, octahedral_unfold, pack_fields_to_bytes, sign_nonzero)
+from .tl_helpers import (codebook_for, lookup_any, nearest_any,
+                         octahedral_unfold, pack_fields_to_bytes, pack_groups8, sign_nonzero)
 
 
 @triton.jit
-def _nearest(v, THR, N_THR: tl.constexpr):
-    """Index of the nearest sorted centroid = number of midpoints strictly below v (ties low),
-    as ``torch.bucketize(v, midpoints)``."""
-    idx = tl.zeros(v.shape, dtype=tl.int32)
-    for k in tl.static_range(N_THR):
-        idx += (v > tl.load(THR + k)).to(tl.int32)
-    return idx
+def _candidate(xi_c, eta_c, c_xi, c_eta, t0, t1, t2, best, b_xi, b_eta, EXACT: tl.constexpr):
+    """One joint-rounding candidate: its cosine-like score against the triplet, kept if strictly better."""
+    ux, uy, uz = octahedral_unfold(xi_c, eta_c)
+    if EXACT:
+        nrm = norm3(ux, uy, uz)
+        s = tl.div_rn(ux, nrm) * t0 + tl.div_rn(uy, nrm) * t1 + tl.div_rn(uz, nrm) * t2
+    else:
+        s = (ux * t0 + uy * t1 + uz * t2) * tl.rsqrt(ux * ux + uy * uy + uz * uz)
+    better = s > best
+    return tl.where(better, s, best), tl.where(better, c_xi, b_xi), tl.where(better, c_eta, b_eta)
 
 
 @triton.jit
 def _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R: tl.constexpr,
                        BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, JOINT: tl.constexpr,
-                       EXACT: tl.constexpr):
+                       EXACT: tl.constexpr, LOOKUP: tl.constexpr = 0, SEARCH: tl.constexpr = False):
     """Field values ``i_xi | i_eta << BX | i_rho << (BX + BE)`` of triplets ``(t0, t1, t2)``.
 
     ``EXACT``: the reference's float32 operations (FMA-exact norms, IEEE divisions); otherwise the
     GPU's fast forms (one reciprocal square root per candidate), for the fused-rotation path whose
-    codes are already allowed to differ at near-ties."""
+    codes are already allowed to differ at near-ties. ``LOOKUP`` (a ``tl_helpers.LOOKUP_*`` mode) and
+    ``SEARCH`` (binary-search nearest index) change how tables are read, never the result."""
     if EXACT:
         rho = norm3(t0, t1, t2)
     else:
@@ -68,47 +73,53 @@ def _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R: 
     lower = dz < 0
     xi = tl.where(lower, sign_nonzero(px) * (1.0 - tl.abs(py)), px)
     eta = tl.where(lower, sign_nonzero(py) * (1.0 - tl.abs(px)), py)
-    j_xi = _nearest(xi, THX, (1 << BX) - 1)
-    j_eta = _nearest(eta, THE, (1 << BE) - 1)
+    j_xi = nearest_any(xi, THX, BX, SEARCH)
+    j_eta = nearest_any(eta, THE, BE, SEARCH)
     if JOINT:
-        cbx = load_codebook(CBX, BLOCK_R, 1 << BX)
-        cbe = load_codebook(CBE, BLOCK_R, 1 << BE)
+        cbx = codebook_for(CBX, BLOCK_R, 1 << BX, LOOKUP)
+        cbe = codebook_for(CBE, BLOCK_R, 1 << BE, LOOKUP)
+        # The 3 xi and 3 eta neighbours are read once (6 lookups, not 12), then the 9 candidates are
+        # scored in the reference's order (xi outer, eta inner); strict '>' keeps the first maximum.
+        cx0 = tl.maximum(j_xi - 1, 0)
+        cx2 = tl.minimum(j_xi + 1, (1 << BX) - 1)
+        ce0 = tl.maximum(j_eta - 1, 0)
+        ce2 = tl.minimum(j_eta + 1, (1 << BE) - 1)
+        x0 = lookup_any(cbx, cx0, 1 << BX, LOOKUP)
+        x1 = lookup_any(cbx, j_xi, 1 << BX, LOOKUP)
+        x2 = lookup_any(cbx, cx2, 1 << BX, LOOKUP)
+        e0 = lookup_any(cbe, ce0, 1 << BE, LOOKUP)
+        e1 = lookup_any(cbe, j_eta, 1 << BE, LOOKUP)
+        e2 = lookup_any(cbe, ce2, 1 << BE, LOOKUP)
         best = tl.full(t0.shape, float("-inf"), dtype=tl.float32)
         b_xi = j_xi
         b_eta = j_eta
-        # Candidates in the reference's order (a outer, b inner); strict '>' keeps the first maximum.
-        for a in tl.static_range(3):
-            c_xi = tl.minimum(tl.maximum(j_xi + (a - 1), 0), (1 << BX) - 1)
-            xi_c = lookup(cbx, c_xi)
-            for b in tl.static_range(3):
-                c_eta = tl.minimum(tl.maximum(j_eta + (b - 1), 0), (1 << BE) - 1)
-                ux, uy, uz = octahedral_unfold(xi_c, lookup(cbe, c_eta))
-                if EXACT:
-                    nrm = norm3(ux, uy, uz)
-                    s = tl.div_rn(ux, nrm) * t0 + tl.div_rn(uy, nrm) * t1 + tl.div_rn(uz, nrm) * t2
-                else:
-                    s = (ux * t0 + uy * t1 + uz * t2) * tl.rsqrt(ux * ux + uy * uy + uz * uz)
-                better = s > best
-                best = tl.where(better, s, best)
-                b_xi = tl.where(better, c_xi, b_xi)
-                b_eta = tl.where(better, c_eta, b_eta)
+        best, b_xi, b_eta = _candidate(x0, e0, cx0, ce0, t0, t1, t2, best, b_xi, b_eta, EXACT)
+        best, b_xi, b_eta = _candidate(x0, e1, cx0, j_eta, t0, t1, t2, best, b_xi, b_eta, EXACT)
+        best, b_xi, b_eta = _candidate(x0, e2, cx0, ce2, t0, t1, t2, best, b_xi, b_eta, EXACT)
+        best, b_xi, b_eta = _candidate(x1, e0, j_xi, ce0, t0, t1, t2, best, b_xi, b_eta, EXACT)
+        best, b_xi, b_eta = _candidate(x1, e1, j_xi, j_eta, t0, t1, t2, best, b_xi, b_eta, EXACT)
+        best, b_xi, b_eta = _candidate(x1, e2, j_xi, ce2, t0, t1, t2, best, b_xi, b_eta, EXACT)
+        best, b_xi, b_eta = _candidate(x2, e0, cx2, ce0, t0, t1, t2, best, b_xi, b_eta, EXACT)
+        best, b_xi, b_eta = _candidate(x2, e1, cx2, j_eta, t0, t1, t2, best, b_xi, b_eta, EXACT)
+        best, b_xi, b_eta = _candidate(x2, e2, cx2, ce2, t0, t1, t2, best, b_xi, b_eta, EXACT)
         j_xi = b_xi
         j_eta = b_eta
-        j_rho = _nearest(best, THR_RHO, (1 << BR) - 1)
+        j_rho = nearest_any(best, THR_RHO, BR, SEARCH)
     else:
-        j_rho = _nearest(rho, THR_RHO, (1 << BR) - 1)
+        j_rho = nearest_any(rho, THR_RHO, BR, SEARCH)
     v = j_xi | (j_eta << BX) | (j_rho << (BX + BE))
     return tl.where(valid, v, 0)
 
 
 @triton.jit
-def _octopus_encode_kernel(X, s_x, GAMMA, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d,
-                           CBX, CBE, THX, THE, THR_RHO, N_ROWS,
-                           D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BX: tl.constexpr,
-                           BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr,
-                           NBYTES_PAD: tl.constexpr, JOINT: tl.constexpr, FUSED_ROTATION: tl.constexpr,
-                           EXACT: tl.constexpr, BLOCK_R: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+def _encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, s0, s1, s2, inv_sqrt_d, CBX, CBE, THX, THE, THR_RHO,
+                  N_ROWS, D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BX: tl.constexpr,
+                  BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr,
+                  JOINT: tl.constexpr, FUSED_ROTATION: tl.constexpr, EXACT: tl.constexpr,
+                  BLOCK_R: tl.constexpr, LOOKUP: tl.constexpr, SEARCH: tl.constexpr, PACK8: tl.constexpr):
+    """Encode rows ``[blk * BLOCK_R, (blk + 1) * BLOCK_R)``; ``s0, s1, s2`` are the sign-matrix planes
+    (fused rotation; already loaded by the caller so that a program looping over blocks reads them once)."""
+    rows = blk * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = rows < N_ROWS
     i = tl.arange(0, TP)[None, :]
     valid = i < T
@@ -121,19 +132,53 @@ def _octopus_encode_kernel(X, s_x, GAMMA, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt
         gamma = tl.sqrt(tl.sum(xf * xf, 1))
         tl.store(NORMS_OUT + rows, gamma.to(NORMS_OUT.dtype.element_ty), mask=r_mask)
         inv = inv_sqrt_d / tl.where(gamma > 0, gamma, 1.0)
-        s_rows = SIGNS + j[:, None] * (3 * TP) + tl.arange(0, TP)[None, :]
-        xd = x.to(SIGNS.dtype.element_ty)
-        t0 = tl.dot(xd, tl.load(s_rows)) * inv[:, None]
-        t1 = tl.dot(xd, tl.load(s_rows + TP)) * inv[:, None]
-        t2 = tl.dot(xd, tl.load(s_rows + 2 * TP)) * inv[:, None]
+        xd = x.to(s0.dtype)
+        t0 = tl.dot(xd, s0) * inv[:, None]
+        t1 = tl.dot(xd, s1) * inv[:, None]
+        t2 = tl.dot(xd, s2) * inv[:, None]
     else:
         m = r_mask[:, None] & valid
         t0 = tl.load(x_rows + 3 * i, mask=m & (3 * i < D), other=0.0)
         t1 = tl.load(x_rows + 3 * i + 1, mask=m & (3 * i + 1 < D), other=0.0)
         t2 = tl.load(x_rows + 3 * i + 2, mask=m & (3 * i + 2 < D), other=0.0)
-    v = _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R, BX, BE, BR, JOINT, EXACT)
-    pack_fields_to_bytes(v, CODES + rows[:, None].to(tl.int64) * s_c, r_mask[:, None], T, T, BX + BE + BR,
-                         BX + BE + BR, NBYTES, NBYTES_PAD)
+    v = _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R, BX, BE, BR, JOINT, EXACT,
+                           LOOKUP, SEARCH)
+    out_rows = CODES + rows[:, None].to(tl.int64) * s_c
+    if PACK8:
+        pack_groups8(v, out_rows, r_mask[:, None], BX + BE + BR, NBYTES)
+    else:
+        pack_fields_to_bytes(v, out_rows, r_mask[:, None], T, T, BX + BE + BR, BX + BE + BR, NBYTES, NBYTES_PAD)
+
+
+@triton.jit
+def _octopus_encode_kernel(X, s_x, GAMMA, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d,
+                           CBX, CBE, THX, THE, THR_RHO, N_ROWS,
+                           D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BX: tl.constexpr,
+                           BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr,
+                           NBYTES_PAD: tl.constexpr, JOINT: tl.constexpr, FUSED_ROTATION: tl.constexpr,
+                           EXACT: tl.constexpr, BLOCK_R: tl.constexpr, LOOKUP: tl.constexpr = 0,
+                           SEARCH: tl.constexpr = False, PACK8: tl.constexpr = False,
+                           LOOP: tl.constexpr = False):
+    """Encode ``BLOCK_R`` rows per program, or (``LOOP``) every ``num_programs``-th block of rows from
+    ``program_id`` on, with the sign matrix read once per program instead of once per block."""
+    if FUSED_ROTATION:
+        s_rows = SIGNS + tl.arange(0, D)[:, None] * (3 * TP) + tl.arange(0, TP)[None, :]
+        s0 = tl.load(s_rows)
+        s1 = tl.load(s_rows + TP)
+        s2 = tl.load(s_rows + 2 * TP)
+    else:
+        s0 = SIGNS
+        s1 = SIGNS
+        s2 = SIGNS
+    if LOOP:
+        for blk in range(tl.program_id(0), tl.cdiv(N_ROWS, BLOCK_R), tl.num_programs(0)):
+            _encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, s0, s1, s2, inv_sqrt_d, CBX, CBE, THX, THE,
+                          THR_RHO, N_ROWS, D, T, TP, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION,
+                          EXACT, BLOCK_R, LOOKUP, SEARCH, PACK8)
+    else:
+        _encode_block(tl.program_id(0), X, s_x, NORMS_OUT, CODES, s_c, s0, s1, s2, inv_sqrt_d, CBX, CBE, THX,
+                      THE, THR_RHO, N_ROWS, D, T, TP, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION,
+                      EXACT, BLOCK_R, LOOKUP, SEARCH, PACK8)
 
 
 _TABLES: dict[tuple, tuple[torch.Tensor, ...]] = {}
@@ -162,19 +207,17 @@ def _tables(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]
     return _TABLES[key]
 
 
-#: Rows (vectors) per program on the GPU, measured by the benchmark's "tune" section on the H100
-#: (docs/kernels/run4_compile_crash.log, fused rotation, 3 bits): 16 rows 10.2 ms, 32 rows 14.1, 64 rows
-#: 27.8 (register spills). 16 is also the smallest tile tl.dot takes.
-GPU_BLOCK_ROWS = 16
+#: The GPU launch, measured on the H100 (docs/kernels/codec_pass.md). Before that pass: 16 rows per
+#: program (run 4: 16 rows 10.2 ms, 32 rows 14.1, 64 rows 27.8: register spills), gather lookups.
+GPU_CONFIG = EncodeConfig()
+#: Backwards-compatible name of the GPU rows per program (the benchmark's "tune" section sets it).
+GPU_BLOCK_ROWS = GPU_CONFIG.block_rows
 
 
-def _block_rows() -> int:
-    return GPU_BLOCK_ROWS if torch.cuda.is_available() else 16
-
-
-def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False) -> PackedTensor:
+def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
+                   config: EncodeConfig | None = None) -> PackedTensor:
     """GPU path of ``codec.encode(x)``: the same :class:`PackedTensor` (see the module docstring for
-    what ``fused_rotation`` changes)."""
+    what ``fused_rotation`` changes; ``config`` changes only the speed)."""
     spec = kernel_spec(codec)
     codec.check_input(x)
     lead = x.shape[:-1]
@@ -199,14 +242,17 @@ def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False) -> Pack
         src = (codec.rotation.forward(x32) / torch.where(gamma > 0, gamma, 1.0)[..., None]).contiguous()
         norms = gamma.to(norms_dtype)
         sign_mat = planes
-    br = _block_rows()
+    cfg = default_config(config, GPU_CONFIG, GPU_BLOCK_ROWS)
     if n:
-        _octopus_encode_kernel[(triton.cdiv(n, br),)](
+        programs, loop = launch_grid(triton.cdiv(n, cfg.block_rows), cfg.programs_per_sm, dev)
+        _octopus_encode_kernel[(programs,)](
             src, src.stride(0), src, norms, codes, codes.stride(0), sign_mat, spec.head_dim ** -0.5,
             cbx, cbe, thx, the, thr, n, D=spec.head_dim, T=spec.n_triplets, TP=plane_width(spec.head_dim),
             BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
             NBYTES_PAD=triton.next_power_of_2(spec.nbytes), JOINT=spec.joint_rounding,
-            FUSED_ROTATION=fused_rotation, EXACT=not fused_rotation, BLOCK_R=br, num_warps=4, enable_fp_fusion=fused_rotation)
+            FUSED_ROTATION=fused_rotation, EXACT=not fused_rotation, BLOCK_R=cfg.block_rows,
+            LOOKUP=cfg.lookup, SEARCH=cfg.search, PACK8=cfg.pack8, LOOP=loop, num_warps=cfg.num_warps,
+            enable_fp_fusion=fused_rotation)
     return PackedTensor("octopus", tuple(x.shape), x.dtype,
                         {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},
                         packed_meta(codec))

@@ -6,8 +6,14 @@ Everything here is a ``@triton.jit`` function inlined into the kernels that call
   (the layout of ``octopus_diffusers.codecs.packing``);
 * :func:`unpack_grouped` reads all fields of one width per row with one load per code byte (not two per
   field), for widths whose fields tile whole bytes in groups (attention's TurboQuant keys/values);
-* :func:`lookup` reads a codebook held in registers with ``tl.gather`` (a table read through
-  ``tl.load(table_ptr + idx)`` inside an attention loop collapses throughput 13x, performance.md);
+* :func:`lookup_any` reads a codebook by one of three constexpr modes (``LOOKUP_*``): ``tl.gather`` from
+  registers (:func:`lookup`), a compare-select chain (:func:`lookup_select`), or a load from the tiny
+  global table (``tl.load(table_ptr + idx)``, L1-resident: slow inside an attention loop, 13x there
+  per performance.md, but measured fastest in the streaming codec kernels, docs/kernels/codec_pass.md);
+* :func:`nearest_search` is ``torch.bucketize`` against sorted midpoints by a binary search over a
+  global table, exactly equal to counting the midpoints below the value;
+* :func:`pack_groups8` / :func:`unpack_groups8` store / read ``W``-bit fields in groups of 8 (= ``W``
+  bytes) without ``tl.gather``, any ``W`` (OCTOPUS triplets of 7-13 bits, TurboQuant 2-4 bits);
 * :func:`octahedral_unfold` is the inverse octahedral map without normalisation;
 * :func:`pack_fields_to_bytes` is the inverse of :func:`unpack_field` for a tile of fields (one width,
   or two: TurboQuant's fractional rates give the first channels one bit more).
@@ -19,6 +25,8 @@ import math
 
 import triton
 import triton.language as tl
+
+from octopus_diffusers.codecs import CodecError
 
 
 @triton.jit
@@ -106,15 +114,76 @@ def lookup_select(cb_ptr, idx, SIZE: tl.constexpr):
     return val
 
 
+#: Codebook read modes of :func:`lookup_any` (its ``SELECT`` argument; ``False``/``True`` keep meaning
+#: gather/select for older callers).
+LOOKUP_GATHER = 0
+LOOKUP_SELECT = 1
+LOOKUP_LOAD = 2
+
+
+def lookup_mode(select_lookup: bool | int) -> int:
+    """``tl_helpers.LOOKUP_*`` of a ``select_lookup`` argument (False: gather, True: select, or a mode)."""
+    mode = int(select_lookup)
+    if mode not in (LOOKUP_GATHER, LOOKUP_SELECT, LOOKUP_LOAD):
+        raise CodecError(f"decode: unknown lookup mode {select_lookup!r} (False/True or a tl_helpers.LOOKUP_*)")
+    return mode
+
+
 @triton.jit
 def lookup_any(cb, idx, SIZE: tl.constexpr, SELECT: tl.constexpr):
-    """:func:`lookup_select` (``cb`` a pointer) or :func:`lookup` (``cb`` from :func:`load_codebook`)."""
+    """``codebook[idx]`` by mode ``SELECT``: ``LOOKUP_LOAD`` (``cb`` a pointer: one global load per
+    element from the L1-resident table), ``LOOKUP_SELECT`` (``cb`` a pointer: :func:`lookup_select`) or
+    ``LOOKUP_GATHER`` (``cb`` from :func:`load_codebook`: :func:`lookup`). All give identical values."""
     # if/else, not an early return: the compiler visits code after a constexpr-if's return.
-    if SELECT:
+    if SELECT == 2:
+        val = tl.load(cb + idx)
+    elif SELECT:
         val = lookup_select(cb, idx, SIZE)
     else:
         val = lookup(cb, idx)
     return val
+
+
+@triton.jit
+def codebook_for(cb_ptr, ROWS: tl.constexpr, SIZE: tl.constexpr, MODE: tl.constexpr):
+    """What :func:`lookup_any` takes as ``cb`` in mode ``MODE``: the register tile for a gather, else
+    the pointer itself."""
+    if MODE == 0:
+        cb = load_codebook(cb_ptr, ROWS, SIZE)
+    else:
+        cb = cb_ptr
+    return cb
+
+
+@triton.jit
+def nearest_search(v, THR, BITS: tl.constexpr):
+    """Number of the ``2**BITS - 1`` sorted midpoints ``THR`` strictly below ``v`` (``torch.bucketize``,
+    ties low), by a ``BITS``-step binary search with one table load per step. Equal to counting
+    ``v > THR[k]`` over all k because the midpoints are sorted (the predicate is monotone in k)."""
+    idx = tl.zeros(v.shape, dtype=tl.int32)
+    for s in tl.static_range(BITS):
+        step = 1 << (BITS - 1 - s)
+        idx = tl.where(v > tl.load(THR + idx + (step - 1)), idx + step, idx)
+    return idx
+
+
+@triton.jit
+def nearest_count(v, THR, BITS: tl.constexpr):
+    """The same count as :func:`nearest_search` by ``2**BITS - 1`` compares against scalar midpoints."""
+    idx = tl.zeros(v.shape, dtype=tl.int32)
+    for k in tl.static_range((1 << BITS) - 1):
+        idx += (v > tl.load(THR + k)).to(tl.int32)
+    return idx
+
+
+@triton.jit
+def nearest_any(v, THR, BITS: tl.constexpr, SEARCH: tl.constexpr):
+    """:func:`nearest_search` (``SEARCH``) or :func:`nearest_count`: identical indices."""
+    if SEARCH:
+        idx = nearest_search(v, THR, BITS)
+    else:
+        idx = nearest_count(v, THR, BITS)
+    return idx
 
 
 @triton.jit
@@ -166,3 +235,91 @@ def pack_fields_to_bytes(values, out_row_ptr, row_mask, N_FIELDS: tl.constexpr, 
         part = tl.where(sh >= 0, v << tl.maximum(sh, 0), v >> tl.maximum(-sh, 0))
         acc = acc | tl.where(ok, part & 0xFF, 0)
     tl.store(out_row_ptr + byte, acc.to(tl.uint8), mask=row_mask & (byte < NBYTES))
+
+
+@triton.jit
+def _split8(values):
+    """The 8 fields of each group of a ``[R, G * 8]`` tile as eight ``[R, G]`` tiles (field e of group
+    g is column ``8 g + e``)."""
+    v = tl.reshape(values, (values.shape[0], values.shape[1] // 8, 2, 2, 2))  # (R, G, e2, e1, e0)
+    p, q = tl.split(v)  # e0 = 0 / 1
+    p0, p1 = tl.split(p)  # e1
+    q0, q1 = tl.split(q)
+    f0, f4 = tl.split(p0)  # e2
+    f2, f6 = tl.split(p1)
+    f1, f5 = tl.split(q0)
+    f3, f7 = tl.split(q1)
+    return f0, f1, f2, f3, f4, f5, f6, f7
+
+
+@triton.jit
+def _join8(f0, f1, f2, f3, f4, f5, f6, f7):
+    """Inverse of :func:`_split8`: eight ``[R, G]`` tiles as one ``[R, G * 8]`` tile."""
+    b0 = tl.join(tl.join(f0, f4), tl.join(f2, f6))  # (R, G, e2, e1) at e0 = 0
+    b1 = tl.join(tl.join(f1, f5), tl.join(f3, f7))
+    v = tl.join(b0, b1)
+    return tl.reshape(v, (f0.shape[0], f0.shape[1] * 8))
+
+
+@triton.jit
+def _shifted(f, SH: tl.constexpr, W: tl.constexpr):
+    """The bits of a ``W``-bit field that land in a byte whose bit 0 is at field bit ``-SH``
+    (``SH`` = field offset - byte offset), unmasked; 0 where they do not overlap."""
+    if SH >= 8 or SH <= -W:
+        r = f * 0
+    elif SH >= 0:
+        r = f << SH
+    else:
+        r = f >> (-SH)
+    return r
+
+
+@triton.jit
+def _group_byte(f0, f1, f2, f3, f4, f5, f6, f7, B: tl.constexpr, W: tl.constexpr):
+    """Byte ``B`` of a group of eight LSB-first ``W``-bit fields."""
+    acc = _shifted(f0, 0 - 8 * B, W) | _shifted(f1, W - 8 * B, W) | _shifted(f2, 2 * W - 8 * B, W)
+    acc = acc | _shifted(f3, 3 * W - 8 * B, W) | _shifted(f4, 4 * W - 8 * B, W)
+    acc = acc | _shifted(f5, 5 * W - 8 * B, W) | _shifted(f6, 6 * W - 8 * B, W)
+    acc = acc | _shifted(f7, 7 * W - 8 * B, W)
+    return acc & 0xFF
+
+
+@triton.jit
+def pack_groups8(values, out_row_ptr, row_mask, W: tl.constexpr, NBYTES: tl.constexpr):
+    """Store int32 ``[R, F]`` fields (``F`` a multiple of 8, each < 2**W, zero past the real fields) as
+    LSB-first packed bytes, bytes ``>= NBYTES`` dropped: the fields are split into 8 tiles of one field
+    per group (reshape + split), and each of a group's ``W`` bytes is ORed from the 2-3 fields that
+    overlap it with constexpr shifts: no ``tl.gather`` (the inverse of :func:`unpack_groups8`)."""
+    f0, f1, f2, f3, f4, f5, f6, f7 = _split8(values)
+    g_off = tl.arange(0, values.shape[1] // 8)[None, :] * W
+    for b in tl.static_range(W):
+        byte = _group_byte(f0, f1, f2, f3, f4, f5, f6, f7, b, W)
+        tl.store(out_row_ptr + g_off + b, byte.to(tl.uint8), mask=row_mask & (g_off + b < NBYTES))
+
+
+@triton.jit
+def _field_of_bytes(row_ptr, g_off, row_mask, E: tl.constexpr, W: tl.constexpr, NBYTES: tl.constexpr):
+    """Field ``E`` of every group (int32 ``[R, G]``), from the 2-3 bytes it spans."""
+    B0: tl.constexpr = (E * W) // 8
+    B1: tl.constexpr = (E * W + W - 1) // 8
+    v = tl.load(row_ptr + g_off + B0, mask=row_mask & (g_off + B0 < NBYTES), other=0).to(tl.int32)
+    for b in tl.static_range(B0 + 1, B1 + 1):
+        nxt = tl.load(row_ptr + g_off + b, mask=row_mask & (g_off + b < NBYTES), other=0).to(tl.int32)
+        v = v | (nxt << (8 * (b - B0)))
+    return (v >> ((E * W) % 8)) & ((1 << W) - 1)
+
+
+@triton.jit
+def unpack_groups8(row_ptr, row_mask, F: tl.constexpr, W: tl.constexpr, NBYTES: tl.constexpr):
+    """All ``F`` LSB-first ``W``-bit fields of each packed row (int32 ``[R, F]``, ``F`` a multiple of 8;
+    bytes ``>= NBYTES`` read as 0): each group's ``W`` bytes are read once per field that spans them and
+    the fields joined back in order (no per-element offsets or gathers)."""
+    g_off = tl.arange(0, F // 8)[None, :] * W
+    return _join8(_field_of_bytes(row_ptr, g_off, row_mask, 0, W, NBYTES),
+                  _field_of_bytes(row_ptr, g_off, row_mask, 1, W, NBYTES),
+                  _field_of_bytes(row_ptr, g_off, row_mask, 2, W, NBYTES),
+                  _field_of_bytes(row_ptr, g_off, row_mask, 3, W, NBYTES),
+                  _field_of_bytes(row_ptr, g_off, row_mask, 4, W, NBYTES),
+                  _field_of_bytes(row_ptr, g_off, row_mask, 5, W, NBYTES),
+                  _field_of_bytes(row_ptr, g_off, row_mask, 6, W, NBYTES),
+                  _field_of_bytes(row_ptr, g_off, row_mask, 7, W, NBYTES))

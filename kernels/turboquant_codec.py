@@ -18,15 +18,17 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import TurboQuantSpec, check_packed, kernel_spec, packed_meta, reference_rotated
-from .tl_helpers import field_offset, load_codebook, lookup_any, pack_fields_to_bytes, unpack_field
+from .codec_spec import (EncodeConfig, TurboQuantSpec, check_packed, default_config, kernel_spec, launch_grid,
+                         packed_meta, reference_rotated)
+from .tl_helpers import (LOOKUP_GATHER, codebook_for, field_groups, field_offset, lookup_any, lookup_mode, nearest_any,
+                         pack_fields_to_bytes, pack_groups8, unpack_field, unpack_grouped)
 
 
 @triton.jit
 def tq_tile(row_ptr, row_mask, cb_hi, cb_lo, D: tl.constexpr, N_HI: tl.constexpr, B_HI: tl.constexpr,
             B_LO: tl.constexpr, NBYTES: tl.constexpr, SELECT: tl.constexpr = False):
     """Rotated unit vectors of a tile of packed rows: float32 ``[R, D]`` (codebooks from
-    :func:`codebook_or_pointer`, ``cb_lo`` unused at an integer rate)."""
+    :func:`codebook_for`, ``cb_lo`` unused at an integer rate)."""
     j = tl.arange(0, D)[None, :]
     idx = unpack_field(row_ptr, field_offset(j, N_HI, B_HI, B_LO), row_mask, NBYTES, B_HI)
     if B_HI == B_LO:
@@ -38,16 +40,19 @@ def tq_tile(row_ptr, row_mask, cb_hi, cb_lo, D: tl.constexpr, N_HI: tl.constexpr
 @triton.jit
 def _tq_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CB_HI, CB_LO, N_ROWS, D: tl.constexpr,
                       N_HI: tl.constexpr, B_HI: tl.constexpr, B_LO: tl.constexpr, NBYTES: tl.constexpr,
-                      SCALE_BY_NORM: tl.constexpr, SELECT: tl.constexpr, BLOCK_R: tl.constexpr):
+                      SCALE_BY_NORM: tl.constexpr, SELECT: tl.constexpr, BLOCK_R: tl.constexpr,
+                      GE: tl.constexpr = 0, GB: tl.constexpr = 0):
+    """``SELECT`` a ``tl_helpers.LOOKUP_*`` mode; ``GE > 0``: one width, fields read in byte groups
+    (:func:`unpack_grouped`), else per field."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = rows < N_ROWS
-    if SELECT:
-        y = tq_tile(CODES + rows[:, None].to(tl.int64) * s_c, r_mask[:, None], CB_HI, CB_LO,
-                    D, N_HI, B_HI, B_LO, NBYTES, True)
+    row_ptr = CODES + rows[:, None].to(tl.int64) * s_c
+    cb_hi = codebook_for(CB_HI, BLOCK_R, 1 << B_HI, SELECT)
+    if GE > 0:
+        y = lookup_any(cb_hi, unpack_grouped(row_ptr, r_mask[:, None], D, B_HI, GE, GB), 1 << B_HI, SELECT)
     else:
-        y = tq_tile(CODES + rows[:, None].to(tl.int64) * s_c, r_mask[:, None],
-                    load_codebook(CB_HI, BLOCK_R, 1 << B_HI), load_codebook(CB_LO, BLOCK_R, 1 << B_LO),
-                    D, N_HI, B_HI, B_LO, NBYTES)
+        y = tq_tile(row_ptr, r_mask[:, None], cb_hi, codebook_for(CB_LO, BLOCK_R, 1 << B_LO, SELECT),
+                    D, N_HI, B_HI, B_LO, NBYTES, SELECT)
     if SCALE_BY_NORM:
         y = y * tl.load(NORMS + rows, mask=r_mask, other=0.0).to(tl.float32)[:, None]
     tl.store(OUT + rows[:, None].to(tl.int64) * s_o + tl.arange(0, D)[None, :], y.to(OUT.dtype.element_ty),
@@ -55,20 +60,12 @@ def _tq_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CB_HI, CB_LO, N_ROWS, D: tl.c
 
 
 @triton.jit
-def _nearest(v, THR, N_THR: tl.constexpr):
-    """Number of midpoints strictly below v (``torch.bucketize``: ties go low)."""
-    idx = tl.zeros(v.shape, dtype=tl.int32)
-    for k in tl.static_range(N_THR):
-        idx += (v > tl.load(THR + k)).to(tl.int32)
-    return idx
-
-
-@triton.jit
-def _tq_encode_kernel(X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, THR_HI, THR_LO, N_ROWS,
-                      D: tl.constexpr, N_HI: tl.constexpr, B_HI: tl.constexpr, B_LO: tl.constexpr,
-                      NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr, FUSED_ROTATION: tl.constexpr,
-                      BLOCK_R: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+def _tq_encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, signs, inv_sqrt_d, THR_HI, THR_LO, N_ROWS,
+                     D: tl.constexpr, N_HI: tl.constexpr, B_HI: tl.constexpr, B_LO: tl.constexpr,
+                     NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr, FUSED_ROTATION: tl.constexpr,
+                     BLOCK_R: tl.constexpr, SEARCH: tl.constexpr, PACK8: tl.constexpr):
+    """Encode rows ``[blk * BLOCK_R, (blk + 1) * BLOCK_R)`` (``signs``: the loaded sign matrix)."""
+    rows = blk * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = rows < N_ROWS
     j = tl.arange(0, D)
     x = tl.load(X + rows[:, None].to(tl.int64) * s_x + j[None, :], mask=r_mask[:, None], other=0.0)
@@ -76,15 +73,38 @@ def _tq_encode_kernel(X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, THR_HI, 
         xf = x.to(tl.float32)
         gamma = tl.sqrt(tl.sum(xf * xf, 1))
         tl.store(NORMS_OUT + rows, gamma.to(NORMS_OUT.dtype.element_ty), mask=r_mask)
-        s = tl.load(SIGNS + j[:, None] * D + j[None, :])
-        y = tl.dot(x.to(SIGNS.dtype.element_ty), s) * (inv_sqrt_d / tl.where(gamma > 0, gamma, 1.0))[:, None]
+        y = tl.dot(x.to(signs.dtype), signs) * (inv_sqrt_d / tl.where(gamma > 0, gamma, 1.0))[:, None]
     else:
         y = x
-    idx = _nearest(y, THR_HI, (1 << B_HI) - 1)
+    idx = nearest_any(y, THR_HI, B_HI, SEARCH)
     if B_HI != B_LO:
-        idx = tl.where(j[None, :] < N_HI, idx, _nearest(y, THR_LO, (1 << B_LO) - 1))
-    pack_fields_to_bytes(idx, CODES + rows[:, None].to(tl.int64) * s_c, r_mask[:, None], D, N_HI, B_HI, B_LO,
-                         NBYTES, NBYTES_PAD)
+        idx = tl.where(j[None, :] < N_HI, idx, nearest_any(y, THR_LO, B_LO, SEARCH))
+    out_rows = CODES + rows[:, None].to(tl.int64) * s_c
+    if PACK8:
+        pack_groups8(idx, out_rows, r_mask[:, None], B_HI, NBYTES)
+    else:
+        pack_fields_to_bytes(idx, out_rows, r_mask[:, None], D, N_HI, B_HI, B_LO, NBYTES, NBYTES_PAD)
+
+
+@triton.jit
+def _tq_encode_kernel(X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, THR_HI, THR_LO, N_ROWS,
+                      D: tl.constexpr, N_HI: tl.constexpr, B_HI: tl.constexpr, B_LO: tl.constexpr,
+                      NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr, FUSED_ROTATION: tl.constexpr,
+                      BLOCK_R: tl.constexpr, SEARCH: tl.constexpr = False, PACK8: tl.constexpr = False,
+                      LOOP: tl.constexpr = False):
+    """``BLOCK_R`` rows per program, or (``LOOP``) every ``num_programs``-th block from ``program_id``
+    on with the sign matrix read once per program; ``PACK8`` only for one width (``B_HI == B_LO``)."""
+    if FUSED_ROTATION:
+        signs = tl.load(SIGNS + tl.arange(0, D)[:, None] * D + tl.arange(0, D)[None, :])
+    else:
+        signs = SIGNS
+    if LOOP:
+        for blk in range(tl.program_id(0), tl.cdiv(N_ROWS, BLOCK_R), tl.num_programs(0)):
+            _tq_encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, signs, inv_sqrt_d, THR_HI, THR_LO, N_ROWS, D,
+                             N_HI, B_HI, B_LO, NBYTES, NBYTES_PAD, FUSED_ROTATION, BLOCK_R, SEARCH, PACK8)
+    else:
+        _tq_encode_block(tl.program_id(0), X, s_x, NORMS_OUT, CODES, s_c, signs, inv_sqrt_d, THR_HI, THR_LO,
+                         N_ROWS, D, N_HI, B_HI, B_LO, NBYTES, NBYTES_PAD, FUSED_ROTATION, BLOCK_R, SEARCH, PACK8)
 
 
 _TABLES: dict[tuple, tuple] = {}
@@ -107,25 +127,26 @@ def _tables(spec: TurboQuantSpec, device: torch.device) -> tuple:
     return _TABLES[key]
 
 
-#: Rows (vectors) per program on the GPU, measured by the benchmark's "tune" section on the H100
-#: (docs/kernels/run4_compile_crash.log, 3 bits): encode 16 rows 1.93 ms, 32 rows 2.01, 64 rows 2.56;
-#: decode 16 rows 0.232 ms, 32 rows 0.294, 64 rows 0.272, 128 rows 0.290.
-GPU_BLOCK_ROWS = 16
+#: Launches measured on the H100 (docs/kernels/codec_pass.md). Before that pass (run 4, 3 bits): encode
+#: 16 rows 1.93 ms, 32 rows 2.01, 64 rows 2.56; decode 16 rows 0.232 ms, 32 rows 0.294, 64 rows 0.272.
+GPU_CONFIG = EncodeConfig()
+GPU_BLOCK_ROWS = GPU_CONFIG.block_rows
+#: Decode: rows per program and byte-group unpacking (one width only).
 GPU_DECODE_BLOCK_ROWS = 16
+GPU_DECODE_GROUPED = False
 #: The tl.gather path keeps >= 64 rows: with 16 rows, 2- and 2.5-bit codebooks (4 entries) failed the
 #: GPU tests (docs/kernels/tests_final_run1.log), as OCTOPUS's gather did (octopus_decode.MIN_GATHER_ROWS).
 MIN_GATHER_ROWS = 64
 
 
-def _block_rows() -> int:
-    return GPU_BLOCK_ROWS if torch.cuda.is_available() else 16
-
-
 def tq_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: TurboQuantSpec,
                    out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False,
-                   out: torch.Tensor | None = None, select_lookup: bool = False) -> torch.Tensor:
+                   out: torch.Tensor | None = None, select_lookup: bool | int = False,
+                   block_rows: int | None = None, grouped: bool | None = None) -> torch.Tensor:
     """Rotated reconstruction of every row of ``codes`` ``(..., nbytes)``: ``(..., d)`` in ``out_dtype``
-    (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``); written into ``out`` (rows x d) if given."""
+    (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``); written into ``out`` (rows x d) if given.
+    ``select_lookup``: codebook read (False gather, True select, or a ``tl_helpers.LOOKUP_*``);
+    ``block_rows`` / ``grouped`` (byte-group unpacking, one width only) override the GPU launch."""
     if codes.dtype != torch.uint8 or codes.shape[-1] != spec.nbytes:
         raise CodecError(f"turboquant kernel: expected uint8 codes (..., {spec.nbytes}), got {codes.dtype} "
                          f"{tuple(codes.shape)}")
@@ -136,15 +157,19 @@ def tq_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: TurboQuantSpe
     elif out.shape != (c2.shape[0], spec.head_dim) or out.stride(-1) != 1:
         raise CodecError(f"decode: out must be ({c2.shape[0]}, {spec.head_dim}) with unit last stride")
     cb_hi, cb_lo, *_ = _tables(spec, codes.device)
-    if not torch.cuda.is_available():
-        br = 16
-    else:
-        br = GPU_DECODE_BLOCK_ROWS if select_lookup else max(GPU_DECODE_BLOCK_ROWS, MIN_GATHER_ROWS)
+    mode = lookup_mode(select_lookup)
+    gpu = torch.cuda.is_available()
+    br = block_rows or (GPU_DECODE_BLOCK_ROWS if gpu else 16)
+    if mode == LOOKUP_GATHER and gpu:
+        br = max(br, MIN_GATHER_ROWS)
+    ge, gb = field_groups(spec.bits_hi, spec.head_dim) if spec.bits_hi == spec.bits_lo else (0, 0)
+    if not (GPU_DECODE_GROUPED if grouped is None else grouped):
+        ge, gb = 0, 0
     if c2.shape[0]:
         _tq_decode_kernel[(triton.cdiv(c2.shape[0], br),)](
             c2, c2.stride(0), n2, out, out.stride(0), cb_hi, cb_lo, c2.shape[0], D=spec.head_dim,
             N_HI=spec.n_high, B_HI=spec.bits_hi, B_LO=spec.bits_lo, NBYTES=spec.nbytes,
-            SCALE_BY_NORM=scale_by_norm, SELECT=select_lookup, BLOCK_R=br, num_warps=4)
+            SCALE_BY_NORM=scale_by_norm, SELECT=mode, BLOCK_R=br, GE=ge, GB=gb, num_warps=4)
     return out.reshape(*lead, spec.head_dim)
 
 
@@ -156,8 +181,10 @@ def tq_decode(codec, packed: PackedTensor) -> torch.Tensor:
     return (codec.rotation.inverse(y_hat) * packed.fields["norms"].to(torch.float32)[..., None]).to(packed.dtype)
 
 
-def tq_encode(codec, x: torch.Tensor, fused_rotation: bool = False) -> PackedTensor:
-    """GPU path of ``codec.encode(x)`` (see the module docstring for ``fused_rotation``)."""
+def tq_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
+              config: EncodeConfig | None = None) -> PackedTensor:
+    """GPU path of ``codec.encode(x)`` (see the module docstring for ``fused_rotation``; ``config``
+    changes only the speed)."""
     spec = kernel_spec(codec)
     codec.check_input(x)
     lead = x.shape[:-1]
@@ -178,13 +205,15 @@ def tq_encode(codec, x: torch.Tensor, fused_rotation: bool = False) -> PackedTen
         gamma = torch.linalg.vector_norm(x32, dim=-1)
         src = (codec.rotation.forward(x32) / torch.where(gamma > 0, gamma, 1.0)[..., None]).contiguous()
         norms, sign_mat = gamma.to(codec.norm_dtype), signs
-    br = _block_rows()
+    cfg = default_config(config, GPU_CONFIG, GPU_BLOCK_ROWS)
     if n:
-        _tq_encode_kernel[(triton.cdiv(n, br),)](
+        programs, loop = launch_grid(triton.cdiv(n, cfg.block_rows), cfg.programs_per_sm, dev)
+        _tq_encode_kernel[(programs,)](
             src, src.stride(0), norms, codes, codes.stride(0), sign_mat, spec.head_dim ** -0.5, thr_hi, thr_lo,
             n, D=spec.head_dim, N_HI=spec.n_high, B_HI=spec.bits_hi, B_LO=spec.bits_lo, NBYTES=spec.nbytes,
-            NBYTES_PAD=triton.next_power_of_2(spec.nbytes), FUSED_ROTATION=fused_rotation, BLOCK_R=br,
-            num_warps=4, enable_fp_fusion=False)
+            NBYTES_PAD=triton.next_power_of_2(spec.nbytes), FUSED_ROTATION=fused_rotation,
+            BLOCK_R=cfg.block_rows, SEARCH=cfg.search, PACK8=cfg.pack8 and spec.bits_hi == spec.bits_lo,
+            LOOP=loop, num_warps=cfg.num_warps, enable_fp_fusion=False)
     return PackedTensor(codec.name, tuple(x.shape), x.dtype,
                         {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},
                         packed_meta(codec))

@@ -136,3 +136,75 @@ def test_fast_rotated_decode_for_attention(name, head_dim, bits, options, select
     got = decode_rotated(packed, kernel_spec(codec), torch.float16, select_lookup=select)
     ref = reference_rotated(codec, packed.to("cpu"))
     torch.testing.assert_close(got.cpu().float(), ref, rtol=2e-3, atol=2e-3)
+
+
+# ---- launch variants (docs/kernels/codec_pass.md): each must give exactly the default's result ----
+from octopus_diffusers.kernels.codec_spec import EncodeConfig  # noqa: E402
+from octopus_diffusers.kernels.octopus_decode import DecodeConfig  # noqa: E402
+from octopus_diffusers.kernels.tl_helpers import LOOKUP_GATHER, LOOKUP_LOAD, LOOKUP_SELECT  # noqa: E402
+
+ENCODE_VARIANTS = {
+    "select-search": EncodeConfig(lookup=LOOKUP_SELECT, search=True),
+    "load-pack8": EncodeConfig(lookup=LOOKUP_LOAD, pack8=True),
+    "load-search-pack8-loop": EncodeConfig(block_rows=16, lookup=LOOKUP_LOAD, search=True, pack8=True,
+                                           programs_per_sm=1),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(ENCODE_VARIANTS))
+@pytest.mark.parametrize("name,head_dim,bits,options", [CASES[0], CASES[2], CASES[5], CASES[7]],
+                         ids=[IDS[0], IDS[2], IDS[5], IDS[7]])
+def test_encode_variants_give_identical_codes(name, head_dim, bits, options, variant):
+    """Lookup mode, binary-search rounding, gather-free packing and the persistent row loop change
+    only the speed: codes and norms equal the default launch's bit for bit (both rotation paths;
+    70 rows = 5 blocks of 16 over 2 looping programs under the interpreter, the last block partial)."""
+    codec = get_codec(name, head_dim, bits, seed=3, **options)
+    encode, _, _ = _kernels(name)
+    x = _data(head_dim, torch.float16, rows=70)
+    for fused in (False, True):
+        base = encode(codec, x, fused_rotation=fused)
+        got = encode(codec, x, fused_rotation=fused, config=ENCODE_VARIANTS[variant])
+        assert torch.equal(got.fields["codes"], base.fields["codes"])
+        assert torch.equal(got.fields["norms"], base.fields["norms"])
+
+
+DECODE_VARIANTS = [("row-select", True, DecodeConfig(block=8)), ("row-load", LOOKUP_LOAD, DecodeConfig(block=8)),
+                   ("row-load-grouped", LOOKUP_LOAD, DecodeConfig(block=8, grouped=True)),
+                   ("flat-select", LOOKUP_SELECT, DecodeConfig(flat=True, block=128)),
+                   ("flat-load", LOOKUP_LOAD, DecodeConfig(flat=True, block=256))]
+
+
+@pytest.mark.parametrize("label,mode,config", DECODE_VARIANTS, ids=[v[0] for v in DECODE_VARIANTS])
+@pytest.mark.parametrize("head_dim,bits", [(64, 2), (128, 3), (128, 4)])
+def test_octopus_fast_decode_variants_agree(label, mode, config, head_dim, bits):
+    """Every lookup mode and layout of the fast decode writes the same values as the gather row tile."""
+    codec = get_codec("octopus", head_dim, bits, seed=6)
+    packed = codec.encode(_data(head_dim, torch.float16, rows=26))
+    spec = kernel_spec(codec)
+    codes, norms = packed.fields["codes"], packed.fields["norms"]
+    base = octopus_decode_rows(codes, norms, spec, torch.float16, scale_by_norm=True, exact=False,
+                               select_lookup=LOOKUP_GATHER, config=DecodeConfig(block=16))
+    out = torch.full((codes.numel() // spec.nbytes, head_dim), float("nan"), device=DEVICE, dtype=torch.float16)
+    got = octopus_decode_rows(codes, norms, spec, torch.float16, scale_by_norm=True, exact=False,
+                              select_lookup=mode, config=config, out=out)
+    assert torch.equal(got, base)
+
+
+@pytest.mark.parametrize("mode", [LOOKUP_SELECT, LOOKUP_LOAD])
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("bits", [2, 3, 4, 2.5])
+def test_turboquant_decode_variants_agree(mode, grouped, bits):
+    codec = get_codec("turboquant", 64, bits, seed=6)
+    packed = codec.encode(_data(64, torch.float16, rows=20))
+    spec = kernel_spec(codec)
+    args = (packed.fields["codes"], packed.fields["norms"], spec, torch.float16, True)
+    base = tq_decode_rows(*args, select_lookup=LOOKUP_GATHER)
+    assert torch.equal(tq_decode_rows(*args, select_lookup=mode, grouped=grouped, block_rows=8), base)
+
+
+def test_unknown_lookup_mode_is_refused():
+    codec = get_codec("octopus", 64, 3)
+    packed = codec.encode(_data(64))
+    with pytest.raises(CodecError, match="lookup mode"):
+        octopus_decode_rows(packed.fields["codes"], packed.fields["norms"], kernel_spec(codec), exact=False,
+                            select_lookup=7)
