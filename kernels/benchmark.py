@@ -156,12 +156,16 @@ def _sdpa(backend):
 
 
 def bench_attention(rows: list, shapes=ATTENTION_SHAPES, dtypes=(torch.float16, torch.bfloat16),
-                    codecs=CODECS, rep: int = 100, methods=("fused", "decoded")) -> None:
+                    codecs=CODECS, rep: int = 100, methods=("fused", "decoded"), copy_gbs: float = math.nan) -> None:
+    """SDPA and our two paths per shape. With the copy bandwidth known, each shape also gets the time
+    reading its fp16 K/V once takes at that bandwidth, as a share of the best SDPA time: the most that
+    any compression of K/V can save there (a compute-bound shape has a small share)."""
     from torch.nn.attention import SDPBackend
 
     print(f"\n{'shape':<24}{'dtype':>6}{'method':>22}{'ms':>9}{'TFLOP/s':>9}{'vs best':>8}{'err':>9}")
     for shape_name, b, hq, hkv, nq, nkv, d in shapes:
         flops = 4 * b * hq * nq * nkv * d
+        kv_read_ms = 2 * (2 * b * hkv * nkv * d) / copy_gbs / 1e6  # K and V, fp16, read once
         big = flops > 2e14
         for dtype in dtypes:
             if big and dtype == torch.bfloat16:
@@ -178,6 +182,12 @@ def bench_attention(rows: list, shapes=ATTENTION_SHAPES, dtypes=(torch.float16, 
                 except RuntimeError as exc:  # backend refuses this shape/dtype
                     print(f"  {label} unavailable: {str(exc).splitlines()[0][:80]}")
             best = min(base.values())
+            if math.isfinite(kv_read_ms):
+                rows.append({"section": "attention_bound", "shape_name": shape_name, "dtype": str(dtype),
+                             "kv_fp16_read_ms": kv_read_ms, "best_sdpa_ms": best,
+                             "kv_read_share_of_sdpa": kv_read_ms / best})
+                print(f"{shape_name:<24}{str(dtype)[6:]:>6}  fp16 K/V read at copy bandwidth: {kv_read_ms:.3f} ms "
+                      f"= {100 * kv_read_ms / best:.1f} % of the best SDPA")
             for label, ms in base.items():
                 rows.append({"section": "attention", "shape_name": shape_name, "shape": [b, hq, hkv, nq, nkv, d],
                              "dtype": str(dtype), "method": label, "ms": ms, "TFLOPs": flops / ms / 1e9})
@@ -329,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     env = _env()
     print(json.dumps(env))
     t0 = time.time()
-    copy_gbs = bench_copy(rows) if "copy" in sections or "codec" in sections else math.nan
+    copy_gbs = bench_copy(rows) if {"copy", "codec", "attention"} & set(sections) else math.nan
     if "tune" in sections:
         tune_block_rows(rows)
     if "codec" in sections:
@@ -337,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     if "attention" in sections:
         wanted = set(args.shapes.split(",")) if args.shapes else None
         bench_attention(rows, [s for s in ATTENTION_SHAPES if wanted is None or s[0] in wanted],
-                        methods=tuple(args.methods.split(",")))
+                        methods=tuple(args.methods.split(",")), copy_gbs=copy_gbs)
     if "variants" in sections:
         bench_variants(rows)
     if "crossover" in sections:
