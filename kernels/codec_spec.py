@@ -190,7 +190,8 @@ class EncodeConfig:
     ``block_rows`` rows per block; ``lookup`` a ``tl_helpers.LOOKUP_*`` codebook read; ``search``:
     binary-search nearest index instead of compare chains; ``pack8``: gather-free packing
     (``tl_helpers.pack_groups8``); ``programs_per_sm`` > 0: persistent programs (that many per SM)
-    looping over blocks, reading the sign matrix once each; ``num_warps`` per program."""
+    looping over blocks; ``num_warps`` per program; ``split`` (OCTOPUS, fused rotation with ``pack8``):
+    triplets in two tiles (43 = 32 + 16) instead of one padded to 64."""
 
     block_rows: int = 16
     lookup: int = LOOKUP_GATHER
@@ -198,6 +199,7 @@ class EncodeConfig:
     pack8: bool = False
     programs_per_sm: int = 0
     num_warps: int = 4
+    split: bool = False
 
 
 def launch_grid(n_blocks: int, programs_per_sm: int, device: torch.device) -> tuple[int, bool]:

@@ -32,8 +32,9 @@ from .tl_helpers import (codebook_for, lookup_any, nearest_any,
 
 
 @triton.jit
-def _candidate(xi_c, eta_c, c_xi, c_eta, t0, t1, t2, best, b_xi, b_eta, EXACT: tl.constexpr):
-    """One joint-rounding candidate: its cosine-like score against the triplet, kept if strictly better."""
+def _candidate(xi_c, eta_c, K: tl.constexpr, t0, t1, t2, best, best_k, EXACT: tl.constexpr):
+    """Joint-rounding candidate number ``K``: its cosine-like score against the triplet, kept (as its
+    number, not its indices: fewer live registers) if strictly better."""
     ux, uy, uz = octahedral_unfold(xi_c, eta_c)
     if EXACT:
         nrm = norm3(ux, uy, uz)
@@ -41,7 +42,7 @@ def _candidate(xi_c, eta_c, c_xi, c_eta, t0, t1, t2, best, b_xi, b_eta, EXACT: t
     else:
         s = (ux * t0 + uy * t1 + uz * t2) * tl.rsqrt(ux * ux + uy * uy + uz * uz)
     better = s > best
-    return tl.where(better, s, best), tl.where(better, c_xi, b_xi), tl.where(better, c_eta, b_eta)
+    return tl.where(better, s, best), tl.where(better, K, best_k)
 
 
 @triton.jit
@@ -78,32 +79,28 @@ def _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R: 
     if JOINT:
         cbx = codebook_for(CBX, BLOCK_R, 1 << BX, LOOKUP)
         cbe = codebook_for(CBE, BLOCK_R, 1 << BE, LOOKUP)
-        # The 3 xi and 3 eta neighbours are read once (6 lookups, not 12), then the 9 candidates are
-        # scored in the reference's order (xi outer, eta inner); strict '>' keeps the first maximum.
-        cx0 = tl.maximum(j_xi - 1, 0)
-        cx2 = tl.minimum(j_xi + 1, (1 << BX) - 1)
-        ce0 = tl.maximum(j_eta - 1, 0)
-        ce2 = tl.minimum(j_eta + 1, (1 << BE) - 1)
-        x0 = lookup_any(cbx, cx0, 1 << BX, LOOKUP)
-        x1 = lookup_any(cbx, j_xi, 1 << BX, LOOKUP)
-        x2 = lookup_any(cbx, cx2, 1 << BX, LOOKUP)
-        e0 = lookup_any(cbe, ce0, 1 << BE, LOOKUP)
+        # Candidate K = 3 a + b is (j_xi + a - 1, j_eta + b - 1), clamped, scored in the reference's
+        # order (xi outer, eta inner); strict '>' keeps the first maximum. The 3 eta neighbours are read
+        # once, each xi neighbour once (6 lookups, not 12); the winner is kept as its number K.
+        e0 = lookup_any(cbe, tl.maximum(j_eta - 1, 0), 1 << BE, LOOKUP)
         e1 = lookup_any(cbe, j_eta, 1 << BE, LOOKUP)
-        e2 = lookup_any(cbe, ce2, 1 << BE, LOOKUP)
+        e2 = lookup_any(cbe, tl.minimum(j_eta + 1, (1 << BE) - 1), 1 << BE, LOOKUP)
         best = tl.full(t0.shape, float("-inf"), dtype=tl.float32)
-        b_xi = j_xi
-        b_eta = j_eta
-        best, b_xi, b_eta = _candidate(x0, e0, cx0, ce0, t0, t1, t2, best, b_xi, b_eta, EXACT)
-        best, b_xi, b_eta = _candidate(x0, e1, cx0, j_eta, t0, t1, t2, best, b_xi, b_eta, EXACT)
-        best, b_xi, b_eta = _candidate(x0, e2, cx0, ce2, t0, t1, t2, best, b_xi, b_eta, EXACT)
-        best, b_xi, b_eta = _candidate(x1, e0, j_xi, ce0, t0, t1, t2, best, b_xi, b_eta, EXACT)
-        best, b_xi, b_eta = _candidate(x1, e1, j_xi, j_eta, t0, t1, t2, best, b_xi, b_eta, EXACT)
-        best, b_xi, b_eta = _candidate(x1, e2, j_xi, ce2, t0, t1, t2, best, b_xi, b_eta, EXACT)
-        best, b_xi, b_eta = _candidate(x2, e0, cx2, ce0, t0, t1, t2, best, b_xi, b_eta, EXACT)
-        best, b_xi, b_eta = _candidate(x2, e1, cx2, j_eta, t0, t1, t2, best, b_xi, b_eta, EXACT)
-        best, b_xi, b_eta = _candidate(x2, e2, cx2, ce2, t0, t1, t2, best, b_xi, b_eta, EXACT)
-        j_xi = b_xi
-        j_eta = b_eta
+        best_k = tl.full(t0.shape, 4, dtype=tl.int32)  # the centre, as the reference's argmax of all-NaN
+        xa = lookup_any(cbx, tl.maximum(j_xi - 1, 0), 1 << BX, LOOKUP)
+        best, best_k = _candidate(xa, e0, 0, t0, t1, t2, best, best_k, EXACT)
+        best, best_k = _candidate(xa, e1, 1, t0, t1, t2, best, best_k, EXACT)
+        best, best_k = _candidate(xa, e2, 2, t0, t1, t2, best, best_k, EXACT)
+        xa = lookup_any(cbx, j_xi, 1 << BX, LOOKUP)
+        best, best_k = _candidate(xa, e0, 3, t0, t1, t2, best, best_k, EXACT)
+        best, best_k = _candidate(xa, e1, 4, t0, t1, t2, best, best_k, EXACT)
+        best, best_k = _candidate(xa, e2, 5, t0, t1, t2, best, best_k, EXACT)
+        xa = lookup_any(cbx, tl.minimum(j_xi + 1, (1 << BX) - 1), 1 << BX, LOOKUP)
+        best, best_k = _candidate(xa, e0, 6, t0, t1, t2, best, best_k, EXACT)
+        best, best_k = _candidate(xa, e1, 7, t0, t1, t2, best, best_k, EXACT)
+        best, best_k = _candidate(xa, e2, 8, t0, t1, t2, best, best_k, EXACT)
+        j_xi = tl.minimum(tl.maximum(j_xi + best_k // 3 - 1, 0), (1 << BX) - 1)
+        j_eta = tl.minimum(tl.maximum(j_eta + best_k % 3 - 1, 0), (1 << BE) - 1)
         j_rho = nearest_any(best, THR_RHO, BR, SEARCH)
     else:
         j_rho = nearest_any(rho, THR_RHO, BR, SEARCH)
@@ -112,42 +109,68 @@ def _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R: 
 
 
 @triton.jit
-def _encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, s0, s1, s2, inv_sqrt_d, CBX, CBE, THX, THE, THR_RHO,
-                  N_ROWS, D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BX: tl.constexpr,
-                  BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr,
-                  JOINT: tl.constexpr, FUSED_ROTATION: tl.constexpr, EXACT: tl.constexpr,
-                  BLOCK_R: tl.constexpr, LOOKUP: tl.constexpr, SEARCH: tl.constexpr, PACK8: tl.constexpr):
-    """Encode rows ``[blk * BLOCK_R, (blk + 1) * BLOCK_R)``; ``s0, s1, s2`` are the sign-matrix planes
-    (fused rotation; already loaded by the caller so that a program looping over blocks reads them once)."""
+def _encode_part(x_rows, xd, inv, r_mask, out_rows, SIGNS, CBX, CBE, THX, THE, THR_RHO,
+                 COL0: tl.constexpr, SIGN_COLS: tl.constexpr, FIRST: tl.constexpr, TPW: tl.constexpr,
+                 D: tl.constexpr, T: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr,
+                 NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr, JOINT: tl.constexpr,
+                 FUSED_ROTATION: tl.constexpr, EXACT: tl.constexpr, BLOCK_R: tl.constexpr,
+                 LOOKUP: tl.constexpr, SEARCH: tl.constexpr, PACK8: tl.constexpr):
+    """Quantize and store triplets ``[FIRST, FIRST + TPW)`` of a block of rows. Fused rotation: their
+    x/y/z planes are columns ``COL0 + c * TPW`` of the sign matrix (``SIGN_COLS`` wide)."""
+    i = tl.arange(0, TPW)[None, :]
+    valid = FIRST + i < T
+    if FUSED_ROTATION:
+        s_cols = SIGNS + tl.arange(0, D)[:, None] * SIGN_COLS + COL0 + i
+        t0 = tl.dot(xd, tl.load(s_cols)) * inv[:, None]
+        t1 = tl.dot(xd, tl.load(s_cols + TPW)) * inv[:, None]
+        t2 = tl.dot(xd, tl.load(s_cols + 2 * TPW)) * inv[:, None]
+    else:
+        m = r_mask[:, None] & valid
+        c0 = 3 * (FIRST + i)
+        t0 = tl.load(x_rows + c0, mask=m & (c0 < D), other=0.0)
+        t1 = tl.load(x_rows + c0 + 1, mask=m & (c0 + 1 < D), other=0.0)
+        t2 = tl.load(x_rows + c0 + 2, mask=m & (c0 + 2 < D), other=0.0)
+    v = _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R, BX, BE, BR, JOINT, EXACT,
+                           LOOKUP, SEARCH)
+    W: tl.constexpr = BX + BE + BR
+    if PACK8:
+        pack_groups8(v, out_rows + (FIRST // 8) * W, r_mask[:, None], W, NBYTES - (FIRST // 8) * W)
+    else:  # the whole row in one part
+        pack_fields_to_bytes(v, out_rows, r_mask[:, None], T, T, W, W, NBYTES, NBYTES_PAD)
+
+
+@triton.jit
+def _encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, CBX, CBE, THX, THE, THR_RHO,
+                  N_ROWS, D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, TPB: tl.constexpr,
+                  BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr,
+                  NBYTES_PAD: tl.constexpr, JOINT: tl.constexpr, FUSED_ROTATION: tl.constexpr,
+                  EXACT: tl.constexpr, BLOCK_R: tl.constexpr, LOOKUP: tl.constexpr, SEARCH: tl.constexpr,
+                  PACK8: tl.constexpr):
+    """Encode rows ``[blk * BLOCK_R, (blk + 1) * BLOCK_R)``: triplets ``[0, TP)``, then (``TPB > 0``,
+    fused rotation with ``PACK8`` only) ``[TP, TP + TPB)`` as a second, narrower tile, so that fewer
+    lanes work on padding (43 triplets as 32 + 16 instead of 64)."""
     rows = blk * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = rows < N_ROWS
-    i = tl.arange(0, TP)[None, :]
-    valid = i < T
     x_rows = X + rows[:, None].to(tl.int64) * s_x
+    out_rows = CODES + rows[:, None].to(tl.int64) * s_c
     if FUSED_ROTATION:
         # gamma and y = (x @ (H diag(s)).T) / sqrt(d) / gamma, as x/y/z planes of the triplets.
-        j = tl.arange(0, D)
-        x = tl.load(x_rows + j[None, :], mask=r_mask[:, None], other=0.0)
+        x = tl.load(x_rows + tl.arange(0, D)[None, :], mask=r_mask[:, None], other=0.0)
         xf = x.to(tl.float32)
         gamma = tl.sqrt(tl.sum(xf * xf, 1))
         tl.store(NORMS_OUT + rows, gamma.to(NORMS_OUT.dtype.element_ty), mask=r_mask)
         inv = inv_sqrt_d / tl.where(gamma > 0, gamma, 1.0)
-        xd = x.to(s0.dtype)
-        t0 = tl.dot(xd, s0) * inv[:, None]
-        t1 = tl.dot(xd, s1) * inv[:, None]
-        t2 = tl.dot(xd, s2) * inv[:, None]
+        xd = x.to(SIGNS.dtype.element_ty)
     else:
-        m = r_mask[:, None] & valid
-        t0 = tl.load(x_rows + 3 * i, mask=m & (3 * i < D), other=0.0)
-        t1 = tl.load(x_rows + 3 * i + 1, mask=m & (3 * i + 1 < D), other=0.0)
-        t2 = tl.load(x_rows + 3 * i + 2, mask=m & (3 * i + 2 < D), other=0.0)
-    v = _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R, BX, BE, BR, JOINT, EXACT,
-                           LOOKUP, SEARCH)
-    out_rows = CODES + rows[:, None].to(tl.int64) * s_c
-    if PACK8:
-        pack_groups8(v, out_rows, r_mask[:, None], BX + BE + BR, NBYTES)
-    else:
-        pack_fields_to_bytes(v, out_rows, r_mask[:, None], T, T, BX + BE + BR, BX + BE + BR, NBYTES, NBYTES_PAD)
+        inv = 0.0
+        xd = 0.0
+    SIGN_COLS: tl.constexpr = 3 * (TP + TPB)
+    _encode_part(x_rows, xd, inv, r_mask, out_rows, SIGNS, CBX, CBE, THX, THE, THR_RHO, 0, SIGN_COLS, 0, TP, D,
+                 T, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION, EXACT, BLOCK_R, LOOKUP, SEARCH, PACK8)
+    if TPB > 0:
+        _encode_part(x_rows, xd, inv, r_mask, out_rows, SIGNS, CBX, CBE, THX, THE, THR_RHO, 3 * TP, SIGN_COLS, TP,
+                     TPB, D, T, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION, EXACT, BLOCK_R, LOOKUP,
+                     SEARCH, PACK8)
 
 
 @triton.jit
@@ -158,26 +181,17 @@ def _octopus_encode_kernel(X, s_x, GAMMA, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt
                            NBYTES_PAD: tl.constexpr, JOINT: tl.constexpr, FUSED_ROTATION: tl.constexpr,
                            EXACT: tl.constexpr, BLOCK_R: tl.constexpr, LOOKUP: tl.constexpr = 0,
                            SEARCH: tl.constexpr = False, PACK8: tl.constexpr = False,
-                           LOOP: tl.constexpr = False):
+                           LOOP: tl.constexpr = False, TPB: tl.constexpr = 0):
     """Encode ``BLOCK_R`` rows per program, or (``LOOP``) every ``num_programs``-th block of rows from
-    ``program_id`` on, with the sign matrix read once per program instead of once per block."""
-    if FUSED_ROTATION:
-        s_rows = SIGNS + tl.arange(0, D)[:, None] * (3 * TP) + tl.arange(0, TP)[None, :]
-        s0 = tl.load(s_rows)
-        s1 = tl.load(s_rows + TP)
-        s2 = tl.load(s_rows + 2 * TP)
-    else:
-        s0 = SIGNS
-        s1 = SIGNS
-        s2 = SIGNS
+    ``program_id`` on. ``TP`` (+ ``TPB``): the triplet tile widths, see :func:`_encode_block`."""
     if LOOP:
         for blk in range(tl.program_id(0), tl.cdiv(N_ROWS, BLOCK_R), tl.num_programs(0)):
-            _encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, s0, s1, s2, inv_sqrt_d, CBX, CBE, THX, THE,
-                          THR_RHO, N_ROWS, D, T, TP, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION,
-                          EXACT, BLOCK_R, LOOKUP, SEARCH, PACK8)
+            _encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, CBX, CBE, THX, THE, THR_RHO,
+                          N_ROWS, D, T, TP, TPB, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION, EXACT,
+                          BLOCK_R, LOOKUP, SEARCH, PACK8)
     else:
-        _encode_block(tl.program_id(0), X, s_x, NORMS_OUT, CODES, s_c, s0, s1, s2, inv_sqrt_d, CBX, CBE, THX,
-                      THE, THR_RHO, N_ROWS, D, T, TP, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION,
+        _encode_block(tl.program_id(0), X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, CBX, CBE, THX, THE,
+                      THR_RHO, N_ROWS, D, T, TP, TPB, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION,
                       EXACT, BLOCK_R, LOOKUP, SEARCH, PACK8)
 
 
@@ -196,15 +210,35 @@ def _tables(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]
         if not (signs.abs().eq(1).all() and torch.allclose(signs / d ** 0.5, spec.rotation.double(),
                                                             rtol=1e-6, atol=0)):
             signs = None
-        planes = torch.zeros(d, 3 * tp)
-        if signs is not None:
-            for c in range(3):
-                idx = torch.arange(c, d, 3)
-                planes[:, c * tp: c * tp + idx.numel()] = signs.T[:, idx]
+        split = plane_split(spec.n_triplets)
+        planes = {w: _sign_planes(signs, d, w).to(device) for w in {(tp, 0), split} if w is not None}
         _TABLES[key] = tuple(t.to(device) for t in (
             spec.xi_codebook, spec.eta_codebook, mids(spec.xi_codebook), mids(spec.eta_codebook),
-            mids(spec.rho_codebook))) + (planes.to(device), signs is not None)
+            mids(spec.rho_codebook))) + (planes, signs is not None)
     return _TABLES[key]
+
+
+def plane_split(n_triplets: int) -> tuple[int, int] | None:
+    """Triplet tile widths ``(a, b)``, powers of two >= 16 (the smallest ``tl.dot`` tile), with
+    ``a < n_triplets <= a + b < plane_width``: 43 -> (32, 16); None where no such pair exists."""
+    a = 1 << ((n_triplets - 1).bit_length() - 1)
+    b = 1 << max(4, (n_triplets - a - 1).bit_length())
+    return (a, b) if a >= 16 and a + b < 1 << (n_triplets - 1).bit_length() else None
+
+
+def _sign_planes(signs: torch.Tensor | None, d: int, widths: tuple[int, int]) -> torch.Tensor:
+    """``(d, 3 (a + b))`` float32: for each tile of ``widths = (a, b)`` triplets, the columns of the x, y
+    and z coordinates of its triplets in ``(H diag(s)).T`` (zero for padding; all zero without a
+    Hadamard rotation, which the launcher then refuses)."""
+    planes = torch.zeros(d, 3 * sum(widths))
+    col, first = 0, 0
+    for w in widths:
+        for c in range(3):
+            idx = torch.arange(3 * first + c, max(3 * first + c, min(d, 3 * (first + w))), 3)
+            if signs is not None and idx.numel():
+                planes[:, col + c * w: col + c * w + idx.numel()] = signs.T[:, idx]
+        col, first = col + 3 * w, first + w
+    return planes
 
 
 #: The GPU launch, measured on the H100 (docs/kernels/codec_pass.md). Before that pass: 16 rows per
@@ -225,6 +259,9 @@ def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
     n = xf.shape[0]
     dev = x.device
     cbx, cbe, thx, the, thr, planes, is_hadamard = _tables(spec, dev)
+    cfg = default_config(config, GPU_CONFIG, GPU_BLOCK_ROWS)
+    split = plane_split(spec.n_triplets) if cfg.split and cfg.pack8 and fused_rotation else None
+    widths = split or (plane_width(spec.head_dim), 0)
     codes = torch.empty((n, spec.nbytes), dtype=torch.uint8, device=dev)
     norms_dtype = getattr(codec, "norm_dtype", torch.float16)
     if fused_rotation:
@@ -234,20 +271,19 @@ def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
             raise CodecError("octopus kernel: fused rotation takes float16/bfloat16 input (a float32 "
                              "tensor-core product would round x to tf32); use fused_rotation=False")
         src, norms = xf.contiguous(), torch.empty(n, dtype=norms_dtype, device=dev)
-        sign_mat = planes.to(x.dtype)
+        sign_mat = planes[widths].to(x.dtype)
     else:
         # The reference's float prologue, op for op (OctopusCodec._encode).
         x32 = xf.to(torch.float32)
         gamma = torch.linalg.vector_norm(x32, dim=-1)
         src = (codec.rotation.forward(x32) / torch.where(gamma > 0, gamma, 1.0)[..., None]).contiguous()
         norms = gamma.to(norms_dtype)
-        sign_mat = planes
-    cfg = default_config(config, GPU_CONFIG, GPU_BLOCK_ROWS)
+        sign_mat = planes[widths]
     if n:
         programs, loop = launch_grid(triton.cdiv(n, cfg.block_rows), cfg.programs_per_sm, dev)
         _octopus_encode_kernel[(programs,)](
             src, src.stride(0), src, norms, codes, codes.stride(0), sign_mat, spec.head_dim ** -0.5,
-            cbx, cbe, thx, the, thr, n, D=spec.head_dim, T=spec.n_triplets, TP=plane_width(spec.head_dim),
+            cbx, cbe, thx, the, thr, n, D=spec.head_dim, T=spec.n_triplets, TP=widths[0], TPB=widths[1],
             BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
             NBYTES_PAD=triton.next_power_of_2(spec.nbytes), JOINT=spec.joint_rounding,
             FUSED_ROTATION=fused_rotation, EXACT=not fused_rotation, BLOCK_R=cfg.block_rows,

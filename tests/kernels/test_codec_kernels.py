@@ -148,6 +148,7 @@ ENCODE_VARIANTS = {
     "load-pack8": EncodeConfig(lookup=LOOKUP_LOAD, pack8=True),
     "load-search-pack8-loop": EncodeConfig(block_rows=16, lookup=LOOKUP_LOAD, search=True, pack8=True,
                                            programs_per_sm=1),
+    "load-pack8-split": EncodeConfig(lookup=LOOKUP_LOAD, pack8=True, split=True),
 }
 
 
@@ -155,8 +156,8 @@ ENCODE_VARIANTS = {
 @pytest.mark.parametrize("name,head_dim,bits,options", [CASES[0], CASES[2], CASES[5], CASES[7]],
                          ids=[IDS[0], IDS[2], IDS[5], IDS[7]])
 def test_encode_variants_give_identical_codes(name, head_dim, bits, options, variant):
-    """Lookup mode, binary-search rounding, gather-free packing and the persistent row loop change
-    only the speed: codes and norms equal the default launch's bit for bit (both rotation paths;
+    """Lookup mode, binary-search rounding, gather-free packing, the persistent row loop and split
+    triplet tiles change only the speed: codes and norms equal the default launch's bit for bit (both rotation paths;
     70 rows = 5 blocks of 16 over 2 looping programs under the interpreter, the last block partial)."""
     codec = get_codec(name, head_dim, bits, seed=3, **options)
     encode, _, _ = _kernels(name)

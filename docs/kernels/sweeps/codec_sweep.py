@@ -75,6 +75,41 @@ ROUNDS = {
                    2: {"base gather64": (G, 64, False), "load16 grouped": (L, 16, True), "select16 grouped": (S, 16, True)},
                    4: {"base gather64": (G, 64, False), "load16 grouped": (L, 16, True), "select16 grouped": (S, 16, True)}},
     },
+    "r2": {
+        "oct_enc": {3: {"base": EncodeConfig(),
+                        "gather 8w": EncodeConfig(num_warps=8),
+                        "select 8w": EncodeConfig(lookup=S, num_warps=8),
+                        "load 8w": EncodeConfig(lookup=L, num_warps=8),
+                        "load+pack8 8w": EncodeConfig(lookup=L, pack8=True, num_warps=8),
+                        "load+pack8+split 8w": EncodeConfig(lookup=L, pack8=True, num_warps=8, split=True),
+                        "load+pack8+split 4w": EncodeConfig(lookup=L, pack8=True, split=True),
+                        "select+pack8+split 8w": EncodeConfig(lookup=S, pack8=True, num_warps=8, split=True),
+                        "gather+pack8+split 8w": EncodeConfig(pack8=True, num_warps=8, split=True),
+                        "load+pack8+split 32r8w": EncodeConfig(32, L, False, True, 0, 8, True)},
+                    2: {"base": EncodeConfig(), "load+pack8+split 8w": EncodeConfig(lookup=L, pack8=True, num_warps=8, split=True),
+                        "select+pack8+split 8w": EncodeConfig(lookup=S, pack8=True, num_warps=8, split=True)},
+                    4: {"base": EncodeConfig(), "load+pack8+split 8w": EncodeConfig(lookup=L, pack8=True, num_warps=8, split=True),
+                        "select+pack8+split 8w": EncodeConfig(lookup=S, pack8=True, num_warps=8, split=True)}},
+        "tq_enc": {3: {"base": EncodeConfig(), "pack8": EncodeConfig(pack8=True),
+                       "pack8 16r8w": EncodeConfig(16, G, False, True, 0, 8),
+                       "pack8 32r4w": EncodeConfig(32, G, False, True, 0, 4),
+                       "pack8 64r4w": EncodeConfig(64, G, False, True, 0, 4),
+                       "pack8 64r8w": EncodeConfig(64, G, False, True, 0, 8),
+                       "pack8 128r8w": EncodeConfig(128, G, False, True, 0, 8),
+                       "pack8 64r8w loop2": EncodeConfig(64, G, False, True, 2, 8)},
+                   2: {"base": EncodeConfig(), "pack8": EncodeConfig(pack8=True), "pack8 64r8w": EncodeConfig(64, G, False, True, 0, 8)},
+                   4: {"base": EncodeConfig(), "pack8": EncodeConfig(pack8=True), "pack8 64r8w": EncodeConfig(64, G, False, True, 0, 8)}},
+        "oct_dec": {3: {"base": (S, DecodeConfig(block=8)), "load flat256 2w": (L, DecodeConfig(True, 256, False, 2)),
+                        "load flat512": (L, DecodeConfig(flat=True, block=512)),
+                        "load flat512 2w": (L, DecodeConfig(True, 512, False, 2)),
+                        "load flat4096 8w": (L, DecodeConfig(True, 4096, False, 8))},
+                    2: {"base": (S, DecodeConfig(block=8)), "load flat512": (L, DecodeConfig(flat=True, block=512)),
+                        "load flat512 2w": (L, DecodeConfig(True, 512, False, 2))},
+                    4: {"base": (S, DecodeConfig(block=8)), "load flat512": (L, DecodeConfig(flat=True, block=512)),
+                        "load flat512 2w": (L, DecodeConfig(True, 512, False, 2))}},
+        "tq_dec": {b: {"base gather64": (G, 64, False), "load32 grouped": (L, 32, True), "load64 grouped": (L, 64, True),
+                       "gather64 grouped": (G, 64, True)} for b in (2, 3, 4)},
+    },
 }
 
 
@@ -133,7 +168,7 @@ def main() -> None:
                     "oct_dec": (od._octopus_decode_kernel, od._octopus_decode_flat_kernel),
                     "tq_dec": tq._tq_decode_kernel}[kind]
             kerns = kern if isinstance(kern, tuple) else (kern,)
-            packed = enc(codec, x, fused_rotation=True)
+            packed = enc(codec, x, fused_rotation=True) if kind.endswith("dec") else None
             base_out = None
             for label, cfg in vs.items():
                 before = [compiled(k) for k in kerns]
