@@ -61,9 +61,9 @@ def _lookup_prmt(idx, t0, t1, t2, t3):
     return tl.inline_asm_elementwise(
         asm="""{
         .reg .b32 sel, lo, hi;
-        bfi.b32 sel, $3, $2, 4, 4;
-        bfi.b32 sel, $4, sel, 8, 4;
-        bfi.b32 sel, $5, sel, 12, 4;
+        mad.lo.u32 sel, $3, 16, $2;
+        mad.lo.u32 sel, $4, 256, sel;
+        mad.lo.u32 sel, $5, 4096, sel;
         prmt.b32 lo, $6, $10, sel;
         prmt.b32 hi, $14, $18, sel;
         prmt.b32 $0, lo, hi, 0x5140;
@@ -87,6 +87,93 @@ def prmt_tables(codebook: torch.Tensor) -> tuple[int, int, int, int]:
         return w - (1 << 32) if w >= 1 << 31 else w  # a Triton int32 argument
 
     return word(lo[:4]), word(lo[4:]), word(hi[:4]), word(hi[4:])
+
+
+@triton.jit
+def _load_chunk_words(base, first, hi, s_n, R: tl.constexpr, NC: tl.constexpr, W: tl.constexpr):
+    """Codes of ``W``-bit fields read as uint32 words: row ``r``'s chunk ``c`` (fields ``32c .. 32c+31``)
+    is words ``W c .. W c + W - 1``. Returns four ``[R, NC]`` tiles for rows ``first .. first + R``
+    (rows >= ``hi`` read as 0): words ``W c + i`` for ``i < W``, the scalar 0 for the others. ``base`` points
+    at int32 words, ``s_n`` is the row stride in words. Loaded as flat vectors and reshaped, so
+    consecutive lanes take consecutive chunks of a row: the decoded tile then keeps that order and
+    reaches shared memory by 16-byte stores (a 2-D load tile put lanes along rows: 16-bit stores)."""
+    i = tl.arange(0, R * NC)
+    row = first + i // NC
+    ok = row < hi
+    ptr = base + row * s_n + (i % NC) * W
+    w0 = tl.reshape(tl.load(ptr, mask=ok, other=0).to(tl.uint32, bitcast=True), (R, NC))
+    w1 = 0  # unused slots stay scalars: a loop carrying copies of w0 spends registers on them
+    w2 = 0
+    w3 = 0
+    if W > 1:
+        w1 = tl.reshape(tl.load(ptr + 1, mask=ok, other=0).to(tl.uint32, bitcast=True), (R, NC))
+    if W > 2:
+        w2 = tl.reshape(tl.load(ptr + 2, mask=ok, other=0).to(tl.uint32, bitcast=True), (R, NC))
+    if W > 3:
+        w3 = tl.reshape(tl.load(ptr + 3, mask=ok, other=0).to(tl.uint32, bitcast=True), (R, NC))
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _load_codes(base, first, hi, s_n, BLOCK_N: tl.constexpr, D: tl.constexpr, B: tl.constexpr, GE: tl.constexpr,
+                GB: tl.constexpr, WORDS: tl.constexpr):
+    """A KV tile's TurboQuant codes for the prefetching loop: :func:`_load_chunk_words` (``WORDS``;
+    ``base`` an int32 view) or ``tl_helpers.load_groups`` byte groups (in the first of the four)."""
+    if WORDS:
+        w0, w1, w2, w3 = _load_chunk_words(base, first, hi, s_n, BLOCK_N, D // 32, B)
+    else:
+        rows = first + tl.arange(0, BLOCK_N)
+        w0 = load_groups(base + rows[:, None] * s_n, (rows < hi)[:, None], D, GE, GB)
+        w1 = 0
+        w2 = 0
+        w3 = 0
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _code_indices(w0, w1, w2, w3, D: tl.constexpr, B: tl.constexpr, GE: tl.constexpr, WORDS: tl.constexpr):
+    """int32 ``[BLOCK_N, D]`` codebook indices of what :func:`_load_codes` returned."""
+    if WORDS:
+        idx = _chunk_fields(w0, w1, w2, w3, 0, 1, 32, B)
+    else:
+        idx = split_groups(w0, D, B, GE)
+    return idx
+
+
+@triton.jit
+def _chunk_field(w0, w1, w2, w3, E: tl.constexpr, W: tl.constexpr):
+    """Field ``E`` (0..31) of each chunk: bits ``W E .. W E + W - 1`` of the chunk's words (int32)."""
+    BIT: tl.constexpr = W * E
+    SH: tl.constexpr = BIT % 32
+    if BIT // 32 == 0:
+        lo = w0
+        hi = w1
+    elif BIT // 32 == 1:
+        lo = w1
+        hi = w2
+    elif BIT // 32 == 2:
+        lo = w2
+        hi = w3
+    else:
+        lo = w3
+        hi = w3
+    v = lo >> SH
+    if SH + W > 32:
+        v = v | (hi << (32 - SH))
+    return (v & ((1 << W) - 1)).to(tl.int32)
+
+
+@triton.jit
+def _chunk_fields(w0, w1, w2, w3, E0: tl.constexpr, STRIDE: tl.constexpr, N: tl.constexpr, W: tl.constexpr):
+    """Fields ``E0, E0 + STRIDE, ..`` (``N`` of them) of every chunk, interleaved: ``[R, NC * N]`` with
+    each chunk's fields in consecutive registers of one thread (``tl.interleave`` keeps the new axis
+    in-thread), so the decoded tile reaches shared memory by 16-byte stores."""
+    if N == 1:
+        out = _chunk_field(w0, w1, w2, w3, E0, W)
+    else:
+        out = tl.interleave(_chunk_fields(w0, w1, w2, w3, E0, 2 * STRIDE, N // 2, W),
+                            _chunk_fields(w0, w1, w2, w3, E0 + STRIDE, 2 * STRIDE, N // 2, W))
+    return out
 
 
 LOG2E = 1.4426950408889634
@@ -126,7 +213,7 @@ def _fused_attention_kernel(
         V_NBYTES: tl.constexpr, V_GE: tl.constexpr, V_GB: tl.constexpr,
         T: tl.constexpr, TP: tl.constexpr,
         HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, SPLIT: tl.constexpr, SELECT: tl.constexpr,
-        PREFETCH: tl.constexpr, PRMT: tl.constexpr, ROTATE_Q: tl.constexpr, Q_CHUNK: tl.constexpr,
+        PREFETCH: tl.constexpr, WORDS: tl.constexpr, PRMT: tl.constexpr, ROTATE_Q: tl.constexpr, Q_CHUNK: tl.constexpr,
         ROTATE_OUT: tl.constexpr, O_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -214,12 +301,13 @@ def _fused_attention_kernel(
     vc_base = VC + b * s_vcb + hk * s_vch
     vg_base = VG + b * s_vgb + hk * s_vgh
     if PREFETCH:
-        # TurboQuant K and V read by byte groups: each iteration loads the next tile's codes and
-        # norms before decoding its own, so the loads' latency overlaps this tile's work.
+        # TurboQuant K and V read by 32-bit words (WORDS: KC / VC are int32 views, strides in words)
+        # or byte groups: each iteration loads the next tile's codes and norms before decoding its
+        # own, so the loads' latency overlaps this tile's work.
         offs_p = lo + tl.arange(0, BLOCK_N)
         p_mask = offs_p < hi
-        kw = load_groups(kc_base + offs_p[:, None] * s_kcn, p_mask[:, None], D, K_GE, K_GB)
-        vw = load_groups(vc_base + offs_p[:, None] * s_vcn, p_mask[:, None], D, V_GE, V_GB)
+        kw0, kw1, kw2, kw3 = _load_codes(kc_base, lo, hi, s_kcn, BLOCK_N, D, K_B0, K_GE, K_GB, WORDS)
+        vw0, vw1, vw2, vw3 = _load_codes(vc_base, lo, hi, s_vcn, BLOCK_N, D, V_B0, V_GE, V_GB, WORDS)
         g_k_nxt = tl.load(kg_base + offs_p * s_kgn, mask=p_mask, other=0.0).to(tl.float32)
         g_v_nxt = tl.load(vg_base + offs_p * s_vgn, mask=p_mask, other=0.0).to(tl.float32)
     for start in range(0, KV_PER_SPLIT, BLOCK_N):
@@ -230,15 +318,19 @@ def _fused_attention_kernel(
         if PREFETCH:
             offs_p = offs_n + BLOCK_N
             p_mask = offs_p < hi
-            kw_cur, vw_cur, g_k, g_v = kw, vw, g_k_nxt, g_v_nxt
-            kw = load_groups(kc_base + offs_p[:, None] * s_kcn, p_mask[:, None], D, K_GE, K_GB)
-            vw = load_groups(vc_base + offs_p[:, None] * s_vcn, p_mask[:, None], D, V_GE, V_GB)
+            kc0, kc1, kc2, kc3, g_k = kw0, kw1, kw2, kw3, g_k_nxt
+            vc0, vc1, vc2, vc3, g_v = vw0, vw1, vw2, vw3, g_v_nxt
+            kw0, kw1, kw2, kw3 = _load_codes(kc_base, lo + start + BLOCK_N, hi, s_kcn, BLOCK_N, D, K_B0, K_GE, K_GB,
+                                             WORDS)
+            vw0, vw1, vw2, vw3 = _load_codes(vc_base, lo + start + BLOCK_N, hi, s_vcn, BLOCK_N, D, V_B0, V_GE, V_GB,
+                                             WORDS)
             g_k_nxt = tl.load(kg_base + offs_p * s_kgn, mask=p_mask, other=0.0).to(tl.float32)
             g_v_nxt = tl.load(vg_base + offs_p * s_vgn, mask=p_mask, other=0.0).to(tl.float32)
+            k_idx = _code_indices(kc0, kc1, kc2, kc3, D, K_B0, K_GE, WORDS)
             if PRMT:
-                k = _lookup_prmt(split_groups(kw_cur, D, K_B0, K_GE), k_t0, k_t1, k_t2, k_t3)
+                k = _lookup_prmt(k_idx, k_t0, k_t1, k_t2, k_t3)
             else:
-                k = lookup_any(kcb0, split_groups(kw_cur, D, K_B0, K_GE), 1 << K_B0, SELECT).to(tl.float16)
+                k = lookup_any(kcb0, k_idx, 1 << K_B0, SELECT).to(tl.float16)
             s = tl.dot(q0, tl.trans(k))
         elif K_OCT:
             kx, ky, kz = octopus_planes_tile(k_rows, n_mask[:, None], kcb0, kcb1, kcb2, T, TP, K_B0, K_B1,
@@ -273,10 +365,11 @@ def _fused_attention_kernel(
         pv = (p * g_v[None, :]).to(tl.float16)
         v_rows = vc_base + offs_n[:, None] * s_vcn
         if PREFETCH:
+            v_idx = _code_indices(vc0, vc1, vc2, vc3, D, V_B0, V_GE, WORDS)
             if PRMT:
-                v = _lookup_prmt(split_groups(vw_cur, D, V_B0, V_GE), v_t0, v_t1, v_t2, v_t3)
+                v = _lookup_prmt(v_idx, v_t0, v_t1, v_t2, v_t3)
             else:
-                v = lookup_any(vcb0, split_groups(vw_cur, D, V_B0, V_GE), 1 << V_B0, SELECT).to(tl.float16)
+                v = lookup_any(vcb0, v_idx, 1 << V_B0, SELECT).to(tl.float16)
             acc0 = tl.dot(pv, v, acc0 * alpha[:, None])
         elif V_OCT:
             vx, vy, vz = octopus_planes_tile(v_rows, n_mask[:, None], vcb0, vcb1, vcb2, T, TP, V_B0, V_B1,
@@ -424,11 +517,24 @@ def _groups(spec: KernelSpec, grouped: bool) -> tuple[int, int]:
     return field_groups(spec.bits_hi, spec.head_dim)
 
 
-def _row_strides(packed: PackedTensor, layout: str) -> tuple[torch.Tensor, tuple[int, int, int],
-                                                              torch.Tensor, tuple[int, int, int]]:
-    """Codes and norms with their (batch, head, token) strides for ``layout``."""
+def _word_codes(packed: PackedTensor, spec: KernelSpec) -> bool:
+    """Whether the prefetching loop can read ``packed``'s codes as 32-bit words: TurboQuant with one
+    width of <= 4 bits (32 fields = ``width`` whole words), rows and base 4-byte aligned."""
+    if isinstance(spec, OctopusSpec) or spec.bits_hi != spec.bits_lo or spec.bits_hi > 4 or spec.head_dim % 32:
+        return False
+    codes = packed.fields["codes"]
+    return (codes.stride(-1) == 1 and codes.data_ptr() % 4 == 0
+            and all(st % 4 == 0 for st, n in zip(codes.stride()[:-1], codes.shape[:-1]) if n > 1))
+
+
+def _row_strides(packed: PackedTensor, layout: str, words: bool = False
+                 ) -> tuple[torch.Tensor, tuple[int, int, int], torch.Tensor, tuple[int, int, int]]:
+    """Codes (an int32 view with ``words``, see :func:`_word_codes`) and norms with their (batch,
+    head, token) strides for ``layout``."""
     codes, norms = packed.fields["codes"], packed.fields["norms"]
-    if codes.stride(-1) != 1:
+    if words:
+        codes = codes.view(torch.int32)
+    elif codes.stride(-1) != 1:
         codes = codes.contiguous()
     cs, ns = codes.stride(), norms.stride()
     if layout == "BHSD":
@@ -472,8 +578,8 @@ def _default_blocks(n_q: int, n_kv: int, d: int, octopus_keys: bool, prefetch_lo
         return 16, 16, 4, 1
     if n_q <= 16 and not octopus_keys:
         return 16, 64, 4, 2
-    if n_q <= 64:
-        return 64, 64, 4, 2
+    if n_q <= 128:
+        return (64, 32, 4, 2) if octopus_keys else (64, 64, 4, 2)
     if octopus_keys and n_kv <= 1024:
         return 128, 64, 8, 2
     return 256, (32 if d == 128 and prefetch_loop else 64), 8, 2
@@ -496,18 +602,21 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
                             scale: float | None = None, layout: str = "BHSD", splits: int | None = None,
                             blocks: tuple[int, int, int, int] | None = None, fp32_out: bool = False,
                             out: torch.Tensor | None = None, select_lookup: bool = False,
-                            grouped_unpack: bool = True, prefetch: bool = True, rotate_q_in_kernel: bool = True,
-                            prmt_lookup: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                            grouped_unpack: bool = True, prefetch: bool = True, rotate_q_in_kernel: bool | None = None,
+                            prmt_lookup: bool | None = None, word_loads: bool = True
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the kernel: per-split outputs ``(S, B, Hq, Nq, OW)`` in V's rotated basis (planes for
     OCTOPUS) and, when ``S > 1``, their base-2 log-sum-exps ``(S, B, Hq, Nq)``; see
     :func:`fused_attention` for the arguments. ``out`` (optional) is the buffer to write into;
     ``select_lookup`` reads codebooks by compare-select chains instead of ``tl.gather``;
     ``grouped_unpack=False`` keeps TurboQuant's per-field byte reads (for comparison);
     ``prefetch`` loads the next KV tile's codes during the current one (grouped TurboQuant K and V);
-    ``rotate_q_in_kernel=False`` rotates the queries with a torch GEMM first (for comparison);
+    ``rotate_q_in_kernel``: rotate the queries in the kernel (None: for query tiles of <=
+    :data:`MAX_FUSED_EPILOGUE_ROWS` rows) or with a torch GEMM first;
     ``prmt_lookup`` reads <= 3-bit TurboQuant codebooks by byte permutes (:func:`_lookup_prmt`; None:
-    wherever that applies, i.e. on CUDA with byte-grouped K and V and no ``select_lookup``)."""
-    launch = _Launch(q, k, v, k_spec, v_spec, layout, splits, blocks, grouped_unpack, prefetch)
+    wherever that applies: CUDA, word loads, no ``select_lookup``); ``word_loads=False`` keeps byte
+    groups where 32-bit word loads would apply (for comparison)."""
+    launch = _Launch(q, k, v, k_spec, v_spec, layout, splits, blocks, grouped_unpack, prefetch, word_loads)
     ow = 3 * launch.tp if isinstance(v_spec, OctopusSpec) else launch.d
     o_dtype = torch.float32 if launch.split or fp32_out else torch.float16
     shape = (launch.n_split, launch.b, launch.hq, launch.nq, ow)
@@ -516,8 +625,9 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
     elif out.shape != shape or out.dtype != o_dtype or not out.is_contiguous():
         raise CodecError(f"attention: out must be a contiguous {o_dtype} tensor {shape}")
     lse = launch.new_lse()
+    rotate_q = launch.small_tiles if rotate_q_in_kernel is None else rotate_q_in_kernel
     launch.run(out, (out.stride(1), out.stride(2), out.stride(3), out.stride(4), out.stride(0)), lse,
-               attn_mask, scale, select_lookup, rotate_q_in_kernel, rotate_out=False, prmt_lookup=prmt_lookup)
+               attn_mask, scale, select_lookup, rotate_q, rotate_out=False, prmt_lookup=prmt_lookup)
     return out, lse
 
 
@@ -526,7 +636,7 @@ class _Launch:
 
     def __init__(self, q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec, v_spec: KernelSpec,
                  layout: str, splits: int | None, blocks: tuple[int, int, int, int] | None, grouped_unpack: bool,
-                 prefetch: bool) -> None:
+                 prefetch: bool, word_loads: bool = True) -> None:
         if layout not in ("BHSD", "BSHD"):
             raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
         self.q, self.k, self.v, self.k_spec, self.v_spec, self.layout = q, k, v, k_spec, v_spec, layout
@@ -541,8 +651,10 @@ class _Launch:
         self.prefetch = prefetch and self.k_groups[0] > 0 and self.v_groups[0] > 0
         self.bm, self.bn, self.warps, self.stages = blocks or _default_blocks(
             self.nq, self.nkv, self.d, isinstance(k_spec, OctopusSpec), self.prefetch)
-        self.prmt_ok = (self.prefetch and q.device.type == "cuda" and k_spec.bits_hi <= 3
-                        and v_spec.bits_hi <= 3)
+        self.small_tiles = self.bm <= MAX_FUSED_EPILOGUE_ROWS
+        self.words = (word_loads and self.prefetch and self.small_tiles and _word_codes(k, k_spec)
+                      and _word_codes(v, v_spec))
+        self.prmt_ok = self.words and q.device.type == "cuda" and k_spec.bits_hi <= 3 and v_spec.bits_hi <= 3
         self.m_blocks = triton.cdiv(self.nq, self.bm)
         n_split = splits or choose_splits(self.b * self.hq, self.m_blocks, self.nkv, self.bn, q.device)
         self.kv_per_split = max(self.bn, triton.cdiv(triton.cdiv(self.nkv, n_split), self.bn) * self.bn)
@@ -575,8 +687,8 @@ class _Launch:
         else:
             # Rotate (and split into planes) once; fold the softmax scale and log2(e) in.
             q_arg = ((self.qb.float() @ qmat) * q_scale).to(torch.float16).contiguous()
-        kc, kcs, kg, kgs = _row_strides(self.k, self.layout)
-        vc, vcs, vg, vgs = _row_strides(self.v, self.layout)
+        kc, kcs, kg, kgs = _row_strides(self.k, self.layout, words=self.words)
+        vc, vcs, vg, vgs = _row_strides(self.v, self.layout, words=self.words)
         kcb, kbits = _codebooks(k_spec, dev)
         vcb, vbits = _codebooks(v_spec, dev)
         mask, mask_bool = prepare_mask(attn_mask, (self.b, self.hq, self.nq, self.nkv))
@@ -595,15 +707,18 @@ class _Launch:
             K_GE=self.k_groups[0], K_GB=self.k_groups[1],
             V_OCT=v_oct, V_B0=vbits[0], V_B1=vbits[1], V_B2=vbits[2], V_NBYTES=v_spec.nbytes,
             V_GE=self.v_groups[0], V_GB=self.v_groups[1], T=(d + 2) // 3, TP=self.tp, HAS_MASK=mask is not None,
-            MASK_BOOL=mask_bool, SPLIT=self.split, SELECT=select_lookup, PREFETCH=self.prefetch, PRMT=prmt,
+            MASK_BOOL=mask_bool, SPLIT=self.split, SELECT=select_lookup, PREFETCH=self.prefetch, WORDS=self.words, PRMT=prmt,
             ROTATE_Q=rotate_q, Q_CHUNK=min(Q_ROT_CHUNK, d), ROTATE_OUT=rotate_out, O_CHUNK=min(OUT_ROT_CHUNK, d),
             BLOCK_M=self.bm, BLOCK_N=self.bn, num_warps=self.warps, num_stages=self.stages)
 
 
-#: Largest query tile whose output the kernel rotates back itself: the float32 tile is the A operand
-#: of the rotation's tf32x3 products and goes through shared memory (16 x 128 x 4 B = 8 KB at 16 rows,
-#: 128 KB at 256 rows, more than a program may hold); larger tiles are rotated by one torch GEMM.
-MAX_ROTATE_OUT_ROWS = 64
+#: Largest query tile that the kernel handles with its few-query features: Q and the output rotated
+#: in the kernel, TurboQuant codes read as 32-bit words (:func:`_load_chunk_words`), byte-permute
+#: lookups. Larger tiles keep the earlier torch rotations and byte groups: at 256 rows the in-kernel
+#: query rotation or the word loads raise register spills (sm_90 compile of the AR-chunk tile (256,
+#: 32, 8 warps): 384 B of stack, 712 B with the in-kernel rotation, 728 B with word loads), and the
+#: rotation's float32 A operand would not fit shared memory (256 x 128 x 4 B = 128 KB).
+MAX_FUSED_EPILOGUE_ROWS = 64
 #: Output columns per step of the in-kernel output rotation (a 128 x 32 float32 slice: 16 KB).
 OUT_ROT_CHUNK = 32
 
@@ -613,7 +728,7 @@ def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: K
                     layout: str = "BHSD", out_dtype: torch.dtype | None = None, splits: int | None = None,
                     blocks: tuple[int, int, int, int] | None = None, select_lookup: bool = False,
                     grouped_unpack: bool = True, prefetch: bool = True, fused_epilogue: bool = True,
-                    prmt_lookup: bool | None = None) -> torch.Tensor:
+                    prmt_lookup: bool | None = None, word_loads: bool = True) -> torch.Tensor:
     """Attention of ``q`` over packed ``k``/``v`` with in-loop decoding; output in ``q``'s layout.
 
     ``q``: ``(B, Hq, Nq, D)`` for layout ``"BHSD"`` or ``(B, Nq, Hq, D)`` for ``"BSHD"``; ``k``/``v``
@@ -622,19 +737,21 @@ def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: K
     float, broadcastable to ``(B, Hq, Nq, Nkv)``. ``out_dtype`` defaults to ``q.dtype``. Rows whose
     keys are all masked give 0. ``splits`` / ``blocks`` override the launch heuristics.
 
-    With ``fused_epilogue`` (default) and query tiles of <= :data:`MAX_ROTATE_OUT_ROWS` rows, the whole
+    With ``fused_epilogue`` (default) and query tiles of <= :data:`MAX_FUSED_EPILOGUE_ROWS` rows, the whole
     call is at most two launches: the kernel rotates Q and the output itself and writes the result
     (one split) or float32 partials merged by :func:`_merge_splits_kernel`; at few queries the
     separate torch GEMMs and split combination cost more than the attention (docs/kernels/fewq_pass.md).
-    ``fused_epilogue=False`` runs the earlier torch path (for comparison).
+    ``fused_epilogue=False`` runs the earlier torch path (for comparison); ``prmt_lookup`` and
+    ``word_loads``: see :func:`fused_attention_rotated`.
     """
     out_dtype = q.dtype if out_dtype is None else out_dtype
-    launch = _Launch(q, k, v, k_spec, v_spec, layout, splits, blocks, grouped_unpack, prefetch)
-    if not fused_epilogue or launch.bm > MAX_ROTATE_OUT_ROWS:
+    launch = _Launch(q, k, v, k_spec, v_spec, layout, splits, blocks, grouped_unpack, prefetch, word_loads)
+    if not fused_epilogue or not launch.small_tiles:
         o, lse = fused_attention_rotated(q, k, v, k_spec, v_spec, attn_mask, scale, layout, splits, blocks,
                                          fp32_out=out_dtype == torch.float32, select_lookup=select_lookup,
                                          grouped_unpack=grouped_unpack, prefetch=prefetch,
-                                         rotate_q_in_kernel=fused_epilogue, prmt_lookup=prmt_lookup)
+                                         rotate_q_in_kernel=None if fused_epilogue else False, prmt_lookup=prmt_lookup,
+                                         word_loads=word_loads)
         o_rot = combine_splits(o, lse) if lse is not None else o[0]
         res = (o_rot.float() @ output_matrix(v_spec, q.device)).to(out_dtype)
         return res if layout == "BHSD" else res.transpose(1, 2)

@@ -15,8 +15,9 @@ import torch
 
 from octopus_diffusers.codecs import CodecError, get_codec
 from octopus_diffusers.kernels.attention_decoded import decoded_attention
-from octopus_diffusers.kernels.attention_fused import (attention_fused_reference, fused_attention,
-                                                       fused_attention_rotated)
+from octopus_diffusers.kernels.attention_fused import (_word_codes, attention_fused_reference, combine_splits,
+                                                       fused_attention, fused_attention_rotated, merge_splits,
+                                                       prmt_tables)
 from octopus_diffusers.kernels.codec_spec import kernel_spec
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -151,3 +152,79 @@ def test_field_groups_cover_byte_aligned_widths_only():
     from octopus_diffusers.kernels.tl_helpers import field_groups
     assert [field_groups(w, 128) for w in (1, 2, 3, 4, 5, 6, 8)] == [
         (8, 1), (4, 1), (8, 3), (2, 1), (0, 0), (4, 3), (1, 1)]
+
+
+@pytest.mark.parametrize("name", ["octopus", "turboquant"])
+@pytest.mark.parametrize("layout", ["BHSD", "BSHD"])
+def test_fused_epilogue_matches_torch_epilogue(name, layout):
+    """The kernel's own query/output rotations and the one-launch split merge (few-query path) give
+    what the torch GEMMs and combine_splits give, with one split or several, in either layout."""
+    q, kp, vp, ck, cv, k_hat, v_hat = _setup(name, 64, 3, torch.float16, nq=16, nkv=40)
+    mask = _masks(16, 40)["additive"]
+    if layout == "BSHD":
+        q = q.transpose(1, 2).contiguous()
+        kp, vp = (dataclasses.replace(p, shape=(p.shape[0], p.shape[2], p.shape[1], p.shape[3]),
+                                      fields={n: t.transpose(1, 2).contiguous() for n, t in p.fields.items()})
+                  for p in (kp, vp))
+    for splits in (1, 3):
+        kw = dict(layout=layout, out_dtype=torch.float32, splits=splits)
+        fused = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, **kw)
+        torch_path = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, fused_epilogue=False, **kw)
+        assert fused.shape == q.shape
+        assert torch.allclose(fused, torch_path, rtol=0, atol=2e-5), splits
+
+
+def test_merge_splits_matches_combine_splits():
+    """The merge kernel weights splits as combine_splits does, including splits and rows that saw no
+    unmasked key (lse = -inf: weight 0; a row with none at all gives 0)."""
+    g = torch.Generator().manual_seed(5)
+    part = torch.randn(5, 1, 2, 3, 64, generator=g).to(DEVICE)
+    lse = (torch.randn(5, 1, 2, 3, generator=g) * 4).to(DEVICE)
+    lse[1, 0, 0, 0] = float("-inf")
+    lse[:, 0, 1, 2] = float("-inf")
+    out = torch.full((1, 2, 3, 64), float("nan"), device=DEVICE)
+    merge_splits(part, lse, out)
+    ref = combine_splits(part, lse)
+    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-6)
+    assert out[0, 1, 2].abs().max() == 0
+
+
+def test_word_and_byte_code_reads_agree():
+    """TurboQuant codes at a 4-byte aligned address are read as 32-bit words, others by byte groups;
+    both reads must give the same attention (codes at an odd byte offset force the byte path)."""
+    q, kp, vp, ck, cv, k_hat, v_hat = _setup("turboquant", 64, 3, torch.float16, nq=16, nkv=40)
+
+    def shifted(p):
+        codes = p.fields["codes"]
+        buf = torch.zeros(*codes.shape[:-1], codes.shape[-1] + 1, dtype=torch.uint8, device=codes.device)
+        buf[..., 1:] = codes
+        return dataclasses.replace(p, fields={"codes": buf[..., 1:], "norms": p.fields["norms"]})
+
+    kps, vps = shifted(kp), shifted(vp)
+    assert _word_codes(kp, kernel_spec(ck)) and not _word_codes(kps, kernel_spec(ck))
+    words = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32)
+    groups = fused_attention(q, kps, vps, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32)
+    assert _rel_rms(words, attention_fused_reference(q, k_hat, v_hat)) <= TOL
+    assert torch.allclose(words, groups, rtol=0, atol=1e-6)
+
+
+def test_prmt_tables_hold_the_fp16_codebook():
+    cb = torch.tensor([-2.5, -1.0, -0.25, -0.01, 0.01, 0.25, 1.0, 2.5])
+    words = [w & 0xFFFFFFFF for w in prmt_tables(cb)]
+    lo = [(words[i // 4] >> (8 * (i % 4))) & 0xFF for i in range(8)]
+    hi = [(words[2 + i // 4] >> (8 * (i % 4))) & 0xFF for i in range(8)]
+    halves = torch.tensor([l | h << 8 for l, h in zip(lo, hi)], dtype=torch.int32).to(torch.int16).view(torch.float16)
+    assert torch.equal(halves, cb.to(torch.float16))
+    with pytest.raises(CodecError, match="8 codebook entries"):
+        prmt_tables(torch.zeros(16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_prmt_lookup_equals_gather_lookup(bits):
+    """GPU only (inline PTX): the byte-permute codebook read gives the gather's fp16 values exactly."""
+    q, kp, vp, ck, cv, _, _ = _setup("turboquant", 128, bits, torch.float16, hq=12, hkv=4, nq=16, nkv=700)
+    kw = dict(out_dtype=torch.float32)
+    prmt = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), prmt_lookup=True, **kw)
+    gather = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), prmt_lookup=False, **kw)
+    assert torch.equal(prmt, gather)
