@@ -187,33 +187,19 @@ def plane_width(head_dim: int) -> int:
 class EncodeConfig:
     """Launch choices of the encode kernels (OCTOPUS and TurboQuant); none changes the codes.
 
-    ``block_rows`` rows per block; ``lookup`` a ``tl_helpers.LOOKUP_*`` codebook read; ``search``:
-    binary-search nearest index instead of compare chains; ``pack8``: gather-free packing
-    (``tl_helpers.pack_groups8``); ``programs_per_sm`` > 0: persistent programs (that many per SM)
-    looping over blocks; ``num_warps`` per program; ``split`` (OCTOPUS, fused rotation with ``pack8``):
-    triplets in two tiles (43 = 32 + 16) instead of one padded to 64."""
+    ``block_rows`` rows per program; ``lookup`` a ``tl_helpers.LOOKUP_*`` codebook read (OCTOPUS joint
+    rounding); ``pack8``: gather-free packing (``tl_helpers.pack_groups8``; TurboQuant: one width only);
+    ``num_warps`` per program."""
 
     block_rows: int = 16
     lookup: int = LOOKUP_GATHER
-    search: bool = False
     pack8: bool = False
-    programs_per_sm: int = 0
     num_warps: int = 4
-    split: bool = False
-
-
-def launch_grid(n_blocks: int, programs_per_sm: int, device: torch.device) -> tuple[int, bool]:
-    """``(programs, loop)``: one program per block, or at most ``programs_per_sm`` per SM looping."""
-    if programs_per_sm <= 0:
-        return n_blocks, False
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-    return max(1, min(n_blocks, sms * programs_per_sm)), True
 
 
 def default_config(cfg: EncodeConfig | None, gpu_config: EncodeConfig, gpu_rows: int) -> EncodeConfig:
-    """``cfg``, else the GPU launch (its rows from ``gpu_rows``, which a tuner may have set) or the CPU one."""
+    """``cfg``, else the GPU launch (its rows from ``gpu_rows``, which a tuner may have set) or, under
+    the interpreter, the same launch with 16 rows."""
     if cfg is not None:
         return cfg
-    if torch.cuda.is_available():
-        return replace(gpu_config, block_rows=gpu_rows)
-    return EncodeConfig()
+    return replace(gpu_config, block_rows=gpu_rows if torch.cuda.is_available() else 16)

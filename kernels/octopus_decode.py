@@ -15,7 +15,7 @@ codebooks held in registers, unfolds the octahedron, normalises and scales by rh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -62,11 +62,29 @@ def octopus_planes_tile(row_ptr, row_mask, cbx, cbe, cbr, T: tl.constexpr, TP: t
 
 
 @triton.jit
+def _store_triplets(out_row, j, x, y, z, m, D: tl.constexpr, PLANES: tl.constexpr):
+    """Store triplet ``j``'s coordinates (``out_row`` points at each row's output) interleaved
+    (``3 j + c``, the codec's coordinate order) or, with ``PLANES``, as planes (all x, then all y, then
+    all z: :func:`plane_permutation`), where consecutive triplets write consecutive elements."""
+    if PLANES:
+        ox = j
+        oy = (D + 2) // 3 + j
+        oz = (D + 2) // 3 + (D + 1) // 3 + j
+    else:
+        ox = 3 * j
+        oy = 3 * j + 1
+        oz = 3 * j + 2
+    tl.store(out_row + ox, x.to(out_row.dtype.element_ty), mask=m)
+    tl.store(out_row + oy, y.to(out_row.dtype.element_ty), mask=m & (3 * j + 1 < D))
+    tl.store(out_row + oz, z.to(out_row.dtype.element_ty), mask=m & (3 * j + 2 < D))
+
+
+@triton.jit
 def _octopus_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS,
                            D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, BX: tl.constexpr,
                            BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr,
                            SCALE_BY_NORM: tl.constexpr, EXACT: tl.constexpr, SELECT: tl.constexpr,
-                           BLOCK_R: tl.constexpr, GROUPED: tl.constexpr = False):
+                           BLOCK_R: tl.constexpr, GROUPED: tl.constexpr = False, PLANES: tl.constexpr = False):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = rows < N_ROWS
     i = tl.arange(0, TP)[None, :]
@@ -91,18 +109,14 @@ def _octopus_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS,
     if SCALE_BY_NORM:
         g = tl.load(NORMS + rows, mask=r_mask, other=0.0).to(tl.float32)[:, None]
         x, y, z = x * g, y * g, z * g
-    out = OUT + rows[:, None].to(tl.int64) * s_o + 3 * i
-    m = r_mask[:, None] & valid
-    tl.store(out, x.to(OUT.dtype.element_ty), mask=m)
-    tl.store(out + 1, y.to(OUT.dtype.element_ty), mask=m & (3 * i + 1 < D))
-    tl.store(out + 2, z.to(OUT.dtype.element_ty), mask=m & (3 * i + 2 < D))
+    _store_triplets(OUT + rows[:, None].to(tl.int64) * s_o, i, x, y, z, r_mask[:, None] & valid, D, PLANES)
 
 
 @triton.jit
 def _octopus_decode_flat_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_ROWS, D: tl.constexpr,
                                 T: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr,
                                 NBYTES: tl.constexpr, SCALE_BY_NORM: tl.constexpr, SELECT: tl.constexpr,
-                                BLOCK_T: tl.constexpr):
+                                BLOCK_T: tl.constexpr, PLANES: tl.constexpr = False):
     """Fast decode over a flat range of ``BLOCK_T`` triplets (row ``t // T``, triplet ``t % T``): no
     lanes wasted on the padding of a power-of-two plane (43 triplets in 64 at d = 128), every store
     of a warp covers one contiguous stretch of the output. ``SELECT``: select or load lookups (int32
@@ -117,10 +131,7 @@ def _octopus_decode_flat_kernel(CODES, s_c, NORMS, OUT, s_o, CBX, CBE, CBR, N_RO
     if SCALE_BY_NORM:
         r = r * tl.load(NORMS + row, mask=m, other=0.0).to(tl.float32)
     x, y, z = x * r, y * r, z * r
-    out = OUT + row64 * s_o + 3 * j
-    tl.store(out, x.to(OUT.dtype.element_ty), mask=m)
-    tl.store(out + 1, y.to(OUT.dtype.element_ty), mask=m & (3 * j + 1 < D))
-    tl.store(out + 2, z.to(OUT.dtype.element_ty), mask=m & (3 * j + 2 < D))
+    _store_triplets(OUT + row64 * s_o, j, x, y, z, m, D, PLANES)
 
 
 @dataclass(frozen=True)
@@ -137,19 +148,22 @@ class DecodeConfig:
     num_warps: int = 4
 
 
-#: The fast decode's GPU launch, measured on the H100 (docs/kernels/codec_pass.md). Before that pass:
-#: 8 rows per program (run 4, select lookups, 3 bits, 1.3 M vectors: 8 rows 0.947 ms, 16 rows 1.724,
-#: 32 rows 3.092, 64 rows 3.053 -- every triplet plane is a register tile, more rows spill).
-GPU_CONFIG = DecodeConfig(flat=False, block=8)
-#: Backwards-compatible name of the row-tile GPU rows per program (the benchmark's "tune" sets it).
-GPU_BLOCK_ROWS = GPU_CONFIG.block
+#: The fast decode's GPU launch, measured on the H100 (docs/kernels/codec_pass.md, runs 1-3): flat, 512
+#: triplets per program, 4 warps -- 0.39 ms for 1.3 M vectors at 3 bits with load lookups, against
+#: 0.80 ms for the row tile of 8 rows (the launch before that pass).
+GPU_CONFIG = DecodeConfig(flat=True, block=512)
+#: Rows per program of the row-tile kernel where the flat one is not used (gather lookups, or
+#: >= 2**31 triplets): run 4, select lookups, 3 bits, 1.3 M vectors: 8 rows 0.947 ms, 16 rows 1.724, 32
+#: rows 3.092, 64 rows 3.053 -- every triplet plane is a register tile, more rows spill.
+GPU_BLOCK_ROWS = 8
 #: The tl.gather path (the exact decode) keeps 64 rows: Triton 3.6 aborts compiling a gather of a
 #: 2-entry codebook over 8 or 16 rows ("GatherLoweringHelper(op).isWarpLocal()" assertion,
 #: docs/kernels/run4_compile_crash.log, run5a_compile_crash.log); 64 rows compiled for 2-4 bits (runs
 #: 1-3). The select and load lookups have no such limit.
 MIN_GATHER_ROWS = 64
-#: Under the interpreter: 16-row tiles.
-CPU_CONFIG = DecodeConfig(flat=False, block=16)
+#: Under the interpreter: the same kernels, smaller blocks.
+CPU_CONFIG = DecodeConfig(flat=True, block=256)
+CPU_BLOCK_ROWS = 16
 
 _CODEBOOKS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
@@ -165,13 +179,17 @@ def _codebooks(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, .
 def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusSpec,
                         out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False,
                         out: torch.Tensor | None = None, exact: bool = True,
-                        select_lookup: bool | int = False, config: DecodeConfig | None = None) -> torch.Tensor:
+                        select_lookup: bool | int = False, config: DecodeConfig | None = None,
+                        plane_order: bool = False) -> torch.Tensor:
     """Rotated reconstruction of every row of ``codes`` ``(..., nbytes)``: ``(..., d)`` in ``out_dtype``
     (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``); written into ``out`` (rows x d) if given.
     ``exact=False`` (attention) uses one reciprocal square root per triplet instead of the reference's
     IEEE divisions (within float32 rounding of the reference); ``select_lookup`` (fast path only) reads
     the codebooks by compare-select chains (True), ``tl.gather`` (False) or loads (``LOOKUP_LOAD``);
-    ``config`` (fast path only) the launch (default: the measured GPU one)."""
+    ``config`` (fast path only) the launch (default: the measured GPU one). ``plane_order``: the ``d``
+    coordinates in :func:`plane_permutation`'s order instead of the codec's (``out[..., k]`` =
+    interleaved ``[..., perm[k]]``): whole-row stores, for a consumer that permutes its other operand
+    (decode-then-attend: the columns of the query rotation / rows of the output rotation)."""
     if codes.dtype != torch.uint8 or codes.shape[-1] != spec.nbytes:
         raise CodecError(f"octopus kernel: expected uint8 codes (..., {spec.nbytes}), got {codes.dtype} "
                          f"{tuple(codes.shape)}")
@@ -184,23 +202,31 @@ def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusS
     elif out.shape != (n, spec.head_dim) or out.stride(-1) != 1:
         raise CodecError(f"decode: out must be ({n}, {spec.head_dim}) with unit last stride")
     mode = LOOKUP_GATHER if exact else lookup_mode(select_lookup)
-    cfg = config or (replace(GPU_CONFIG, block=GPU_BLOCK_ROWS) if torch.cuda.is_available() else CPU_CONFIG)
+    gpu = torch.cuda.is_available()
+    cfg = config or (GPU_CONFIG if gpu else CPU_CONFIG)
     cbx, cbe, cbr = _codebooks(spec, codes.device)
     if not n:
         return out.reshape(*lead, spec.head_dim)
     common = dict(D=spec.head_dim, T=spec.n_triplets, BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
-                  SCALE_BY_NORM=scale_by_norm, SELECT=mode, num_warps=cfg.num_warps, enable_fp_fusion=not exact)
+                  SCALE_BY_NORM=scale_by_norm, SELECT=mode, PLANES=plane_order, num_warps=cfg.num_warps,
+                  enable_fp_fusion=not exact)
     if cfg.flat and mode != LOOKUP_GATHER and n * spec.n_triplets < 2 ** 31:
         _octopus_decode_flat_kernel[(triton.cdiv(n * spec.n_triplets, cfg.block),)](
             c2, c2.stride(0), n2, out, out.stride(0), cbx, cbe, cbr, n, BLOCK_T=cfg.block, **common)
     else:
-        br = 16 if cfg.flat else cfg.block
-        if mode == LOOKUP_GATHER and torch.cuda.is_available():
+        br = (GPU_BLOCK_ROWS if gpu else CPU_BLOCK_ROWS) if cfg.flat else cfg.block
+        if mode == LOOKUP_GATHER and gpu:
             br = max(br, MIN_GATHER_ROWS)
         _octopus_decode_kernel[(triton.cdiv(n, br),)](
             c2, c2.stride(0), n2, out, out.stride(0), cbx, cbe, cbr, n, TP=plane_width(spec.head_dim),
             EXACT=exact, BLOCK_R=br, GROUPED=cfg.grouped and not exact, **common)
     return out.reshape(*lead, spec.head_dim)
+
+
+def plane_permutation(head_dim: int) -> torch.Tensor:
+    """int64 ``perm`` of ``plane_order`` decoding: coordinates ``0, 3, 6, ...`` (all x), then ``1, 4, ...``
+    (y), then ``2, 5, ...`` (z)."""
+    return torch.cat([torch.arange(c, head_dim, 3) for c in range(3)])
 
 
 def octopus_decode(codec, packed: PackedTensor) -> torch.Tensor:

@@ -25,9 +25,9 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import EncodeConfig, OctopusSpec, default_config, kernel_spec, launch_grid, packed_meta, plane_width
+from .codec_spec import EncodeConfig, OctopusSpec, default_config, kernel_spec, packed_meta, plane_width
 from .tl_exact import norm3
-from .tl_helpers import (codebook_for, lookup_any, nearest_any,
+from .tl_helpers import (codebook_for, lookup_any, nearest_count,
                          octahedral_unfold, pack_fields_to_bytes, pack_groups8, sign_nonzero)
 
 
@@ -48,13 +48,13 @@ def _candidate(xi_c, eta_c, K: tl.constexpr, t0, t1, t2, best, best_k, EXACT: tl
 @triton.jit
 def _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R: tl.constexpr,
                        BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, JOINT: tl.constexpr,
-                       EXACT: tl.constexpr, LOOKUP: tl.constexpr = 0, SEARCH: tl.constexpr = False):
+                       EXACT: tl.constexpr, LOOKUP: tl.constexpr = 0):
     """Field values ``i_xi | i_eta << BX | i_rho << (BX + BE)`` of triplets ``(t0, t1, t2)``.
 
     ``EXACT``: the reference's float32 operations (FMA-exact norms, IEEE divisions); otherwise the
     GPU's fast forms (one reciprocal square root per candidate), for the fused-rotation path whose
-    codes are already allowed to differ at near-ties. ``LOOKUP`` (a ``tl_helpers.LOOKUP_*`` mode) and
-    ``SEARCH`` (binary-search nearest index) change how tables are read, never the result."""
+    codes are already allowed to differ at near-ties. ``LOOKUP`` (a ``tl_helpers.LOOKUP_*`` mode)
+    changes how codebooks are read, never the result."""
     if EXACT:
         rho = norm3(t0, t1, t2)
     else:
@@ -74,8 +74,8 @@ def _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R: 
     lower = dz < 0
     xi = tl.where(lower, sign_nonzero(px) * (1.0 - tl.abs(py)), px)
     eta = tl.where(lower, sign_nonzero(py) * (1.0 - tl.abs(px)), py)
-    j_xi = nearest_any(xi, THX, BX, SEARCH)
-    j_eta = nearest_any(eta, THE, BE, SEARCH)
+    j_xi = nearest_count(xi, THX, BX)
+    j_eta = nearest_count(eta, THE, BE)
     if JOINT:
         cbx = codebook_for(CBX, BLOCK_R, 1 << BX, LOOKUP)
         cbe = codebook_for(CBE, BLOCK_R, 1 << BE, LOOKUP)
@@ -101,76 +101,11 @@ def _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R: 
         best, best_k = _candidate(xa, e2, 8, t0, t1, t2, best, best_k, EXACT)
         j_xi = tl.minimum(tl.maximum(j_xi + best_k // 3 - 1, 0), (1 << BX) - 1)
         j_eta = tl.minimum(tl.maximum(j_eta + best_k % 3 - 1, 0), (1 << BE) - 1)
-        j_rho = nearest_any(best, THR_RHO, BR, SEARCH)
+        j_rho = nearest_count(best, THR_RHO, BR)
     else:
-        j_rho = nearest_any(rho, THR_RHO, BR, SEARCH)
+        j_rho = nearest_count(rho, THR_RHO, BR)
     v = j_xi | (j_eta << BX) | (j_rho << (BX + BE))
     return tl.where(valid, v, 0)
-
-
-@triton.jit
-def _encode_part(x_rows, xd, inv, r_mask, out_rows, SIGNS, CBX, CBE, THX, THE, THR_RHO,
-                 COL0: tl.constexpr, SIGN_COLS: tl.constexpr, FIRST: tl.constexpr, TPW: tl.constexpr,
-                 D: tl.constexpr, T: tl.constexpr, BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr,
-                 NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr, JOINT: tl.constexpr,
-                 FUSED_ROTATION: tl.constexpr, EXACT: tl.constexpr, BLOCK_R: tl.constexpr,
-                 LOOKUP: tl.constexpr, SEARCH: tl.constexpr, PACK8: tl.constexpr):
-    """Quantize and store triplets ``[FIRST, FIRST + TPW)`` of a block of rows. Fused rotation: their
-    x/y/z planes are columns ``COL0 + c * TPW`` of the sign matrix (``SIGN_COLS`` wide)."""
-    i = tl.arange(0, TPW)[None, :]
-    valid = FIRST + i < T
-    if FUSED_ROTATION:
-        s_cols = SIGNS + tl.arange(0, D)[:, None] * SIGN_COLS + COL0 + i
-        t0 = tl.dot(xd, tl.load(s_cols)) * inv[:, None]
-        t1 = tl.dot(xd, tl.load(s_cols + TPW)) * inv[:, None]
-        t2 = tl.dot(xd, tl.load(s_cols + 2 * TPW)) * inv[:, None]
-    else:
-        m = r_mask[:, None] & valid
-        c0 = 3 * (FIRST + i)
-        t0 = tl.load(x_rows + c0, mask=m & (c0 < D), other=0.0)
-        t1 = tl.load(x_rows + c0 + 1, mask=m & (c0 + 1 < D), other=0.0)
-        t2 = tl.load(x_rows + c0 + 2, mask=m & (c0 + 2 < D), other=0.0)
-    v = _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R, BX, BE, BR, JOINT, EXACT,
-                           LOOKUP, SEARCH)
-    W: tl.constexpr = BX + BE + BR
-    if PACK8:
-        pack_groups8(v, out_rows + (FIRST // 8) * W, r_mask[:, None], W, NBYTES - (FIRST // 8) * W)
-    else:  # the whole row in one part
-        pack_fields_to_bytes(v, out_rows, r_mask[:, None], T, T, W, W, NBYTES, NBYTES_PAD)
-
-
-@triton.jit
-def _encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, CBX, CBE, THX, THE, THR_RHO,
-                  N_ROWS, D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr, TPB: tl.constexpr,
-                  BX: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr,
-                  NBYTES_PAD: tl.constexpr, JOINT: tl.constexpr, FUSED_ROTATION: tl.constexpr,
-                  EXACT: tl.constexpr, BLOCK_R: tl.constexpr, LOOKUP: tl.constexpr, SEARCH: tl.constexpr,
-                  PACK8: tl.constexpr):
-    """Encode rows ``[blk * BLOCK_R, (blk + 1) * BLOCK_R)``: triplets ``[0, TP)``, then (``TPB > 0``,
-    fused rotation with ``PACK8`` only) ``[TP, TP + TPB)`` as a second, narrower tile, so that fewer
-    lanes work on padding (43 triplets as 32 + 16 instead of 64)."""
-    rows = blk * BLOCK_R + tl.arange(0, BLOCK_R)
-    r_mask = rows < N_ROWS
-    x_rows = X + rows[:, None].to(tl.int64) * s_x
-    out_rows = CODES + rows[:, None].to(tl.int64) * s_c
-    if FUSED_ROTATION:
-        # gamma and y = (x @ (H diag(s)).T) / sqrt(d) / gamma, as x/y/z planes of the triplets.
-        x = tl.load(x_rows + tl.arange(0, D)[None, :], mask=r_mask[:, None], other=0.0)
-        xf = x.to(tl.float32)
-        gamma = tl.sqrt(tl.sum(xf * xf, 1))
-        tl.store(NORMS_OUT + rows, gamma.to(NORMS_OUT.dtype.element_ty), mask=r_mask)
-        inv = inv_sqrt_d / tl.where(gamma > 0, gamma, 1.0)
-        xd = x.to(SIGNS.dtype.element_ty)
-    else:
-        inv = 0.0
-        xd = 0.0
-    SIGN_COLS: tl.constexpr = 3 * (TP + TPB)
-    _encode_part(x_rows, xd, inv, r_mask, out_rows, SIGNS, CBX, CBE, THX, THE, THR_RHO, 0, SIGN_COLS, 0, TP, D,
-                 T, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION, EXACT, BLOCK_R, LOOKUP, SEARCH, PACK8)
-    if TPB > 0:
-        _encode_part(x_rows, xd, inv, r_mask, out_rows, SIGNS, CBX, CBE, THX, THE, THR_RHO, 3 * TP, SIGN_COLS, TP,
-                     TPB, D, T, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION, EXACT, BLOCK_R, LOOKUP,
-                     SEARCH, PACK8)
 
 
 @triton.jit
@@ -180,19 +115,39 @@ def _octopus_encode_kernel(X, s_x, GAMMA, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt
                            BE: tl.constexpr, BR: tl.constexpr, NBYTES: tl.constexpr,
                            NBYTES_PAD: tl.constexpr, JOINT: tl.constexpr, FUSED_ROTATION: tl.constexpr,
                            EXACT: tl.constexpr, BLOCK_R: tl.constexpr, LOOKUP: tl.constexpr = 0,
-                           SEARCH: tl.constexpr = False, PACK8: tl.constexpr = False,
-                           LOOP: tl.constexpr = False, TPB: tl.constexpr = 0):
-    """Encode ``BLOCK_R`` rows per program, or (``LOOP``) every ``num_programs``-th block of rows from
-    ``program_id`` on. ``TP`` (+ ``TPB``): the triplet tile widths, see :func:`_encode_block`."""
-    if LOOP:
-        for blk in range(tl.program_id(0), tl.cdiv(N_ROWS, BLOCK_R), tl.num_programs(0)):
-            _encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, CBX, CBE, THX, THE, THR_RHO,
-                          N_ROWS, D, T, TP, TPB, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION, EXACT,
-                          BLOCK_R, LOOKUP, SEARCH, PACK8)
+                           PACK8: tl.constexpr = False):
+    """Encode ``BLOCK_R`` rows: triplets as ``[BLOCK_R, TP]`` x/y/z planes (zero past ``T``), quantized,
+    packed by :func:`pack_groups8` (``PACK8``) or :func:`pack_fields_to_bytes`."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_mask = rows < N_ROWS
+    i = tl.arange(0, TP)[None, :]
+    valid = i < T
+    x_rows = X + rows[:, None].to(tl.int64) * s_x
+    if FUSED_ROTATION:
+        # gamma and y = (x @ (H diag(s)).T) / sqrt(d) / gamma, as x/y/z planes of the triplets.
+        j = tl.arange(0, D)
+        x = tl.load(x_rows + j[None, :], mask=r_mask[:, None], other=0.0)
+        xf = x.to(tl.float32)
+        gamma = tl.sqrt(tl.sum(xf * xf, 1))
+        tl.store(NORMS_OUT + rows, gamma.to(NORMS_OUT.dtype.element_ty), mask=r_mask)
+        inv = inv_sqrt_d / tl.where(gamma > 0, gamma, 1.0)
+        s_rows = SIGNS + j[:, None] * (3 * TP) + i
+        xd = x.to(SIGNS.dtype.element_ty)
+        t0 = tl.dot(xd, tl.load(s_rows)) * inv[:, None]
+        t1 = tl.dot(xd, tl.load(s_rows + TP)) * inv[:, None]
+        t2 = tl.dot(xd, tl.load(s_rows + 2 * TP)) * inv[:, None]
     else:
-        _encode_block(tl.program_id(0), X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, CBX, CBE, THX, THE,
-                      THR_RHO, N_ROWS, D, T, TP, TPB, BX, BE, BR, NBYTES, NBYTES_PAD, JOINT, FUSED_ROTATION,
-                      EXACT, BLOCK_R, LOOKUP, SEARCH, PACK8)
+        m = r_mask[:, None] & valid
+        t0 = tl.load(x_rows + 3 * i, mask=m & (3 * i < D), other=0.0)
+        t1 = tl.load(x_rows + 3 * i + 1, mask=m & (3 * i + 1 < D), other=0.0)
+        t2 = tl.load(x_rows + 3 * i + 2, mask=m & (3 * i + 2 < D), other=0.0)
+    v = _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R, BX, BE, BR, JOINT, EXACT,
+                           LOOKUP)
+    out_rows = CODES + rows[:, None].to(tl.int64) * s_c
+    if PACK8:
+        pack_groups8(v, out_rows, r_mask[:, None], BX + BE + BR, NBYTES)
+    else:
+        pack_fields_to_bytes(v, out_rows, r_mask[:, None], T, T, BX + BE + BR, BX + BE + BR, NBYTES, NBYTES_PAD)
 
 
 _TABLES: dict[tuple, tuple[torch.Tensor, ...]] = {}
@@ -210,35 +165,15 @@ def _tables(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]
         if not (signs.abs().eq(1).all() and torch.allclose(signs / d ** 0.5, spec.rotation.double(),
                                                             rtol=1e-6, atol=0)):
             signs = None
-        split = plane_split(spec.n_triplets)
-        planes = {w: _sign_planes(signs, d, w).to(device) for w in {(tp, 0), split} if w is not None}
+        planes = torch.zeros(d, 3 * tp)
+        if signs is not None:
+            for c in range(3):
+                idx = torch.arange(c, d, 3)
+                planes[:, c * tp: c * tp + idx.numel()] = signs.T[:, idx]
         _TABLES[key] = tuple(t.to(device) for t in (
             spec.xi_codebook, spec.eta_codebook, mids(spec.xi_codebook), mids(spec.eta_codebook),
-            mids(spec.rho_codebook))) + (planes, signs is not None)
+            mids(spec.rho_codebook))) + (planes.to(device), signs is not None)
     return _TABLES[key]
-
-
-def plane_split(n_triplets: int) -> tuple[int, int] | None:
-    """Triplet tile widths ``(a, b)``, powers of two >= 16 (the smallest ``tl.dot`` tile), with
-    ``a < n_triplets <= a + b < plane_width``: 43 -> (32, 16); None where no such pair exists."""
-    a = 1 << ((n_triplets - 1).bit_length() - 1)
-    b = 1 << max(4, (n_triplets - a - 1).bit_length())
-    return (a, b) if a >= 16 and a + b < 1 << (n_triplets - 1).bit_length() else None
-
-
-def _sign_planes(signs: torch.Tensor | None, d: int, widths: tuple[int, int]) -> torch.Tensor:
-    """``(d, 3 (a + b))`` float32: for each tile of ``widths = (a, b)`` triplets, the columns of the x, y
-    and z coordinates of its triplets in ``(H diag(s)).T`` (zero for padding; all zero without a
-    Hadamard rotation, which the launcher then refuses)."""
-    planes = torch.zeros(d, 3 * sum(widths))
-    col, first = 0, 0
-    for w in widths:
-        for c in range(3):
-            idx = torch.arange(3 * first + c, max(3 * first + c, min(d, 3 * (first + w))), 3)
-            if signs is not None and idx.numel():
-                planes[:, col + c * w: col + c * w + idx.numel()] = signs.T[:, idx]
-        col, first = col + 3 * w, first + w
-    return planes
 
 
 #: The GPU launch, measured on the H100 (docs/kernels/codec_pass.md). Before that pass: 16 rows per
@@ -260,8 +195,6 @@ def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
     dev = x.device
     cbx, cbe, thx, the, thr, planes, is_hadamard = _tables(spec, dev)
     cfg = default_config(config, GPU_CONFIG, GPU_BLOCK_ROWS)
-    split = plane_split(spec.n_triplets) if cfg.split and cfg.pack8 and fused_rotation else None
-    widths = split or (plane_width(spec.head_dim), 0)
     codes = torch.empty((n, spec.nbytes), dtype=torch.uint8, device=dev)
     norms_dtype = getattr(codec, "norm_dtype", torch.float16)
     if fused_rotation:
@@ -271,23 +204,22 @@ def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
             raise CodecError("octopus kernel: fused rotation takes float16/bfloat16 input (a float32 "
                              "tensor-core product would round x to tf32); use fused_rotation=False")
         src, norms = xf.contiguous(), torch.empty(n, dtype=norms_dtype, device=dev)
-        sign_mat = planes[widths].to(x.dtype)
+        sign_mat = planes.to(x.dtype)
     else:
         # The reference's float prologue, op for op (OctopusCodec._encode).
         x32 = xf.to(torch.float32)
         gamma = torch.linalg.vector_norm(x32, dim=-1)
         src = (codec.rotation.forward(x32) / torch.where(gamma > 0, gamma, 1.0)[..., None]).contiguous()
         norms = gamma.to(norms_dtype)
-        sign_mat = planes[widths]
+        sign_mat = planes
     if n:
-        programs, loop = launch_grid(triton.cdiv(n, cfg.block_rows), cfg.programs_per_sm, dev)
-        _octopus_encode_kernel[(programs,)](
+        _octopus_encode_kernel[(triton.cdiv(n, cfg.block_rows),)](
             src, src.stride(0), src, norms, codes, codes.stride(0), sign_mat, spec.head_dim ** -0.5,
-            cbx, cbe, thx, the, thr, n, D=spec.head_dim, T=spec.n_triplets, TP=widths[0], TPB=widths[1],
+            cbx, cbe, thx, the, thr, n, D=spec.head_dim, T=spec.n_triplets, TP=plane_width(spec.head_dim),
             BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
             NBYTES_PAD=triton.next_power_of_2(spec.nbytes), JOINT=spec.joint_rounding,
             FUSED_ROTATION=fused_rotation, EXACT=not fused_rotation, BLOCK_R=cfg.block_rows,
-            LOOKUP=cfg.lookup, SEARCH=cfg.search, PACK8=cfg.pack8, LOOP=loop, num_warps=cfg.num_warps,
+            LOOKUP=cfg.lookup, PACK8=cfg.pack8, num_warps=cfg.num_warps,
             enable_fp_fusion=fused_rotation)
     return PackedTensor("octopus", tuple(x.shape), x.dtype,
                         {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},

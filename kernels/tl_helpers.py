@@ -10,8 +10,7 @@ Everything here is a ``@triton.jit`` function inlined into the kernels that call
   registers (:func:`lookup`), a compare-select chain (:func:`lookup_select`), or a load from the tiny
   global table (``tl.load(table_ptr + idx)``, L1-resident: slow inside an attention loop, 13x there
   per performance.md, but measured fastest in the streaming codec kernels, docs/kernels/codec_pass.md);
-* :func:`nearest_search` is ``torch.bucketize`` against sorted midpoints by a binary search over a
-  global table, exactly equal to counting the midpoints below the value;
+* :func:`nearest_count` is ``torch.bucketize`` against sorted midpoints (the encoders' rounding);
 * :func:`pack_groups8` / :func:`unpack_groups8` store / read ``W``-bit fields in groups of 8 (= ``W``
   bytes) without ``tl.gather``, any ``W`` (OCTOPUS triplets of 7-13 bits, TurboQuant 2-4 bits);
 * :func:`octahedral_unfold` is the inverse octahedral map without normalisation;
@@ -156,33 +155,13 @@ def codebook_for(cb_ptr, ROWS: tl.constexpr, SIZE: tl.constexpr, MODE: tl.conste
 
 
 @triton.jit
-def nearest_search(v, THR, BITS: tl.constexpr):
-    """Number of the ``2**BITS - 1`` sorted midpoints ``THR`` strictly below ``v`` (``torch.bucketize``,
-    ties low), by a ``BITS``-step binary search with one table load per step. Equal to counting
-    ``v > THR[k]`` over all k because the midpoints are sorted (the predicate is monotone in k)."""
-    idx = tl.zeros(v.shape, dtype=tl.int32)
-    for s in tl.static_range(BITS):
-        step = 1 << (BITS - 1 - s)
-        idx = tl.where(v > tl.load(THR + idx + (step - 1)), idx + step, idx)
-    return idx
-
-
-@triton.jit
 def nearest_count(v, THR, BITS: tl.constexpr):
-    """The same count as :func:`nearest_search` by ``2**BITS - 1`` compares against scalar midpoints."""
+    """Number of the ``2**BITS - 1`` sorted midpoints ``THR`` strictly below ``v`` (``torch.bucketize``,
+    ties low), by compares against scalar midpoints. (A binary search with one table load per step
+    gave the same indices and was slower in every encode kernel, docs/kernels/codec_pass.md.)"""
     idx = tl.zeros(v.shape, dtype=tl.int32)
     for k in tl.static_range((1 << BITS) - 1):
         idx += (v > tl.load(THR + k)).to(tl.int32)
-    return idx
-
-
-@triton.jit
-def nearest_any(v, THR, BITS: tl.constexpr, SEARCH: tl.constexpr):
-    """:func:`nearest_search` (``SEARCH``) or :func:`nearest_count`: identical indices."""
-    if SEARCH:
-        idx = nearest_search(v, THR, BITS)
-    else:
-        idx = nearest_count(v, THR, BITS)
     return idx
 
 

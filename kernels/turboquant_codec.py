@@ -18,9 +18,9 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import (EncodeConfig, TurboQuantSpec, check_packed, default_config, kernel_spec, launch_grid,
+from .codec_spec import (EncodeConfig, TurboQuantSpec, check_packed, default_config, kernel_spec,
                          packed_meta, reference_rotated)
-from .tl_helpers import (LOOKUP_GATHER, codebook_for, field_groups, field_offset, lookup_any, lookup_mode, nearest_any,
+from .tl_helpers import (LOOKUP_GATHER, codebook_for, field_groups, field_offset, lookup_any, lookup_mode, nearest_count,
                          pack_fields_to_bytes, pack_groups8, unpack_field, unpack_grouped)
 
 
@@ -60,12 +60,12 @@ def _tq_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CB_HI, CB_LO, N_ROWS, D: tl.c
 
 
 @triton.jit
-def _tq_encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, signs, inv_sqrt_d, THR_HI, THR_LO, N_ROWS,
-                     D: tl.constexpr, N_HI: tl.constexpr, B_HI: tl.constexpr, B_LO: tl.constexpr,
-                     NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr, FUSED_ROTATION: tl.constexpr,
-                     BLOCK_R: tl.constexpr, SEARCH: tl.constexpr, PACK8: tl.constexpr):
-    """Encode rows ``[blk * BLOCK_R, (blk + 1) * BLOCK_R)`` (``signs``: the loaded sign matrix)."""
-    rows = blk * BLOCK_R + tl.arange(0, BLOCK_R)
+def _tq_encode_kernel(X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, THR_HI, THR_LO, N_ROWS,
+                      D: tl.constexpr, N_HI: tl.constexpr, B_HI: tl.constexpr, B_LO: tl.constexpr,
+                      NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr, FUSED_ROTATION: tl.constexpr,
+                      BLOCK_R: tl.constexpr, PACK8: tl.constexpr = False):
+    """``BLOCK_R`` rows per program; ``PACK8`` (:func:`pack_groups8`) only for one width."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = rows < N_ROWS
     j = tl.arange(0, D)
     x = tl.load(X + rows[:, None].to(tl.int64) * s_x + j[None, :], mask=r_mask[:, None], other=0.0)
@@ -73,38 +73,18 @@ def _tq_encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, signs, inv_sqrt_d, THR_
         xf = x.to(tl.float32)
         gamma = tl.sqrt(tl.sum(xf * xf, 1))
         tl.store(NORMS_OUT + rows, gamma.to(NORMS_OUT.dtype.element_ty), mask=r_mask)
-        y = tl.dot(x.to(signs.dtype), signs) * (inv_sqrt_d / tl.where(gamma > 0, gamma, 1.0))[:, None]
+        s = tl.load(SIGNS + j[:, None] * D + j[None, :])
+        y = tl.dot(x.to(SIGNS.dtype.element_ty), s) * (inv_sqrt_d / tl.where(gamma > 0, gamma, 1.0))[:, None]
     else:
         y = x
-    idx = nearest_any(y, THR_HI, B_HI, SEARCH)
+    idx = nearest_count(y, THR_HI, B_HI)
     if B_HI != B_LO:
-        idx = tl.where(j[None, :] < N_HI, idx, nearest_any(y, THR_LO, B_LO, SEARCH))
+        idx = tl.where(j[None, :] < N_HI, idx, nearest_count(y, THR_LO, B_LO))
     out_rows = CODES + rows[:, None].to(tl.int64) * s_c
     if PACK8:
         pack_groups8(idx, out_rows, r_mask[:, None], B_HI, NBYTES)
     else:
         pack_fields_to_bytes(idx, out_rows, r_mask[:, None], D, N_HI, B_HI, B_LO, NBYTES, NBYTES_PAD)
-
-
-@triton.jit
-def _tq_encode_kernel(X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, THR_HI, THR_LO, N_ROWS,
-                      D: tl.constexpr, N_HI: tl.constexpr, B_HI: tl.constexpr, B_LO: tl.constexpr,
-                      NBYTES: tl.constexpr, NBYTES_PAD: tl.constexpr, FUSED_ROTATION: tl.constexpr,
-                      BLOCK_R: tl.constexpr, SEARCH: tl.constexpr = False, PACK8: tl.constexpr = False,
-                      LOOP: tl.constexpr = False):
-    """``BLOCK_R`` rows per program, or (``LOOP``) every ``num_programs``-th block from ``program_id``
-    on with the sign matrix read once per program; ``PACK8`` only for one width (``B_HI == B_LO``)."""
-    if FUSED_ROTATION:
-        signs = tl.load(SIGNS + tl.arange(0, D)[:, None] * D + tl.arange(0, D)[None, :])
-    else:
-        signs = SIGNS
-    if LOOP:
-        for blk in range(tl.program_id(0), tl.cdiv(N_ROWS, BLOCK_R), tl.num_programs(0)):
-            _tq_encode_block(blk, X, s_x, NORMS_OUT, CODES, s_c, signs, inv_sqrt_d, THR_HI, THR_LO, N_ROWS, D,
-                             N_HI, B_HI, B_LO, NBYTES, NBYTES_PAD, FUSED_ROTATION, BLOCK_R, SEARCH, PACK8)
-    else:
-        _tq_encode_block(tl.program_id(0), X, s_x, NORMS_OUT, CODES, s_c, signs, inv_sqrt_d, THR_HI, THR_LO,
-                         N_ROWS, D, N_HI, B_HI, B_LO, NBYTES, NBYTES_PAD, FUSED_ROTATION, BLOCK_R, SEARCH, PACK8)
 
 
 _TABLES: dict[tuple, tuple] = {}
@@ -127,13 +107,13 @@ def _tables(spec: TurboQuantSpec, device: torch.device) -> tuple:
     return _TABLES[key]
 
 
-#: Launches measured on the H100 (docs/kernels/codec_pass.md). Before that pass (run 4, 3 bits): encode
-#: 16 rows 1.93 ms, 32 rows 2.01, 64 rows 2.56; decode 16 rows 0.232 ms, 32 rows 0.294, 64 rows 0.272.
-GPU_CONFIG = EncodeConfig()
+#: Launches measured on the H100 (docs/kernels/codec_pass.md). Encode: 32 rows, gather-free packing
+#: (3 bits: 1.43 ms against 1.99 for the previous 16 rows with tl.gather packing, run 2). Decode: fields
+#: read in byte groups, 32 rows (3 bits, load lookups: 0.145 ms against 0.274 per field with gathers).
+GPU_CONFIG = EncodeConfig(block_rows=32, pack8=True)
 GPU_BLOCK_ROWS = GPU_CONFIG.block_rows
-#: Decode: rows per program and byte-group unpacking (one width only).
-GPU_DECODE_BLOCK_ROWS = 16
-GPU_DECODE_GROUPED = False
+GPU_DECODE_BLOCK_ROWS = 32
+GPU_DECODE_GROUPED = True
 #: The tl.gather path keeps >= 64 rows: with 16 rows, 2- and 2.5-bit codebooks (4 entries) failed the
 #: GPU tests (docs/kernels/tests_final_run1.log), as OCTOPUS's gather did (octopus_decode.MIN_GATHER_ROWS).
 MIN_GATHER_ROWS = 64
@@ -207,13 +187,12 @@ def tq_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
         norms, sign_mat = gamma.to(codec.norm_dtype), signs
     cfg = default_config(config, GPU_CONFIG, GPU_BLOCK_ROWS)
     if n:
-        programs, loop = launch_grid(triton.cdiv(n, cfg.block_rows), cfg.programs_per_sm, dev)
-        _tq_encode_kernel[(programs,)](
+        _tq_encode_kernel[(triton.cdiv(n, cfg.block_rows),)](
             src, src.stride(0), norms, codes, codes.stride(0), sign_mat, spec.head_dim ** -0.5, thr_hi, thr_lo,
             n, D=spec.head_dim, N_HI=spec.n_high, B_HI=spec.bits_hi, B_LO=spec.bits_lo, NBYTES=spec.nbytes,
             NBYTES_PAD=triton.next_power_of_2(spec.nbytes), FUSED_ROTATION=fused_rotation,
-            BLOCK_R=cfg.block_rows, SEARCH=cfg.search, PACK8=cfg.pack8 and spec.bits_hi == spec.bits_lo,
-            LOOP=loop, num_warps=cfg.num_warps, enable_fp_fusion=False)
+            BLOCK_R=cfg.block_rows, PACK8=cfg.pack8 and spec.bits_hi == spec.bits_lo,
+            num_warps=cfg.num_warps, enable_fp_fusion=False)
     return PackedTensor(codec.name, tuple(x.shape), x.dtype,
                         {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},
                         packed_meta(codec))

@@ -144,11 +144,9 @@ from octopus_diffusers.kernels.octopus_decode import DecodeConfig  # noqa: E402
 from octopus_diffusers.kernels.tl_helpers import LOOKUP_GATHER, LOOKUP_LOAD, LOOKUP_SELECT  # noqa: E402
 
 ENCODE_VARIANTS = {
-    "select-search": EncodeConfig(lookup=LOOKUP_SELECT, search=True),
-    "load-pack8": EncodeConfig(lookup=LOOKUP_LOAD, pack8=True),
-    "load-search-pack8-loop": EncodeConfig(block_rows=16, lookup=LOOKUP_LOAD, search=True, pack8=True,
-                                           programs_per_sm=1),
-    "load-pack8-split": EncodeConfig(lookup=LOOKUP_LOAD, pack8=True, split=True),
+    "gather-pack8": EncodeConfig(pack8=True),
+    "select": EncodeConfig(lookup=LOOKUP_SELECT, num_warps=8),
+    "load-pack8-32rows": EncodeConfig(block_rows=32, lookup=LOOKUP_LOAD, pack8=True),
 }
 
 
@@ -156,9 +154,8 @@ ENCODE_VARIANTS = {
 @pytest.mark.parametrize("name,head_dim,bits,options", [CASES[0], CASES[2], CASES[5], CASES[7]],
                          ids=[IDS[0], IDS[2], IDS[5], IDS[7]])
 def test_encode_variants_give_identical_codes(name, head_dim, bits, options, variant):
-    """Lookup mode, binary-search rounding, gather-free packing, the persistent row loop and split
-    triplet tiles change only the speed: codes and norms equal the default launch's bit for bit (both rotation paths;
-    70 rows = 5 blocks of 16 over 2 looping programs under the interpreter, the last block partial)."""
+    """Lookup mode, gather-free packing and rows per program change only the speed: codes and norms
+    equal the default launch's bit for bit (both rotation paths; 70 rows: the last block partial)."""
     codec = get_codec(name, head_dim, bits, seed=3, **options)
     encode, _, _ = _kernels(name)
     x = _data(head_dim, torch.float16, rows=70)
@@ -189,6 +186,21 @@ def test_octopus_fast_decode_variants_agree(label, mode, config, head_dim, bits)
     got = octopus_decode_rows(codes, norms, spec, torch.float16, scale_by_norm=True, exact=False,
                               select_lookup=mode, config=config, out=out)
     assert torch.equal(got, base)
+
+
+@pytest.mark.parametrize("config", [DecodeConfig(block=8), DecodeConfig(flat=True, block=128)], ids=["row", "flat"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_octopus_plane_order_is_the_permuted_decode(config, head_dim):
+    from octopus_diffusers.kernels.octopus_decode import plane_permutation
+
+    codec = get_codec("octopus", head_dim, 3, seed=8)
+    packed = codec.encode(_data(head_dim, torch.float16, rows=10))
+    args = (packed.fields["codes"], packed.fields["norms"], kernel_spec(codec), torch.float16, True)
+    inter = octopus_decode_rows(*args, exact=False, select_lookup=LOOKUP_LOAD, config=config)
+    planes = octopus_decode_rows(*args, exact=False, select_lookup=LOOKUP_LOAD, config=config, plane_order=True)
+    perm = plane_permutation(head_dim)
+    assert sorted(perm.tolist()) == list(range(head_dim))
+    assert torch.equal(planes, inter[..., perm.to(inter.device)])
 
 
 @pytest.mark.parametrize("mode", [LOOKUP_SELECT, LOOKUP_LOAD])
