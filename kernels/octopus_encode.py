@@ -176,9 +176,11 @@ def _tables(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]
     return _TABLES[key]
 
 
-#: The GPU launch, measured on the H100 (docs/kernels/codec_pass.md). Before that pass: 16 rows per
-#: program (run 4: 16 rows 10.2 ms, 32 rows 14.1, 64 rows 27.8: register spills), gather lookups.
-GPU_CONFIG = EncodeConfig()
+#: The GPU launch, measured on the H100 (docs/kernels/codec_pass.md, run 3, 3 bits): 16 rows, gather
+#: lookups, gather-free packing: 3.38 ms against 3.71 with the tl.gather packing (which spilled 58
+#: registers); compare-select lookups with 8 warps: 3.68. Earlier (run 4): 16 rows 10.2 ms, 32 rows 14.1,
+#: 64 rows 27.8 (register spills).
+GPU_CONFIG = EncodeConfig(pack8=True)
 #: Backwards-compatible name of the GPU rows per program (the benchmark's "tune" section sets it).
 GPU_BLOCK_ROWS = GPU_CONFIG.block_rows
 

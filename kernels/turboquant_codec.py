@@ -108,10 +108,14 @@ def _tables(spec: TurboQuantSpec, device: torch.device) -> tuple:
 
 
 #: Launches measured on the H100 (docs/kernels/codec_pass.md). Encode: 32 rows, gather-free packing
-#: (3 bits: 1.43 ms against 1.99 for the previous 16 rows with tl.gather packing, run 2). Decode: fields
+#: (run 3: 3 bits 1.38 ms against 1.88 for the previous 16 rows with tl.gather packing; 2 bits 1.37
+#: against 1.53; 4 bits see PACK8_WIDTHS). Decode: fields
 #: read in byte groups, 32 rows (3 bits, load lookups: 0.145 ms against 0.274 per field with gathers).
 GPU_CONFIG = EncodeConfig(block_rows=32, pack8=True)
 GPU_BLOCK_ROWS = GPU_CONFIG.block_rows
+#: Widths whose codes the gather-free packing writes when ``pack8`` is asked for; 4-bit fields keep
+#: the gather packing, measured faster there (run 3, 32 rows: 1.57 ms against 2.26 with pack8).
+PACK8_WIDTHS = (2, 3)
 GPU_DECODE_BLOCK_ROWS = 32
 GPU_DECODE_GROUPED = True
 #: The tl.gather path keeps >= 64 rows: with 16 rows, 2- and 2.5-bit codebooks (4 entries) failed the
@@ -191,7 +195,7 @@ def tq_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
             src, src.stride(0), norms, codes, codes.stride(0), sign_mat, spec.head_dim ** -0.5, thr_hi, thr_lo,
             n, D=spec.head_dim, N_HI=spec.n_high, B_HI=spec.bits_hi, B_LO=spec.bits_lo, NBYTES=spec.nbytes,
             NBYTES_PAD=triton.next_power_of_2(spec.nbytes), FUSED_ROTATION=fused_rotation,
-            BLOCK_R=cfg.block_rows, PACK8=cfg.pack8 and spec.bits_hi == spec.bits_lo,
+            BLOCK_R=cfg.block_rows, PACK8=cfg.pack8 and spec.bits_hi == spec.bits_lo and spec.bits_hi in PACK8_WIDTHS,
             num_warps=cfg.num_warps, enable_fp_fusion=False)
     return PackedTensor(codec.name, tuple(x.shape), x.dtype,
                         {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},
