@@ -16,16 +16,19 @@ import torch
 from .codec_spec import KernelSpec, OctopusSpec
 
 #: (codec kind, head_dim) -> largest measured query-rows-per-KV-head at which the fused kernel was
-#: faster than decode-then-attend. Source: docs/kernels/benchmark.md, "Crossover with the new
-#: defaults (run 10)"
-#: (H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, Nkv = 32,760, 12 heads x 128, fp16, 3 bits,
-#: after byte-group unpacking and BLOCK_M = 256): OCTOPUS fused 0.559 / 0.493 / 0.846 / 0.951 /
-#: 1.411 ms vs decoded 0.732 / 0.710 / 0.907 / 0.920 / 1.174 ms at Nq = 16 / 64 / 128 / 256 / 512,
-#: so 128 (the 256-row loss is 3 %, noise-level, and decoded wins clearly from 512 on).
-#: TurboQuant: fused 0.437 vs decoded 0.459 ms at 16 (5 %, within run-to-run noise: run 5b had
-#: decoded ahead, 0.574 vs 0.742), decoded clearly ahead from 64 on (0.272 vs 0.472), so 0.
-#: head_dim 64 was not measured and falls back to DEFAULT_CROSSOVER.
-CROSSOVER: dict[tuple[str, int], int] = {("octopus", 128): 128, ("turboquant", 128): 0}
+#: faster than decode-then-attend. Source: docs/kernels/fewq_pass.md, crossover table (run F2: H100
+#: 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, (1, 12, Nq, 32760, 128), fp16, 3 bits; eager
+#: do_bench ms, CUDA-graph ms in brackets; the 16-row TurboQuant value is its (16, 128, 4) tile):
+#:
+#: | Nq                 | 16            | 64            | 128           | 256           | 512           |
+#: | TurboQuant fused   | 0.109 (0.071) | 0.197 (0.116) | 0.253 (0.176) | 0.807 (0.372) | 0.801 (0.626) |
+#: | TurboQuant decoded | 0.537 (0.264) | 0.474 (0.269) | 0.295 (0.286) | 0.433 (0.363) | 0.601 (0.590) |
+#: | OCTOPUS fused      | 0.359 (0.357) | 0.363 (0.360) | 0.649 (0.632) | 0.908 (0.812) | 1.413 (1.384) |
+#: | OCTOPUS decoded    | 0.596 (0.577) | 0.736 (0.579) | 0.612 (0.596) | 0.696 (0.674) | 0.916 (0.904) |
+#:
+#: so TurboQuant 128 (fused ahead by 14 % eager / 38 % graph at 128 rows, behind from 256 on) and
+#: OCTOPUS 64 (behind by 6 % at 128 rows). head_dim 64 was not measured: DEFAULT_CROSSOVER.
+CROSSOVER: dict[tuple[str, int], int] = {("octopus", 128): 64, ("turboquant", 128): 128}
 
 #: Used for a (kind, head_dim) that was not measured: never pick the fused kernel blindly.
 DEFAULT_CROSSOVER = 0

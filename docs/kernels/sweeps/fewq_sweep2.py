@@ -23,25 +23,12 @@ from octopus_diffusers.kernels.attention_decoded import decoded_attention
 from octopus_diffusers.kernels.attention_fused import fused_attention
 
 import harness
+from fewq_common import graph_ms
 from harness import JsonLines, encoded, print_env, print_table, reference, rel, sdpa_times, verdict, warm_clocks
 
 
 def bench(fn) -> float:
     return harness.bench(fn, warmup=25, rep=100)
-
-
-def graph_ms(fn) -> float:
-    """GPU time of ``fn`` alone: one CUDA graph of the call, replayed."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return bench(g.replay)
 
 
 def measure(label: str, fn, fn32, ref, row: dict, sd: dict) -> None:
