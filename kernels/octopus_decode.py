@@ -1,8 +1,11 @@
 """OCTOPUS decode: packed triplet codes -> rotated unit vectors (optionally times gamma), one pass.
 
-The kernel reads each vector's packed row once, looks the three indices of every triplet up in
-codebooks held in registers, unfolds the octahedron, normalises and scales by rho, and writes the
-``d`` coordinates (the padded ones dropped). Two outputs:
+The kernels read each vector's packed row once, look the three indices of every triplet up in the
+codebooks (``tl_helpers.lookup_any``: gather, compare-select or table load), unfold the octahedron,
+normalise and scale by rho, and write the ``d`` coordinates (the padded ones dropped). The exact path
+works on row tiles (triplets as 64-wide planes); the fast path on a flat range of triplets
+(:func:`_octopus_decode_flat_kernel`, no padding lanes), optionally writing plane order
+(:func:`plane_permutation`) for whole-row stores. Two outputs:
 
 * ``rotated=True`` (what decode-then-attend uses): ``gamma * y_hat`` in the rotated basis, in the
   attention dtype, so that ``q_rot . k_rot = q . k_hat``;

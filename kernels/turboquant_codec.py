@@ -20,8 +20,8 @@ from octopus_diffusers.codecs import CodecError, PackedTensor
 
 from .codec_spec import (EncodeConfig, TurboQuantSpec, check_packed, default_config, kernel_spec,
                          packed_meta, reference_rotated)
-from .tl_helpers import (LOOKUP_GATHER, codebook_for, field_groups, field_offset, lookup_any, lookup_mode, nearest_count,
-                         pack_fields_to_bytes, pack_groups8, unpack_field, unpack_grouped)
+from .tl_helpers import (LOOKUP_GATHER, codebook_for, field_groups, field_offset, lookup_any, lookup_mode,
+                         nearest_count, pack_fields_to_bytes, pack_groups8, unpack_field, unpack_grouped)
 
 
 @triton.jit

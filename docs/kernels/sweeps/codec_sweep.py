@@ -18,7 +18,6 @@ import sys
 import time
 
 import torch
-import triton
 
 from harness import JsonLines, bench, print_env, print_table
 
@@ -68,6 +67,13 @@ def timed(fn) -> float:
     return bench(fn, 25, 100)
 
 
+def copy_bandwidth() -> float:
+    """Device copy GB/s (bytes read + written) of a 512 MiB buffer."""
+    src = torch.empty(1 << 12 if DRY else 1 << 29, dtype=torch.uint8, device=DEV).random_(0, 255)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / timed(lambda: dst.copy_(src)) / 1e6
+
+
 def fn_small(kind: str, cfg, packed, spec) -> torch.Tensor:
     """A decode variant on a small packed tensor (for the comparison with the CPU reference)."""
     c, g = packed.fields["codes"], packed.fields["norms"]
@@ -97,10 +103,7 @@ def main() -> None:
     log = JsonLines(f"codec_sweep_{rnd}.jsonl")
     log.write({"env": env, "round": rnd, "shape": SHAPE})
     t_start = time.time()
-    src = torch.empty(1 << 12 if DRY else 1 << 29, dtype=torch.uint8, device=DEV).random_(0, 255)
-    dst = torch.empty_like(src)
-    copy_gbs = 2 * src.numel() / timed(lambda: dst.copy_(src)) / 1e6
-    del src, dst
+    copy_gbs = copy_bandwidth()
     print(f"copy {copy_gbs:.0f} GB/s", flush=True)
     torch.manual_seed(0)
     x = torch.randn(SHAPE, device=DEV, dtype=torch.float16)
@@ -131,7 +134,8 @@ def main() -> None:
                                                   != ref.fields["codes"]).float().mean().item()
                         if base_out is None:
                             base_out = out
-                        row["mismatch_vs_base"] = (out.fields["codes"] != base_out.fields["codes"]).float().mean().item()
+                        differ = out.fields["codes"] != base_out.fields["codes"]
+                        row["mismatch_vs_base"] = differ.float().mean().item()
                         row["norms_equal"] = bool(torch.equal(out.fields["norms"], base_out.fields["norms"]))
                         ok = row["mismatch_vs_cpu"] <= 1e-4  # variants are expected to equal base (recorded)
                     else:
@@ -147,15 +151,15 @@ def main() -> None:
                                 c, g, spec, torch.float16, scale_by_norm=True, select_lookup=mode, block_rows=rows,
                                 grouped=grouped)
                         out = fn()
+                        if kind == "oct_dec" and cfg[2]:  # back to the codec's coordinate order
+                            out = torch.empty_like(out).index_copy_(
+                                -1, od.plane_permutation(out.shape[-1]).to(out.device), out)
                         if base_out is None:
                             base_out = out
                         small = enc(codec, x[0, :1, :4096], fused_rotation=True)
                         got = fn_small(kind, cfg, small, spec)
                         ref = reference_rotated(codec, small.to("cpu"))
                         row["rel_err_vs_cpu"] = ((got.float().cpu().view(ref.shape) - ref).norm() / ref.norm()).item()
-                        if kind == "oct_dec" and cfg[2]:
-                            out = torch.empty_like(out).index_copy_(
-                                -1, od.plane_permutation(out.shape[-1]).to(out.device), out)
                         row["max_diff_vs_base"] = (out.float() - base_out.float()).abs().max().item()
                         ok = (row["max_diff_vs_base"] <= 2e-3 * base_out.float().abs().max().item()
                               and row["rel_err_vs_cpu"] <= 2e-3)
@@ -164,8 +168,8 @@ def main() -> None:
                     ms = timed(fn) if ok else float("nan")
                     row["ms"], row["GB/s"] = ms, io / ms / 1e6
                     row["pct_of_copy"] = 100 * row["GB/s"] / copy_gbs
-                    msg = (f"{kind:8}{bits:>2} {label:<28} {ms:8.4f} ms {row['GB/s']:7.0f} GB/s ({row['pct_of_copy']:4.1f} %)"
-                           f" ok={ok} regs/spills={row['regs_spills']}")
+                    msg = (f"{kind:8}{bits:>2} {label:<28} {ms:8.4f} ms {row['GB/s']:7.0f} GB/s "
+                           f"({row['pct_of_copy']:4.1f} %) ok={ok} regs/spills={row['regs_spills']}")
                 except Exception as exc:  # one variant failing to compile must not lose the others
                     row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[-1][:200] if str(exc) else ''}"
                     msg = f"{kind:8}{bits:>2} {label:<28} ERROR {row['error']}"
