@@ -21,7 +21,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
 from .codec_spec import KernelSpec, OctopusSpec
-from .octopus_decode import octopus_decode_rows
+from .octopus_decode import octopus_decode_rows, plane_permutation
+from .tl_helpers import LOOKUP_GATHER, LOOKUP_LOAD
 from .turboquant_codec import tq_decode_rows
 
 #: SDPA backends in the order tried; SDPA falls through to the next one that supports the inputs.
@@ -40,19 +41,31 @@ def backend_priority(n_q: int) -> list[SDPBackend]:
     return FEW_QUERIES_PRIORITY if n_q <= FEW_QUERIES else BACKEND_PRIORITY
 
 
-#: Codebook reads of the decode pass, per codec kind: compare-select chains (True) or ``tl.gather``.
-DECODE_SELECT = {"octopus": True, "turboquant": False}
+#: Codebook reads of the decode pass per codec kind (``tl_helpers.LOOKUP_*``), measured on the H100
+#: (docs/kernels/codec_pass.md, run 3): OCTOPUS table loads (4 bits 1,079 vs 692 GB/s for select chains,
+#: equal at 2-3 bits), TurboQuant ``tl.gather`` on byte groups (92-95 % of copy bandwidth).
+DECODE_LOOKUP = {"octopus": LOOKUP_LOAD, "turboquant": LOOKUP_GATHER}
+
+
+def basis_permutation(spec: KernelSpec) -> torch.Tensor | None:
+    """The coordinate order decode-then-attend decodes ``spec``'s vectors in: OCTOPUS x/y/z planes
+    (:func:`.octopus_decode.plane_permutation`: whole-row stores, 0.39 -> 0.23 ms per 1.31 M vectors,
+    codec_pass.md run 3), which the rotations of Q and the output follow; None for TurboQuant."""
+    return plane_permutation(spec.head_dim) if isinstance(spec, OctopusSpec) else None
 
 
 def decode_rotated(packed: PackedTensor, spec: KernelSpec, out_dtype: torch.dtype,
-                   select_lookup: bool | None = None) -> torch.Tensor:
-    """``gamma * y_hat`` (rotated basis) of every vector of ``packed``, same shape, ``out_dtype``."""
-    select = DECODE_SELECT[spec.kind] if select_lookup is None else select_lookup
+                   select_lookup: bool | int | None = None, plane_order: bool = False) -> torch.Tensor:
+    """``gamma * y_hat`` (rotated basis) of every vector of ``packed``, same shape, ``out_dtype``;
+    ``plane_order`` (OCTOPUS only): coordinates in :func:`basis_permutation`'s order."""
+    mode = DECODE_LOOKUP[spec.kind] if select_lookup is None else select_lookup
     if isinstance(spec, OctopusSpec):
         return octopus_decode_rows(packed.fields["codes"], packed.fields["norms"], spec, out_dtype=out_dtype,
-                                   scale_by_norm=True, exact=False, select_lookup=select)
+                                   scale_by_norm=True, exact=False, select_lookup=mode, plane_order=plane_order)
+    if plane_order:
+        raise CodecError("decode: plane order exists only for OCTOPUS codes")
     return tq_decode_rows(packed.fields["codes"], packed.fields["norms"], spec, out_dtype=out_dtype,
-                          scale_by_norm=True, select_lookup=select)
+                          scale_by_norm=True, select_lookup=mode)
 
 
 _SIGNS: dict[tuple, torch.Tensor | None] = {}
@@ -70,6 +83,19 @@ def sign_matrix(spec: KernelSpec, device: torch.device, dtype: torch.dtype) -> t
     return _SIGNS[key]
 
 
+def _rotation_rows(spec: KernelSpec, device: torch.device, dtype: torch.dtype
+                   ) -> tuple[torch.Tensor, float]:
+    """``(M, alpha)`` with ``R = alpha * M``, rows in :func:`basis_permutation`'s order: the +-1 sign
+    matrix for a Hadamard rotation in half precision, else float32 ``R``."""
+    key = ("rows", spec, device, dtype)
+    if key not in _SIGNS:
+        signs = sign_matrix(spec, device, dtype)
+        m, alpha = (signs, spec.head_dim ** -0.5) if signs is not None else (spec.rotation.to(device), 1.0)
+        perm = basis_permutation(spec)
+        _SIGNS[key] = (m if perm is None else m[perm.to(device)].contiguous(), alpha)
+    return _SIGNS[key]
+
+
 def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
                       v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
                       layout: str = "BHSD", backends: list[SDPBackend] | None = None) -> torch.Tensor:
@@ -77,8 +103,8 @@ def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec:
     if layout not in ("BHSD", "BSHD"):
         raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
     dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
-    k_rot = decode_rotated(k, k_spec, dtype)
-    v_rot = decode_rotated(v, v_spec, dtype)
+    k_rot = decode_rotated(k, k_spec, dtype, plane_order=basis_permutation(k_spec) is not None)
+    v_rot = decode_rotated(v, v_spec, dtype, plane_order=basis_permutation(v_spec) is not None)
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     # Rotate whichever side has fewer vectors: Q in and the output back (self-attention, long caches), or
@@ -88,7 +114,7 @@ def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec:
     if unrotate_kv:
         q_att, k_att, v_att = q, rotate(k_rot, k_spec, inverse=True), rotate(v_rot, v_spec, inverse=True)
     else:
-        q_att, k_att, v_att = rotate(q, k_spec), k_rot, v_rot
+        q_att, k_att, v_att = rotate(q.to(dtype), k_spec), k_rot, v_rot
     if layout == "BSHD":
         q_att, k_att, v_att = (t.transpose(1, 2) for t in (q_att, k_att, v_att))
     if q_att.shape[1] % k_att.shape[1]:
@@ -109,17 +135,16 @@ def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec:
 
 
 def rotate(x: torch.Tensor, spec: KernelSpec, inverse: bool = False) -> torch.Tensor:
-    """``x @ R.T`` (``inverse``: ``x @ R``) in ``x``'s dtype: a half-precision GEMM with the exact +-1
-    matrix ``H diag(s)`` and ``1/sqrt(d)`` applied in its fp32 epilogue for a Hadamard rotation, else
-    in float32."""
-    signs = sign_matrix(spec, x.device, x.dtype)
-    if signs is None:
-        r = spec.rotation.to(x.device)
-        return (x.float() @ (r if inverse else r.T)).to(x.dtype)
-    m = signs if inverse else signs.T
+    """``x`` into the basis :func:`decode_rotated` gives ``spec``'s vectors in (``x @ R.T``, columns in
+    :func:`basis_permutation`'s order), or (``inverse``) from it back (``x @ R``), in ``x``'s dtype. A
+    Hadamard rotation in half precision is one GEMM with the exact +-1 matrix and ``1/sqrt(d)`` in its
+    fp32 epilogue; anything else runs in float32."""
+    m, alpha = _rotation_rows(spec, x.device, x.dtype)
+    m = m if inverse else m.T
+    if m.dtype != x.dtype:
+        return (x.float() @ m).to(x.dtype)
     rows = x.reshape(-1, x.shape[-1])
-    out = torch.addmm(rows.new_zeros(()), rows, m, beta=0, alpha=spec.head_dim ** -0.5)
-    return out.view(x.shape)
+    return torch.addmm(rows.new_zeros(()), rows, m, beta=0, alpha=alpha).view(x.shape)
 
 
 def attention_decoded_reference(q: torch.Tensor, k_hat: torch.Tensor, v_hat: torch.Tensor,

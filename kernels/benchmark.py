@@ -32,7 +32,7 @@ from triton.testing import do_bench
 
 from octopus_diffusers.codecs import get_codec
 
-from .attention_decoded import decode_rotated, decoded_attention
+from .attention_decoded import basis_permutation, decode_rotated, decoded_attention
 from .attention_fused import fused_attention
 from .codec_spec import kernel_spec
 from .octopus_encode import octopus_encode
@@ -77,8 +77,8 @@ def bench_codec(rows: list, copy_gbs: float, bits_list=(2, 3, 4)) -> None:
     x = torch.randn(shape, device="cuda", dtype=torch.float16)
     n = x.numel() // 128
     print(f"\ncodec GB/s on {shape} fp16 (copy {copy_gbs:.0f} GB/s)")
-    print(f"{'codec':<12}{'bits':>5}{'enc fused':>11}{'enc exact':>11}{'dec rot':>10}{'dec sel':>10}"
-          f"{'dec full':>10}  (% of copy)")
+    print(f"{'codec':<12}{'bits':>5}{'enc fused':>11}{'enc exact':>11}{'dec attn':>11}{'dec full':>11}"
+          f"  (% of copy)")
     for name in ("octopus", "turboquant"):
         enc = octopus_encode if name == "octopus" else tq_encode
         for bits in bits_list:
@@ -89,10 +89,11 @@ def bench_codec(rows: list, copy_gbs: float, bits_list=(2, 3, 4)) -> None:
             mism = (packed.fields["codes"][0, :1, :4096].cpu() != ref.fields["codes"]).float().mean().item()
             io = x.numel() * 2 + n * (spec.nbytes + 2)
             from . import decode as full_decode
+            planes = basis_permutation(spec) is not None
             fns = {"enc_fused": lambda: enc(codec, x, fused_rotation=True),
                    "enc_exact": lambda: enc(codec, x, fused_rotation=False),
-                   "dec_rot": lambda: decode_rotated(packed, spec, torch.float16, select_lookup=False),
-                   "dec_rot_sel": lambda: decode_rotated(packed, spec, torch.float16, select_lookup=True),
+                   # what decode-then-attend runs: its lookup mode, OCTOPUS in plane order
+                   "dec_attention": lambda: decode_rotated(packed, spec, torch.float16, plane_order=planes),
                    "dec_full": lambda: full_decode(codec, packed)}
             res = {}
             for key, fn in fns.items():
@@ -106,35 +107,8 @@ def bench_codec(rows: list, copy_gbs: float, bits_list=(2, 3, 4)) -> None:
                          "ms": res, "GB/s": gbs, "pct_of_copy": {k: 100 * v / copy_gbs for k, v in gbs.items()},
                          "fused_code_mismatch_vs_cpu": mism})
             print(f"{name:<12}{bits:>5}" + "".join(f"{gbs[k]:>8.0f}({100 * gbs[k] / copy_gbs:>2.0f})"
-                                                    for k in ("enc_fused", "enc_exact", "dec_rot", "dec_rot_sel", "dec_full"))
+                                                    for k in ("enc_fused", "enc_exact", "dec_attention", "dec_full"))
                   + f"  mismatch {mism:.1e}")
-
-
-def tune_block_rows(rows: list) -> None:
-    """Measure rows-per-program of the codec kernels and keep the fastest for the later sections."""
-    from . import octopus_decode as od, octopus_encode as oe, turboquant_codec as tq
-
-    x = torch.randn(1, 40, 32768, 128, device="cuda", dtype=torch.float16)
-    print("\nrows per program (ms):")
-    for name, module, attr, choices, fn_of in (
-            ("octopus3 decode", od, "GPU_BLOCK_ROWS", (8, 16, 32, 64), "dec"),
-            ("octopus3 encode", oe, "GPU_BLOCK_ROWS", (16, 32, 64), "enc"),
-            ("turboquant3 encode", tq, "GPU_BLOCK_ROWS", (16, 32, 64), "enc"),
-            ("turboquant3 decode", tq, "GPU_DECODE_BLOCK_ROWS", (16, 32, 64, 128), "dec")):
-        codec = get_codec(name.split("3")[0], 128, 3)
-        enc = octopus_encode if name.startswith("octopus") else tq_encode
-        packed = enc(codec, x, fused_rotation=True)
-        spec = kernel_spec(codec)
-        fn = ((lambda: enc(codec, x, fused_rotation=True)) if fn_of == "enc"
-              else (lambda: decode_rotated(packed, spec, torch.float16)))
-        times = {}
-        for br in choices:
-            setattr(module, attr, br)
-            times[br] = _bench(fn)
-        best = min(times, key=times.get)
-        setattr(module, attr, best)
-        rows.append({"section": "block_rows", "kernel": name, "ms": times, "chosen": best})
-        print(f"  {name}: " + ", ".join(f"{k}: {v:.3f}" for k, v in times.items()) + f" -> {best}")
 
 
 def _attention_inputs(b, hq, hkv, nq, nkv, d, dtype, name, bits):
@@ -326,8 +300,9 @@ def _time_step(step, runs: int = 3) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="copy,tune,codec,attention,crossover,wan",
-                        help="comma list of copy, tune, codec, attention, variants, crossover, wan")
+    parser.add_argument("--sections", default="copy,codec,attention,crossover,wan",
+                        help="comma list of copy, codec, attention, variants, crossover, wan (launch "
+                             "parameters are swept by docs/kernels/sweeps/)")
     parser.add_argument("--shapes", default="", help="comma list of attention shape names (default all)")
     parser.add_argument("--methods", default="fused,decoded", help="attention paths to time")
     parser.add_argument("--out", default="", help="JSON file for every row, with the environment")
@@ -340,8 +315,6 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(env))
     t0 = time.time()
     copy_gbs = bench_copy(rows) if {"copy", "codec", "attention"} & set(sections) else math.nan
-    if "tune" in sections:
-        tune_block_rows(rows)
     if "codec" in sections:
         bench_codec(rows, copy_gbs)
     if "attention" in sections:

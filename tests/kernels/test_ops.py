@@ -7,7 +7,7 @@ import torch
 
 import octopus_diffusers.kernels as kernels
 from octopus_diffusers.codecs import CodecError, get_codec
-from octopus_diffusers.kernels.dispatch import choose_method
+from octopus_diffusers.kernels.dispatch import CROSSOVER, choose_method
 from octopus_diffusers.kernels.ops import reference_attention
 
 
@@ -89,7 +89,13 @@ def test_dispatch_follows_the_measured_crossover():
     octo = kernels.kernel_spec(get_codec("octopus", 128, 3))
     tq = kernels.kernel_spec(get_codec("turboquant", 128, 3))
     cuda = torch.device("cuda")
-    assert choose_method(16, octo, octo, cuda) == "fused"
-    assert choose_method(1560, octo, octo, cuda) == "decoded"
-    assert choose_method(16, tq, tq, cuda) == "decoded"
-    assert choose_method(16, octo, tq, cuda) == "decoded"  # both codecs must favour the fused kernel
+    limit_octo, limit_tq = CROSSOVER[("octopus", 128)], CROSSOVER[("turboquant", 128)]
+    assert limit_octo != limit_tq  # so the mixed case below tells which limit applies
+    for spec, limit in ((octo, limit_octo), (tq, limit_tq)):
+        assert choose_method(limit, spec, spec, cuda) == "fused"
+        assert choose_method(limit + 1, spec, spec, cuda) == "decoded"
+        assert choose_method(1560, spec, spec, cuda) == "decoded"
+    # both codecs must favour the fused kernel: the smaller limit decides
+    assert choose_method(max(limit_octo, limit_tq), octo, tq, cuda) == "decoded"
+    assert choose_method(min(limit_octo, limit_tq), octo, tq, cuda) == "fused"
+    assert choose_method(16, kernels.kernel_spec(get_codec("turboquant", 64, 3)), tq, cuda) == "decoded"  # unmeasured
