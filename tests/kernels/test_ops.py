@@ -99,3 +99,22 @@ def test_dispatch_follows_the_measured_crossover():
     assert choose_method(max(limit_octo, limit_tq), octo, tq, cuda) == "decoded"
     assert choose_method(min(limit_octo, limit_tq), octo, tq, cuda) == "fused"
     assert choose_method(16, kernels.kernel_spec(get_codec("turboquant", 64, 3)), tq, cuda) == "decoded"  # unmeasured
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("name", ["octopus", "turboquant"])
+def test_encode_refuses_nan_and_overflowing_norms(device, name):
+    """NaN/Inf input, or a finite vector whose norm overflows the fp16 norms, is a CodecError. On the GPU
+    the kernel's norms show it (no extra pass over x); ``check_finite=False`` leaves the check to the
+    caller, who reads ``Codec.count_nonfinite_side_info``."""
+    codec = get_codec(name, 64, 3)
+    x = torch.randn(2, 3, 5, 64, dtype=torch.float16, device=device)
+    bad = x.clone()
+    bad[1, 2, 3, 4] = float("nan")
+    huge = torch.full_like(x, 30000.0)
+    for tensor in (bad, huge):
+        with pytest.raises(CodecError, match="NaN or Inf"):
+            kernels.encode(codec, tensor, fused_rotation=device == "cuda")
+    if device == "cuda":
+        packed = kernels.encode(codec, bad, fused_rotation=True, check_finite=False)
+        assert int(codec.count_nonfinite_side_info(packed)) == 1
