@@ -578,16 +578,13 @@ def _default_blocks(n_q: int, n_kv: int, d: int, octopus_keys: bool, prefetch_lo
     Few queries (docs/kernels/fewq_pass.md, run F2: (1, 12, Nq, 32760, 128), 3 bits, GPU time of a
     CUDA-graph replay): TurboQuant up to 16 rows (16, 128, 4 warps) 0.071 ms, against 0.080 at
     (16, 64, 4), 0.098 at (16, 128, 8) and 0.112 at (16, 64, 8); up to 128 rows 64-row tiles (128
-    queries: 0.176 ms as two tile rows, 0.342 as one 256-row tile). OCTOPUS up to 128 rows at
-    head_dim 128 (64, 32, 4): 0.345 ms against 0.455 at (64, 64, 8 warps); (64, 64, 4) with the fused
-    epilogue gave wrong output (relative error 5.2, run F1), like the (128, 128, 8) case above."""
+    queries: 0.176 ms as two tile rows, 0.342 as one 256-row tile). OCTOPUS keeps (64, 64, 4) and
+    the torch epilogue (see :data:`MAX_FUSED_EPILOGUE_ROWS`)."""
     if not torch.cuda.is_available():
         return 16, 16, 4, 1
     if n_q <= 16 and not octopus_keys:
         return 16, 128, 4, 2
-    if n_q <= 128:
-        if octopus_keys:
-            return (64, 32, 4, 2) if d == 128 else (64, 64, 4, 2)
+    if n_q <= (64 if octopus_keys else 128):
         return 64, 64, 4, 2
     if octopus_keys and n_kv <= 1024:
         return 128, 64, 8, 2
@@ -660,8 +657,8 @@ class _Launch:
         self.prefetch = prefetch and self.k_groups[0] > 0 and self.v_groups[0] > 0
         self.bm, self.bn, self.warps, self.stages = blocks or _default_blocks(
             self.nq, self.nkv, self.d, isinstance(k_spec, OctopusSpec), self.prefetch)
-        octopus_d64 = self.d == 64 and (isinstance(k_spec, OctopusSpec) or isinstance(v_spec, OctopusSpec))
-        self.small_tiles = self.bm <= MAX_FUSED_EPILOGUE_ROWS and not octopus_d64
+        octopus = isinstance(k_spec, OctopusSpec) or isinstance(v_spec, OctopusSpec)
+        self.small_tiles = self.bm <= MAX_FUSED_EPILOGUE_ROWS and not octopus
         self.words = (word_loads and self.prefetch and self.small_tiles and _word_codes(k, k_spec)
                       and _word_codes(v, v_spec))
         self.prmt_ok = self.words and q.device.type == "cuda" and k_spec.bits_hi <= 3 and v_spec.bits_hi <= 3
@@ -728,9 +725,10 @@ class _Launch:
 #: query rotation or the word loads raise register spills (sm_90 compile of the AR-chunk tile (256,
 #: 32, 8 warps): 384 B of stack, 712 B with the in-kernel rotation, 728 B with word loads), and the
 #: rotation's float32 A operand would not fit shared memory (256 x 128 x 4 B = 128 KB).
-#: OCTOPUS at head_dim 64 keeps the torch epilogue and (64, 64, 4 warps) tiles: with the fused
-#: epilogue and (64, 32) tiles, GPU tests at d = 64 failed in run 2 (docs/kernels/fewq_pass.md);
-#: the dispatcher sends d = 64 to decode-then-attend in any case.
+#: OCTOPUS (keys or values) keeps the torch epilogue: with the fused epilogue its kernel gave wrong
+#: output on the H100 at (64, 64, 4 warps) (relative error 5.2, run F1) and NaN with an additive mask
+#: and one split at (64, 32, 4) (GPU tests, runs F2 and F3), both correct with the torch epilogue
+#: (docs/kernels/fewq_pass.md); the dispatcher sends OCTOPUS to decode-then-attend in any case.
 MAX_FUSED_EPILOGUE_ROWS = 64
 #: Output columns per step of the in-kernel output rotation (a 128 x 32 float32 slice: 16 KB).
 OUT_ROT_CHUNK = 32

@@ -16,19 +16,22 @@ import torch
 from .codec_spec import KernelSpec, OctopusSpec
 
 #: (codec kind, head_dim) -> largest measured query-rows-per-KV-head at which the fused kernel was
-#: faster than decode-then-attend. Source: docs/kernels/fewq_pass.md, crossover table (run F2: H100
-#: 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, (1, 12, Nq, 32760, 128), fp16, 3 bits; eager
-#: do_bench ms, CUDA-graph ms in brackets; the 16-row TurboQuant value is its (16, 128, 4) tile):
+#: faster than decode-then-attend. Source: docs/kernels/fewq_pass.md (H100 80GB HBM3, torch
+#: 2.11.0+cu130, Triton 3.6.0, (1, 12, Nq, 32760, 128), fp16, 3 bits; ms of the eager call, of its
+#: CUDA-graph replay in brackets). Run F2 (the decode kernels of that time):
 #:
 #: | Nq                 | 16            | 64            | 128           | 256           | 512           |
 #: | TurboQuant fused   | 0.109 (0.071) | 0.197 (0.116) | 0.253 (0.176) | 0.807 (0.372) | 0.801 (0.626) |
 #: | TurboQuant decoded | 0.537 (0.264) | 0.474 (0.269) | 0.295 (0.286) | 0.433 (0.363) | 0.601 (0.590) |
-#: | OCTOPUS fused      | 0.359 (0.357) | 0.363 (0.360) | 0.649 (0.632) | 0.908 (0.812) | 1.413 (1.384) |
-#: | OCTOPUS decoded    | 0.596 (0.577) | 0.736 (0.579) | 0.612 (0.596) | 0.696 (0.674) | 0.916 (0.904) |
 #:
-#: so TurboQuant 128 (fused ahead by 14 % eager / 38 % graph at 128 rows, behind from 256 on) and
-#: OCTOPUS 64 (behind by 6 % at 128 rows). head_dim 64 was not measured: DEFAULT_CROSSOVER.
-CROSSOVER: dict[tuple[str, int], int] = {("octopus", 128): 64, ("turboquant", 128): 128}
+#: (16-row fused: the (16, 128, 4) tile, now the default). Run F3, 16 rows, after the codec kernels'
+#: faster decodes: TurboQuant fused 0.304 (0.071) vs decoded 0.688 (0.192); OCTOPUS fused (64, 64, 4,
+#: torch epilogue) 1.215 (0.372) vs decoded 0.799 (0.336). So TurboQuant 64: the 128-row lead of F2
+#: (0.176 vs 0.286 graph) is about what decode-then-attend has gained since (0.264 -> 0.192 at 16
+#: rows), while at 64 rows it stays 2x; OCTOPUS 0: decode-then-attend is now ahead at 16 rows, and
+#: its fused kernel costs about the same from 16 to 64 rows (one 64-row tile). head_dim 64 was not
+#: measured: DEFAULT_CROSSOVER.
+CROSSOVER: dict[tuple[str, int], int] = {("octopus", 128): 0, ("turboquant", 128): 64}
 
 #: Used for a (kind, head_dim) that was not measured: never pick the fused kernel blindly.
 DEFAULT_CROSSOVER = 0
