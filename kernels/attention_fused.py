@@ -18,6 +18,12 @@ costs 3*TP/d = 1.5x the matrix work of a plain d-wide tile.
 Split-KV (flash-decoding) fills the GPU when few query tiles share a head: each split writes a
 normalised partial output and its log-sum-exp, combined afterwards.
 
+Few queries (query tiles of <= 64 rows, TurboQuant; docs/kernels/fewq_pass.md): the query and
+output rotations run inside the kernel and the splits are merged by one small kernel, so a call is
+two launches (the torch GEMMs and split combination cost more than the attention there); codes are
+read as 32-bit words and split in-thread, so decoded tiles reach shared memory by 16-byte stores;
+<= 3-bit codebooks are read by byte permutes (:func:`_lookup_prmt`).
+
 :func:`attention_fused_reference` is the readable PyTorch meaning of the kernel.
 """
 
@@ -31,9 +37,16 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import KernelSpec, OctopusSpec, TurboQuantSpec, plane_width
+from .codec_spec import KernelSpec, OctopusSpec, plane_width
 from .octopus_decode import octopus_planes_tile
-from .tl_helpers import field_groups, load_codebook, load_groups, lookup_any, split_groups, unpack_grouped
+from .tl_helpers import (
+    field_groups,
+    load_codebook,
+    load_groups,
+    lookup_any,
+    split_groups,
+    unpack_grouped,
+)
 from .turboquant_codec import tq_tile
 
 
@@ -48,6 +61,7 @@ def _tq_values(rows, row_mask, cb_hi, cb_lo, D: tl.constexpr, N_HI: tl.constexpr
     else:
         val = tq_tile(rows, row_mask, cb_hi, cb_lo, D, N_HI, B_HI, B_LO, NBYTES, SELECT)
     return val
+
 
 @triton.jit
 def _lookup_prmt(idx, t0, t1, t2, t3):
@@ -722,9 +736,10 @@ class _Launch:
 #: Largest query tile that the kernel handles with its few-query features: Q and the output rotated
 #: in the kernel, TurboQuant codes read as 32-bit words (:func:`_load_chunk_words`), byte-permute
 #: lookups. Larger tiles keep the earlier torch rotations and byte groups: at 256 rows the in-kernel
-#: query rotation or the word loads raise register spills (sm_90 compile of the AR-chunk tile (256,
-#: 32, 8 warps): 384 B of stack, 712 B with the in-kernel rotation, 728 B with word loads), and the
-#: rotation's float32 A operand would not fit shared memory (256 x 128 x 4 B = 128 KB).
+#: query rotation nearly doubles the register spills (sm_90 compile of the AR-chunk tile (256, 32,
+#: 8 warps), docs/kernels/sweeps/fewq_sass.py: 712 B of stack against 384 B), the rotation's float32
+#: A operand would not fit shared memory (256 x 128 x 4 B = 128 KB), and word loads at 256 rows were
+#: not measured on the GPU.
 #: OCTOPUS (keys or values) keeps the torch epilogue: with the fused epilogue its kernel gave wrong
 #: output on the H100 at (64, 64, 4 warps) (relative error 5.2, run F1) and NaN with an additive mask
 #: and one split at (64, 32, 4) (GPU tests, runs F2 and F3), both correct with the torch epilogue

@@ -12,13 +12,20 @@ import dataclasses
 
 import pytest
 import torch
+from octopus_diffusers.kernels.attention_decoded import decoded_attention
+from octopus_diffusers.kernels.attention_fused import (
+    _Launch,
+    _word_codes,
+    attention_fused_reference,
+    combine_splits,
+    fused_attention,
+    fused_attention_rotated,
+    merge_splits,
+    prmt_tables,
+)
+from octopus_diffusers.kernels.codec_spec import kernel_spec
 
 from octopus_diffusers.codecs import CodecError, get_codec
-from octopus_diffusers.kernels.attention_decoded import decoded_attention
-from octopus_diffusers.kernels.attention_fused import (_Launch, _word_codes, attention_fused_reference, combine_splits,
-                                                       fused_attention, fused_attention_rotated, merge_splits,
-                                                       prmt_tables)
-from octopus_diffusers.kernels.codec_spec import kernel_spec
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 1e-3
@@ -147,7 +154,7 @@ def test_prefetching_loop_matches_plain_loop(splits):
     q, kp, vp, ck, cv, k_hat, v_hat = _setup("turboquant", 64, 3, torch.float16, nq=16, nkv=40)
     mask = _masks(16, 40)["bool"]
     ref = attention_fused_reference(q, k_hat, v_hat, mask)
-    kw = dict(out_dtype=torch.float32, splits=splits)
+    kw = {"out_dtype": torch.float32, "splits": splits}
     ahead = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, **kw)
     plain = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, prefetch=False, **kw)
     assert _rel_rms(ahead, ref) <= TOL
@@ -174,7 +181,7 @@ def test_fused_epilogue_matches_torch_epilogue(layout):
                                       fields={n: t.transpose(1, 2).contiguous() for n, t in p.fields.items()})
                   for p in (kp, vp))
     for splits in (1, 3):
-        kw = dict(layout=layout, out_dtype=torch.float32, splits=splits)
+        kw = {"layout": layout, "out_dtype": torch.float32, "splits": splits}
         fused = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, **kw)
         torch_path = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, fused_epilogue=False, **kw)
         assert fused.shape == q.shape
@@ -246,7 +253,7 @@ def test_prmt_lookup_equals_gather_lookup(bits):
     kernels agreed to a relative 0.9-1.6e-5 on the H100 (run F3; origin not isolated: the word- and
     byte-read kernels agreed exactly), far below TOL."""
     q, kp, vp, ck, cv, _, _ = _setup("turboquant", 128, bits, torch.float16, hq=12, hkv=4, nq=16, nkv=700)
-    kw = dict(out_dtype=torch.float32)
+    kw = {"out_dtype": torch.float32}
     prmt = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), prmt_lookup=True, **kw)
     gather = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), prmt_lookup=False, **kw)
     assert _rel_rms(prmt, gather) <= SAME_ROTATION

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import torch
+from collections.abc import Callable
+from typing import Any
 
 import harness
+import torch
 
 
 def graph_ms(fn: Callable[[], Any]) -> float:

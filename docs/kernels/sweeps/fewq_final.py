@@ -14,17 +14,30 @@ import os
 import subprocess
 import sys
 
+import harness
 import torch
+from fewq_common import graph_ms
+from harness import (
+    OUT,
+    JsonLines,
+    encoded,
+    print_env,
+    print_table,
+    reference,
+    rel,
+    sdpa_times,
+    verdict,
+    warm_clocks,
+)
+from octopus_diffusers.kernels.attention_decoded import decoded_attention
+from octopus_diffusers.kernels.attention_fused import (
+    attention_fused_reference,
+    fused_attention,
+)
+from octopus_diffusers.kernels.codec_spec import kernel_spec
 from torch.profiler import ProfilerActivity, profile
 
 from octopus_diffusers.codecs import get_codec
-from octopus_diffusers.kernels.attention_decoded import decoded_attention
-from octopus_diffusers.kernels.attention_fused import attention_fused_reference, fused_attention
-from octopus_diffusers.kernels.codec_spec import kernel_spec
-
-import harness
-from fewq_common import graph_ms
-from harness import OUT, JsonLines, encoded, print_env, print_table, reference, rel, sdpa_times, verdict, warm_clocks
 
 print_env()
 warm_clocks()
@@ -37,8 +50,8 @@ q = torch.randn(1, H, 16, D, device="cuda", dtype=torch.float16)
 sd = sdpa_times(q, k, v, warmup=25, rep=100)
 log.write({"nq": 16, "method": "sdpa", **sd})
 table.append(f"16 queries, fp16 SDPA: flash {sd['FLASH_ATTENTION']:.4f} ms, cuDNN {sd['CUDNN_ATTENTION']:.4f} ms")
-BEFORE = {"turboquant": dict(fused_epilogue=False, word_loads=False, prmt_lookup=False, blocks=(16, 64, 4, 2)),
-          "octopus": dict(fused_epilogue=False, blocks=(64, 64, 4, 2))}
+BEFORE = {"turboquant": {"fused_epilogue": False, "word_loads": False, "prmt_lookup": False, "blocks": (16, 64, 4, 2)},
+          "octopus": {"fused_epilogue": False, "blocks": (64, 64, 4, 2)}}
 for name in ("turboquant", "octopus"):
     kp, vp, ck, cv, sk, sv = encoded(name, k, v)
     ref = reference(q, kp, vp, ck, cv)
@@ -86,11 +99,11 @@ def small(name: str, d: int, bits: float, hq: int, hkv: int, nq: int, nkv: int, 
 
 for bits in (1, 2, 3):
     qs, kp, vp, ck, cv = small("turboquant", 128, bits, 12, 4, 16, 700)
-    kw = dict(out_dtype=torch.float32)
+    kw = {"out_dtype": torch.float32}
     diff(f"tq{bits} d128 prmt vs gather", fused_attention(qs, kp, vp, kernel_spec(ck), kernel_spec(cv), prmt_lookup=True, **kw),
          fused_attention(qs, kp, vp, kernel_spec(ck), kernel_spec(cv), prmt_lookup=False, **kw))
 qs, kp, vp, ck, cv = small("turboquant", 64, 3, 4, 2, 16, 24)
-kw = dict(out_dtype=torch.float32)
+kw = {"out_dtype": torch.float32}
 diff("tq3 d64 words+prmt vs per-field gather", fused_attention(qs, kp, vp, kernel_spec(ck), kernel_spec(cv), **kw),
      fused_attention(qs, kp, vp, kernel_spec(ck), kernel_spec(cv), grouped_unpack=False, **kw))
 diff("tq3 d64 words+gather vs byte groups+gather",

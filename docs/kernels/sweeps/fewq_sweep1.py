@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import time
 
+import harness
 import torch
-from torch.profiler import ProfilerActivity, profile
-
+from fewq_common import graph_ms
+from harness import (
+    JsonLines,
+    encoded,
+    print_env,
+    print_table,
+    random_qkv,
+    reference,
+    rel,
+    sdpa_times,
+    verdict,
+    warm_clocks,
+)
 from octopus_diffusers.kernels.attention_decoded import decoded_attention
 from octopus_diffusers.kernels.attention_fused import fused_attention
-
-import harness
-from fewq_common import graph_ms
-from harness import JsonLines, encoded, print_env, print_table, random_qkv, reference, rel, sdpa_times, verdict, warm_clocks
+from torch.profiler import ProfilerActivity, profile
 
 
 def bench(fn) -> float:
@@ -66,19 +75,19 @@ log.write({"shape": "decode_16", "method": "sdpa", **sd})
 table.append(f"SDPA fp16 16 queries: flash {sd['FLASH_ATTENTION']:.4f} ms, cuDNN {sd['CUDNN_ATTENTION']:.4f} ms")
 print(table[-1], flush=True)
 
-TQ = [("old (torch epilogue, gather)", dict(fused_epilogue=False, prmt_lookup=False)),
-      ("new gather", dict(prmt_lookup=False)),
-      ("new prmt (default)", dict()),
-      ("new prmt s44", dict(splits=44)), ("new prmt s66", dict(splits=66)), ("new prmt s88", dict(splits=88)),
-      ("new prmt s132", dict(splits=132)),
-      ("new prmt 16x64w8", dict(blocks=(16, 64, 8, 2))), ("new prmt 16x32w4", dict(blocks=(16, 32, 4, 2))),
-      ("new prmt 16x32w8 s66", dict(blocks=(16, 32, 8, 2), splits=66)),
-      ("new prmt 16x128w8", dict(blocks=(16, 128, 8, 2))),
-      ("new select", dict(select_lookup=True)), ("new prmt no-prefetch", dict(prefetch=False, prmt_lookup=False))]
-OCT = [("old (torch epilogue)", dict(fused_epilogue=False)), ("new (default)", dict()),
-       ("new s44", dict(splits=44)), ("new s88", dict(splits=88)),
-       ("new 64x64w8", dict(blocks=(64, 64, 8, 2))), ("new 64x32w4", dict(blocks=(64, 32, 4, 2))),
-       ("new select", dict(select_lookup=True))]
+TQ = [("old (torch epilogue, gather)", {"fused_epilogue": False, "prmt_lookup": False}),
+      ("new gather", {"prmt_lookup": False}),
+      ("new prmt (default)", {}),
+      ("new prmt s44", {"splits": 44}), ("new prmt s66", {"splits": 66}), ("new prmt s88", {"splits": 88}),
+      ("new prmt s132", {"splits": 132}),
+      ("new prmt 16x64w8", {"blocks": (16, 64, 8, 2)}), ("new prmt 16x32w4", {"blocks": (16, 32, 4, 2)}),
+      ("new prmt 16x32w8 s66", {"blocks": (16, 32, 8, 2), "splits": 66}),
+      ("new prmt 16x128w8", {"blocks": (16, 128, 8, 2)}),
+      ("new select", {"select_lookup": True}), ("new prmt no-prefetch", {"prefetch": False, "prmt_lookup": False})]
+OCT = [("old (torch epilogue)", {"fused_epilogue": False}), ("new (default)", {}),
+       ("new s44", {"splits": 44}), ("new s88", {"splits": 88}),
+       ("new 64x64w8", {"blocks": (64, 64, 8, 2)}), ("new 64x32w4", {"blocks": (64, 32, 4, 2)}),
+       ("new select", {"select_lookup": True})]
 packed = {}
 for name, variants in (("turboquant", TQ), ("octopus", OCT)):
     kp, vp, ck, cv, sk, sv = encoded(name, k, v)
@@ -146,6 +155,6 @@ for name in ("turboquant", "octopus"):
         err = rel(fused_attention(qg, kp, vp, sk, sv, out_dtype=torch.float32), ref)
         out = fused_attention(qg, kp, vp, sk, sv)
         log.write({"check": "gqa", "codec": name, "dtype": str(dtype), "err": err, "out_dtype": str(out.dtype)})
-        table.append(f"GQA 12/4 {name:10s} {str(dtype):15s} err {err:.1e} {verdict(err)} out {out.dtype}")
+        table.append(f"GQA 12/4 {name:10s} {dtype!s:15s} err {err:.1e} {verdict(err)} out {out.dtype}")
         print(table[-1], flush=True)
 print_table(table)

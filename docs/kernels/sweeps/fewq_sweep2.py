@@ -17,14 +17,22 @@ import pstats
 import subprocess
 import sys
 
+import harness
 import torch
-
+from fewq_common import graph_ms
+from harness import (
+    JsonLines,
+    encoded,
+    print_env,
+    print_table,
+    reference,
+    rel,
+    sdpa_times,
+    verdict,
+    warm_clocks,
+)
 from octopus_diffusers.kernels.attention_decoded import decoded_attention
 from octopus_diffusers.kernels.attention_fused import fused_attention
-
-import harness
-from fewq_common import graph_ms
-from harness import JsonLines, encoded, print_env, print_table, reference, rel, sdpa_times, verdict, warm_clocks
 
 
 def bench(fn) -> float:
@@ -40,7 +48,7 @@ def measure(label: str, fn, fn32, ref, row: dict, sd: dict) -> None:
         log.write({**row, "variant": label, "error": str(e)[:500]})
         return
     log.write({**row, "variant": label, "ms": ms, "graph_ms": gms, "err": err, **sd})
-    table.append(f"{str(row):38s} {label:34s} eager {ms:7.4f}  graph {gms:7.4f} ms  "
+    table.append(f"{row!s:38s} {label:34s} eager {ms:7.4f}  graph {gms:7.4f} ms  "
                  f"flash {sd['FLASH_ATTENTION']:.4f} cuDNN {sd['CUDNN_ATTENTION']:.4f}  err {err:.1e} {verdict(err)}")
     print(table[-1], flush=True)
 
@@ -58,20 +66,20 @@ packed = {name: encoded(name, k, v) for name in ("turboquant", "octopus")}
 
 STEPS = {
     "turboquant": [
-        ("A torch epilogue, byte groups, gather", dict(fused_epilogue=False, word_loads=False, prmt_lookup=False)),
-        ("B + fused epilogue", dict(word_loads=False, prmt_lookup=False)),
-        ("C + word loads", dict(prmt_lookup=False)),
-        ("D + prmt lookup (default)", dict()),
-        ("D s33", dict(splits=33)), ("D s44", dict(splits=44)), ("D s66", dict(splits=66)),
-        ("D 16x64w8", dict(blocks=(16, 64, 8, 2))), ("D 16x64w8 s44", dict(blocks=(16, 64, 8, 2), splits=44)),
-        ("D 16x128w8", dict(blocks=(16, 128, 8, 2))), ("D 16x128w4", dict(blocks=(16, 128, 4, 2))),
-        ("D 16x32w4 s44", dict(blocks=(16, 32, 4, 2), splits=44)),
+        ("A torch epilogue, byte groups, gather", {"fused_epilogue": False, "word_loads": False, "prmt_lookup": False}),
+        ("B + fused epilogue", {"word_loads": False, "prmt_lookup": False}),
+        ("C + word loads", {"prmt_lookup": False}),
+        ("D + prmt lookup (default)", {}),
+        ("D s33", {"splits": 33}), ("D s44", {"splits": 44}), ("D s66", {"splits": 66}),
+        ("D 16x64w8", {"blocks": (16, 64, 8, 2)}), ("D 16x64w8 s44", {"blocks": (16, 64, 8, 2), "splits": 44}),
+        ("D 16x128w8", {"blocks": (16, 128, 8, 2)}), ("D 16x128w4", {"blocks": (16, 128, 4, 2)}),
+        ("D 16x32w4 s44", {"blocks": (16, 32, 4, 2), "splits": 44}),
     ],
     "octopus": [
-        ("A torch epilogue 64x64w4 (old default)", dict(fused_epilogue=False, blocks=(64, 64, 4, 2))),
-        ("B fused epilogue 64x32w4 (default)", dict()),
-        ("B s44", dict(splits=44)), ("B s11", dict(splits=11)),
-        ("B 64x64w8", dict(blocks=(64, 64, 8, 2))),
+        ("A torch epilogue 64x64w4 (old default)", {"fused_epilogue": False, "blocks": (64, 64, 4, 2)}),
+        ("B fused epilogue 64x32w4 (default)", {}),
+        ("B s44", {"splits": 44}), ("B s11", {"splits": 11}),
+        ("B 64x64w8", {"blocks": (64, 64, 8, 2)}),
     ],
 }
 for name, steps in STEPS.items():
@@ -129,7 +137,7 @@ for name in ("turboquant", "octopus"):
         kp, vp, ck, cv, sk, sv = encoded(name, kg, vg)
         err = rel(fused_attention(qg, kp, vp, sk, sv, out_dtype=torch.float32), reference(qg, kp, vp, ck, cv))
         log.write({"check": "gqa", "codec": name, "dtype": str(dtype), "err": err})
-        table.append(f"GQA 12/4 {name:10s} {str(dtype):15s} err {err:.1e} {verdict(err)}")
+        table.append(f"GQA 12/4 {name:10s} {dtype!s:15s} err {err:.1e} {verdict(err)}")
         print(table[-1], flush=True)
 print_table(table)
 del packed
