@@ -7,7 +7,8 @@ Sections (each prints a short table and adds rows to the JSON written with ``--o
   bytes = fp16 input or output + codes + norms, each counted once;
 * ``attention``: ms and TFLOP/s (4 B H Nq Nkv D) of torch SDPA (flash, cuDNN) in fp16/bf16 and of
   our fused and decode-then-attend paths at 3 bits, at the shapes of ``performance.md``;
-* ``crossover``: fused vs decode-then-attend over Nq at Nkv = 32,760 (12 x 128), for :mod:`.dispatch`;
+* ``crossover``: fused vs decode-then-attend over Nq at Nkv = 32,760 (12 x 128), eager and by CUDA-graph
+  replay, for :mod:`.dispatch`;
 * ``wan``: one denoising step of a random-weight Wan-1.3B-architecture transformer at 480p
   (32,760 tokens), fp16 attention vs ``quantize_attention`` at 3 bits (needs diffusers).
 
@@ -35,6 +36,7 @@ from octopus_diffusers.codecs import get_codec
 from .attention_decoded import basis_permutation, decode_rotated, decoded_attention
 from .attention_fused import fused_attention
 from .codec_spec import kernel_spec
+from .dispatch import choose_method
 from .octopus_encode import octopus_encode
 from .turboquant_codec import tq_encode
 
@@ -60,6 +62,26 @@ def _env() -> dict:
 
 def _bench(fn, warmup: int = 25, rep: int = 100) -> float:
     return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def graph_ms(fn, warmup: int = 25, rep: int = 100) -> float:
+    """Median ms of ``fn``'s GPU work alone: the call captured once in a CUDA graph and replayed, so the
+    host work an eager call adds (Python, argument binding, launches) is left out. That is how an
+    autoregressive decoder with CUDA graphs runs; diffusers pipelines run eagerly (``_bench``)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # compile and allocate outside the capture
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return _bench(graph.replay, warmup, rep)
+
+
+#: Attention shapes with fewer FLOPs than this are also timed by CUDA-graph replay (host work matters).
+GRAPH_FLOPS = 5e11
 
 
 def bench_copy(rows: list) -> float:
@@ -162,11 +184,17 @@ def bench_attention(rows: list, shapes=ATTENTION_SHAPES, dtypes=(torch.float16, 
                              "kv_read_share_of_sdpa": kv_read_ms / best})
                 print(f"{shape_name:<24}{str(dtype)[6:]:>6}  fp16 K/V read at copy bandwidth: {kv_read_ms:.3f} ms "
                       f"= {100 * kv_read_ms / best:.1f} % of the best SDPA")
+            graphed = flops < GRAPH_FLOPS
+            base_graph = {label: graph_ms(lambda: _sdpa(backend)(q, k, v)) for label, backend in
+                          (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION))
+                          if label in base} if graphed else {}
+            best_graph = min(base_graph.values()) if base_graph else math.nan
             for label, ms in base.items():
                 rows.append({"section": "attention", "shape_name": shape_name, "shape": [b, hq, hkv, nq, nkv, d],
-                             "dtype": str(dtype), "method": label, "ms": ms, "TFLOPs": flops / ms / 1e9})
+                             "dtype": str(dtype), "method": label, "ms": ms, "TFLOPs": flops / ms / 1e9,
+                             "graph_ms": base_graph.get(label, math.nan)})
                 print(f"{shape_name:<24}{str(dtype)[6:]:>6}{label:>22}{ms:>9.3f}{flops / ms / 1e9:>9.0f}"
-                      f"{best / ms:>8.2f}")
+                      f"{best / ms:>8.2f}" + (f"{'':>9}  graph {base_graph[label]:.4f}" if graphed else ""))
             del k, v
             for name, bits in codecs:
                 q, ck, cv, kp, vp = _attention_inputs(b, hq, hkv, nq, nkv, d, dtype, name, bits)
@@ -179,55 +207,35 @@ def bench_attention(rows: list, shapes=ATTENTION_SHAPES, dtypes=(torch.float16, 
                     out = fn(q, kp, vp, sk, sv)
                     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
                     ms = _bench(lambda: fn(q, kp, vp, sk, sv), rep=rep)
+                    g_ms = graph_ms(lambda: fn(q, kp, vp, sk, sv)) if graphed else math.nan
                     label = f"{name}{bits}_{method}"
                     rows.append({"section": "attention", "shape_name": shape_name,
                                  "shape": [b, hq, hkv, nq, nkv, d], "dtype": str(dtype), "method": label,
                                  "ms": ms, "TFLOPs": flops / ms / 1e9, "rel_err_vs_decoded": err,
-                                 "best_sdpa_ms": best})
+                                 "best_sdpa_ms": best, "graph_ms": g_ms, "best_sdpa_graph_ms": best_graph})
                     print(f"{shape_name:<24}{str(dtype)[6:]:>6}{label:>22}{ms:>9.3f}{flops / ms / 1e9:>9.0f}"
-                          f"{best / ms:>8.2f}{err:>9.1e}")
+                          f"{best / ms:>8.2f}{err:>9.1e}"
+                          + (f"  graph {g_ms:.4f} ({best_graph / g_ms:.2f}x)" if graphed else ""))
                 del q, kp, vp, ref
 
 
-#: Fused-kernel launch variants compared by the ``variants`` section: (label, blocks, select_lookup).
-VARIANTS = [("gather_128x64", (128, 64, 8, 2), False), ("select_128x64", (128, 64, 8, 2), True),
-            ("select_64x64", (64, 64, 4, 2), True), ("select_128x32", (128, 32, 4, 2), True),
-            ("gather_64x32", (64, 32, 4, 3), False)]
-
-
-def bench_variants(rows: list, shapes=("ar_chunk_1560_vs_32760", "decode_16_vs_32760", "wan_cross_512")) -> None:
-    """Fused-kernel tile sizes and codebook lookups (gather vs compare-select) on the shapes it targets."""
-    print("\nfused variants (fp16, 3 bits): ms")
-    for shape_name, b, hq, hkv, nq, nkv, d in [s for s in ATTENTION_SHAPES if s[0] in shapes]:
-        for name, bits in CODECS:
-            q, ck, cv, kp, vp = _attention_inputs(b, hq, hkv, nq, nkv, d, torch.float16, name, bits)
-            sk, sv = kernel_spec(ck), kernel_spec(cv)
-            ref = decoded_attention(q, kp, vp, sk, sv)
-            line = []
-            for label, blocks, select in VARIANTS:
-                fn = lambda: fused_attention(q, kp, vp, sk, sv, blocks=blocks, select_lookup=select)  # noqa: E731
-                err = ((fn().float() - ref.float()).norm() / ref.float().norm()).item()
-                ms = _bench(fn)
-                rows.append({"section": "variants", "shape_name": shape_name, "codec": name, "bits": bits,
-                             "variant": label, "blocks": blocks, "select_lookup": select, "ms": ms,
-                             "rel_err_vs_decoded": err})
-                line.append(f"{label} {ms:.3f}{'' if err < 3e-3 else ' WRONG'}")
-            print(f"{shape_name:<24}{name}{bits}: " + ", ".join(line))
-
-
-def bench_crossover(rows: list, nqs=(16, 64, 256, 512, 1024, 1560, 2048, 4096, 8192)) -> None:
-    print(f"\ncrossover (1, 12, Nq, 32760, 128) fp16: fused / decoded ms")
+def bench_crossover(rows: list, nqs=(16, 64, 128, 256, 512, 1024, 1560)) -> None:
+    """Fused vs decode-then-attend over Nq at Nkv = 32,760 (12 x 128), eager and CUDA-graph: the
+    measurement behind :data:`.dispatch.CROSSOVER`."""
+    print("\ncrossover (1, 12, Nq, 32760, 128) fp16: fused / decoded ms (CUDA-graph ms)")
     for name, bits in CODECS:
         for nq in nqs:
             q, ck, cv, kp, vp = _attention_inputs(1, 12, 12, nq, 32760, 128, torch.float16, name, bits)
             sk, sv = kernel_spec(ck), kernel_spec(cv)
-            f = _bench(lambda: fused_attention(q, kp, vp, sk, sv))
-            fs = _bench(lambda: fused_attention(q, kp, vp, sk, sv, select_lookup=True))
-            dd = _bench(lambda: decoded_attention(q, kp, vp, sk, sv))
+            res = {}
+            for method, fn in (("fused", fused_attention), ("decoded", decoded_attention)):
+                res[method] = _bench(lambda: fn(q, kp, vp, sk, sv))
+                res[method + "_graph"] = graph_ms(lambda: fn(q, kp, vp, sk, sv))
             rows.append({"section": "crossover", "codec": name, "bits": bits, "nq": nq, "nkv": 32760,
-                         "heads": 12, "d": 128, "fused_gather_ms": f, "fused_select_ms": fs, "decoded_ms": dd})
-            print(f"{name}{bits} Nq={nq:>5}: fused gather {f:.3f} / select {fs:.3f} ms, decoded {dd:.3f} ms -> "
-                  f"{'fused' if min(f, fs) <= dd else 'decoded'}")
+                         "heads": 12, "d": 128, **{f"{k}_ms": v for k, v in res.items()}})
+            print(f"{name}{bits} Nq={nq:>5}: fused {res['fused']:.3f} ({res['fused_graph']:.3f}), decoded "
+                  f"{res['decoded']:.3f} ({res['decoded_graph']:.3f}) -> dispatcher: "
+                  f"{choose_method(nq, sk, sv, q.device)}")
 
 
 #: Quantized-attention configurations of the ``wan`` section: (label, codec, bits, quantize_attention options).
@@ -301,7 +309,7 @@ def _time_step(step, runs: int = 3) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="copy,codec,attention,crossover,wan",
-                        help="comma list of copy, codec, attention, variants, crossover, wan (launch "
+                        help="comma list of copy, codec, attention, crossover, wan (launch "
                              "parameters are swept by docs/kernels/sweeps/)")
     parser.add_argument("--shapes", default="", help="comma list of attention shape names (default all)")
     parser.add_argument("--methods", default="fused,decoded", help="attention paths to time")
@@ -321,8 +329,6 @@ def main(argv: list[str] | None = None) -> None:
         wanted = set(args.shapes.split(",")) if args.shapes else None
         bench_attention(rows, [s for s in ATTENTION_SHAPES if wanted is None or s[0] in wanted],
                         methods=tuple(args.methods.split(",")), copy_gbs=copy_gbs)
-    if "variants" in sections:
-        bench_variants(rows)
     if "crossover" in sections:
         bench_crossover(rows)
     if "wan" in sections:

@@ -14,7 +14,7 @@ import time
 
 import harness
 import torch
-from fewq_common import graph_ms
+from octopus_diffusers.kernels.benchmark import graph_ms
 from harness import (
     JsonLines,
     encoded,
