@@ -16,22 +16,20 @@ import torch
 from .codec_spec import KernelSpec, OctopusSpec
 
 #: (codec kind, head_dim) -> largest measured query-rows-per-KV-head at which the fused kernel was
-#: faster than decode-then-attend. Source: docs/kernels/fewq_pass.md (H100 80GB HBM3, torch
-#: 2.11.0+cu130, Triton 3.6.0, (1, 12, Nq, 32760, 128), fp16, 3 bits; ms of the eager call, of its
-#: CUDA-graph replay in brackets). Run F2 (the decode kernels of that time):
+#: faster than decode-then-attend. Source: the ``crossover`` section of run 13
+#: (docs/kernels/run13_bench.log; H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0,
+#: (1, 12, Nq, 32760, 128), fp16, 3 bits; ms of the eager call, CUDA-graph replay in brackets):
 #:
 #: | Nq                 | 16            | 64            | 128           | 256           | 512           |
-#: | TurboQuant fused   | 0.109 (0.071) | 0.197 (0.116) | 0.253 (0.176) | 0.807 (0.372) | 0.801 (0.626) |
-#: | TurboQuant decoded | 0.537 (0.264) | 0.474 (0.269) | 0.295 (0.286) | 0.433 (0.363) | 0.601 (0.590) |
+#: | TurboQuant fused   | 0.112 (0.072) | 0.117 (0.114) | 0.175 (0.175) | 0.990 (0.369) | 1.187 (0.617) |
+#: | TurboQuant decoded | 0.268 (0.191) | 0.315 (0.193) | 0.525 (0.208) | 0.588 (0.286) | 0.688 (0.529) |
+#: | OCTOPUS fused      | 0.616 (0.378) | 0.499 (0.386) | 0.793 (0.757) | 0.848 (0.807) | 1.449 (1.394) |
+#: | OCTOPUS decoded    | 0.510 (0.237) | 0.312 (0.239) | 0.363 (0.252) | 0.337 (0.331) | 0.573 (0.575) |
 #:
-#: (16-row fused: the (16, 128, 4) tile, now the default). Run F3, 16 rows, after the codec kernels'
-#: faster decodes: TurboQuant fused 0.304 (0.071) vs decoded 0.688 (0.192); OCTOPUS fused (64, 64, 4,
-#: torch epilogue) 1.215 (0.372) vs decoded 0.799 (0.336). So TurboQuant 64: the 128-row lead of F2
-#: (0.176 vs 0.286 graph) is about what decode-then-attend has gained since (0.264 -> 0.192 at 16
-#: rows), while at 64 rows it stays 2x; OCTOPUS 0: decode-then-attend is now ahead at 16 rows, and
-#: its fused kernel costs about the same from 16 to 64 rows (one 64-row tile). head_dim 64 was not
-#: measured: DEFAULT_CROSSOVER.
-CROSSOVER: dict[tuple[str, int], int] = {("octopus", 128): 0, ("turboquant", 128): 64}
+#: so TurboQuant 128 (the few-query pass's run F2 agrees: fused 0.253 vs decoded 0.295 ms at 128 rows,
+#: docs/kernels/fewq_pass.md) and OCTOPUS 0: its decode-then-attend is ahead from 16 rows on since the
+#: codec pass's faster decode. head_dim 64 was not measured: DEFAULT_CROSSOVER.
+CROSSOVER: dict[tuple[str, int], int] = {("octopus", 128): 0, ("turboquant", 128): 128}
 
 #: Used for a (kind, head_dim) that was not measured: never pick the fused kernel blindly.
 DEFAULT_CROSSOVER = 0
