@@ -26,6 +26,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import triton
@@ -250,26 +251,13 @@ def bench_wan(rows: list, configs=WAN_CONFIGS) -> None:
     against :func:`octopus_diffusers.quantize_attention` (the processors users get, on their CUDA path:
     fused-rotation Triton encode, then the attention op the dispatcher picks). Cross-attention K/V, when
     quantized, are encoded once and reused from the cache, as on every denoising step after the first."""
-    from diffusers import WanTransformer3DModel
     from torch.nn.attention import sdpa_kernel
 
     from octopus_diffusers.processors import quantize_attention
 
     from .attention_decoded import BACKEND_PRIORITY
 
-    torch.manual_seed(0)
-    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
-                                  in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960,
-                                  num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                  eps=1e-6).to("cuda", torch.float16).eval()
-    latents = torch.randn(1, 16, 21, 60, 104, device="cuda", dtype=torch.float16)
-    text = torch.randn(1, 512, 4096, device="cuda", dtype=torch.float16)
-    t = torch.tensor([500], device="cuda")
-
-    def step():
-        with torch.no_grad():
-            return model(hidden_states=latents, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
-
+    model, step = wan_480p_step()
     ms_fp16 = _time_step(step)
     with sdpa_kernel(BACKEND_PRIORITY, set_priority=True):
         ms_fp16_cudnn = _time_step(step)
@@ -290,6 +278,27 @@ def bench_wan(rows: list, configs=WAN_CONFIGS) -> None:
                      "paths": paths})
         print(f"  {label:<24} {ms_q:7.1f} ms  x{ms_q / best:.3f} of the best fp16  output rel change {rel:.3f}  "
               f"({', '.join(paths)})")
+
+
+def wan_480p_step() -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """A random-weight Wan-1.3B-architecture transformer (fp16, CUDA) and one 480p, 81-frame denoising
+    step of it (32,760 tokens, a 512-token prompt): what the ``wan`` section and the profile script time."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
+                                  in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960,
+                                  num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                  eps=1e-6).to("cuda", torch.float16).eval()
+    latents = torch.randn(1, 16, 21, 60, 104, device="cuda", dtype=torch.float16)
+    text = torch.randn(1, 512, 4096, device="cuda", dtype=torch.float16)
+    t = torch.tensor([500], device="cuda")
+
+    def step() -> torch.Tensor:
+        with torch.no_grad():
+            return model(hidden_states=latents, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+    return model, step
 
 
 def _time_step(step, runs: int = 3) -> float:
