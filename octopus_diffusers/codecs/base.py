@@ -28,10 +28,10 @@ class CodecError(ValueError):
     """Raised for a codec configuration or an input that a codec cannot honour."""
 
 
-def nonfinite_message(count: int) -> str:
-    """What NaN/Inf in packed norms or scales means, for errors."""
-    return (f"input contains NaN or Inf, or {count} vector norm(s)/scale(s) exceed float16's range "
-            f"(max 65504) and would decode to Inf")
+def nonfinite_message(count: int, dtype: torch.dtype = torch.float16) -> str:
+    """What NaN/Inf in packed norms or scales (stored as ``dtype``) means, for errors."""
+    return (f"input contains NaN or Inf, or {count} vector norm(s)/scale(s) exceed {dtype}'s range "
+            f"(max {torch.finfo(dtype).max:g}) and would decode to Inf")
 
 
 @dataclass
@@ -196,7 +196,8 @@ class Codec(ABC):
         overflow above 65504), which decoding would silently turn into Inf/NaN."""
         bad = int(self.count_nonfinite_side_info(packed))
         if bad:
-            raise CodecError(f"{self.name}: {nonfinite_message(bad)}; shape {tuple(packed.shape)}")
+            dtype = next(f.dtype for f in packed.fields.values() if f.is_floating_point() and f.dtype.itemsize > 1)
+            raise CodecError(f"{self.name}: {nonfinite_message(bad, dtype)}; shape {tuple(packed.shape)}")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(head_dim={self.head_dim}, bits={self.bits}, seed={self.seed}, "

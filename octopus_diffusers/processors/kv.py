@@ -635,9 +635,13 @@ def raise_if_nonfinite(quantizers: Sequence[KVQuantizer]) -> None:
         return
     device = pending[0]._nonfinite.device  # type: ignore[union-attr]
     counts = torch.stack([q._nonfinite.to(device) for q in pending]).tolist()  # type: ignore[union-attr]
-    for q in pending:
+    for q, n in zip(pending, counts):
         q._nonfinite = None
-    bad = [f"{q.name} ({n})" for q, n in zip(pending, counts) if n]
+        if n:
+            q._cache.clear()  # the bad K/V were cached before the check ran: never reuse them
+    bad = [(q, n) for q, n in zip(pending, counts) if n]
     if bad:
-        raise CodecError(f"K/V of {', '.join(bad)}: {nonfinite_message(int(sum(counts)))} (found by the check "
-                         "run when the transformer's forward returned)")
+        dtype = getattr(bad[0][0].key_codec, "norm_dtype", torch.float16)
+        raise CodecError(f"K/V of {', '.join(f'{q.name} ({n})' for q, n in bad)}: "
+                         f"{nonfinite_message(int(sum(counts)), dtype)} (found by the check run when the "
+                         "transformer's forward returned)")

@@ -118,9 +118,11 @@ def test_deferred_finite_check_names_the_streams_and_clears():
     good.layer, bad.layer = "blocks.0.attn1", "blocks.1.attn1"
     raise_if_nonfinite([good, bad])  # nothing pending: no error
     good._nonfinite, bad._nonfinite = torch.tensor(0), torch.tensor(3)
+    good._cache["prompt"] = bad._cache["prompt"] = "packed K/V"  # stand-ins for cached entries
     with pytest.raises(CodecError, match=r"blocks\.1\.attn1 \(3\).*NaN or Inf"):
         raise_if_nonfinite([good, bad])
     assert good._nonfinite is None and bad._nonfinite is None
+    assert "prompt" in good._cache and not bad._cache  # bad K/V are never reused from the cache
     raise_if_nonfinite([good, bad])  # cleared
 
 
@@ -289,6 +291,29 @@ def test_nan_in_k_on_cuda_raises_when_the_forward_returns():
         with quantize_attention(transformer, codec="turboquant", bits=3):
             with pytest.raises(CodecError, match=r"blocks\.0\.attn1.*NaN or Inf"):
                 transformer(x.half(), t, ehs.half(), return_dict=False)
+    finally:
+        poison.remove()
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_nan_in_cached_cross_attention_k_raises_on_every_forward():
+    """Cached cross-attention K/V with NaN are dropped when the deferred check fires, so the next forward
+    with the same prompt re-encodes and raises again instead of reusing them silently."""
+    from octopus_diffusers.codecs import CodecError
+
+    transformer, inputs = _tiny_wan_64()
+    transformer.to(CUDA, torch.float16)
+    x, t, ehs = (i.to(CUDA) for i in inputs)
+    x, ehs = x.half(), ehs.half()
+    poison = transformer.blocks[0].attn2.to_k.register_forward_hook(
+        lambda module, args, out: out.index_fill(-1, torch.tensor([0], device=out.device), float("nan")))
+    try:
+        with quantize_attention(transformer, codec="turboquant", bits=3) as handle:
+            assert any(q.cache_enabled for q in handle.quantizers)
+            for _ in range(2):
+                with pytest.raises(CodecError, match=r"blocks\.0\.attn2.*NaN or Inf"):
+                    transformer(x, t, ehs, return_dict=False)
     finally:
         poison.remove()
 
