@@ -87,13 +87,16 @@ def _rotation_rows(spec: KernelSpec, device: torch.device, dtype: torch.dtype
                    ) -> tuple[torch.Tensor, float]:
     """``(M, alpha)`` with ``R = alpha * M``, rows in :func:`basis_permutation`'s order: the +-1 sign
     matrix for a Hadamard rotation in half precision, else float32 ``R``."""
-    key = ("rows", spec, device, dtype)
-    if key not in _SIGNS:
+    key = (spec, device, dtype)
+    if key not in _ROWS:
         signs = sign_matrix(spec, device, dtype)
         m, alpha = (signs, spec.head_dim ** -0.5) if signs is not None else (spec.rotation.to(device), 1.0)
         perm = basis_permutation(spec)
-        _SIGNS[key] = (m if perm is None else m[perm.to(device)].contiguous(), alpha)
-    return _SIGNS[key]
+        _ROWS[key] = (m if perm is None else m[perm.to(device)].contiguous(), alpha)
+    return _ROWS[key]
+
+
+_ROWS: dict[tuple, tuple[torch.Tensor, float]] = {}
 
 
 def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,

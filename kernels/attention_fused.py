@@ -1,13 +1,15 @@
 """Attention over compressed K/V, decoding the codes inside a FlashAttention-style loop.
 
 No fp16 K or V is ever written to memory: each KV tile's codes are unpacked, looked up in
-codebooks held in registers and (OCTOPUS) unfolded from the octahedron, right before the two
-matrix products. Everything per vector stays outside the tile (performance.md):
+codebooks (held in registers, or by byte permutes, see below) and (OCTOPUS) unfolded from the
+octahedron, right before the two matrix products. Everything per vector stays outside the tile
+(performance.md):
 
-* Q is rotated once outside the kernel, ``q_rot = q @ R_k.T``, and pre-scaled by
-  ``scale * log2(e)`` (the loop works in base 2);
+* Q is rotated once, ``q_rot = q @ R_k.T``, and pre-scaled by ``scale * log2(e)`` (the loop works in
+  base 2): by a torch GEMM before the kernel for large tiles, inside the kernel for few queries;
 * ``gamma_k`` multiplies the score columns and ``gamma_v`` the probability columns;
-* the output is accumulated in V's rotated basis and ``R_v`` is applied once afterwards.
+* the output is accumulated in V's rotated basis and ``R_v`` is applied once at the end (a torch GEMM
+  for large tiles, in the kernel for few queries).
 
 OCTOPUS triplets do not fit power-of-two tiles, so its vectors are handled as three planes
 (x, y, z coordinates of the ``ceil(d/3)`` triplets, each padded to ``TP`` = 64 for d = 128 or 32 for
@@ -30,6 +32,7 @@ read as 32-bit words and split in-thread, so decoded tiles reach shared memory b
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -70,8 +73,10 @@ def _lookup_prmt(idx, t0, t1, t2, t3):
     ``t0, t1`` hold the low bytes of the fp16 entries 0-3 and 4-7, ``t2, t3`` the high bytes
     (:func:`prmt_tables`). Four 3-bit indices go into one PRMT selector; two PRMTs fetch four low
     and four high bytes and two more interleave them into two fp16 pairs: 7 instructions per 4
-    values, against a ``tl.gather`` or a 7-step compare-select chain per value. The result equals
-    ``codebook[idx].to(float16)`` bit for bit."""
+    values, against a ``tl.gather`` or a 7-step compare-select chain per value. The looked-up values
+    are ``codebook[idx].to(float16)`` (:func:`prmt_tables` is tested to hold exactly those bytes); the
+    attention outputs of this and the gather path differed by up to 1.6e-5 relative on the H100
+    (fewq_pass.md; cause not isolated), inside the kernels' 1e-3 bound."""
     return tl.inline_asm_elementwise(
         asm="""{
         .reg .b32 sel, lo, hi;
@@ -537,8 +542,8 @@ def _word_codes(packed: PackedTensor, spec: KernelSpec) -> bool:
     if isinstance(spec, OctopusSpec) or spec.bits_hi != spec.bits_lo or spec.bits_hi > 4 or spec.head_dim % 32:
         return False
     codes = packed.fields["codes"]
-    return (codes.stride(-1) == 1 and codes.data_ptr() % 4 == 0
-            and all(st % 4 == 0 for st, n in zip(codes.stride()[:-1], codes.shape[:-1]) if n > 1))
+    # Tensor.view(torch.int32) checks every stride, size-1 dims included.
+    return codes.stride(-1) == 1 and codes.data_ptr() % 4 == 0 and all(st % 4 == 0 for st in codes.stride()[:-1])
 
 
 def _row_strides(packed: PackedTensor, layout: str, words: bool = False
@@ -631,8 +636,8 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
     ``select_lookup`` reads codebooks by compare-select chains instead of ``tl.gather``;
     ``grouped_unpack=False`` keeps TurboQuant's per-field byte reads (for comparison);
     ``prefetch`` loads the next KV tile's codes during the current one (grouped TurboQuant K and V);
-    ``rotate_q_in_kernel``: rotate the queries in the kernel (None: for query tiles of <=
-    :data:`MAX_FUSED_EPILOGUE_ROWS` rows) or with a torch GEMM first;
+    ``rotate_q_in_kernel``: rotate the queries in the kernel (None: for TurboQuant query tiles of <=
+    :data:`MAX_FUSED_EPILOGUE_ROWS` rows, never OCTOPUS) or with a torch GEMM first;
     ``prmt_lookup`` reads <= 3-bit TurboQuant codebooks by byte permutes (:func:`_lookup_prmt`; None:
     wherever that applies: CUDA, word loads, no ``select_lookup``); ``word_loads=False`` keeps byte
     groups where 32-bit word loads would apply (for comparison)."""
@@ -645,6 +650,10 @@ def fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k
     elif out.shape != shape or out.dtype != o_dtype or not out.is_contiguous():
         raise CodecError(f"attention: out must be a contiguous {o_dtype} tensor {shape}")
     lse = launch.new_lse()
+    if rotate_q_in_kernel and not launch.small_tiles:
+        raise CodecError(f"attention: in-kernel query rotation takes TurboQuant query tiles of <= "
+                         f"{MAX_FUSED_EPILOGUE_ROWS} rows (these are {launch.bm}-row tiles"
+                         f"{' with OCTOPUS codes' if launch.octopus else ''})")
     rotate_q = launch.small_tiles if rotate_q_in_kernel is None else rotate_q_in_kernel
     launch.run(out, (out.stride(1), out.stride(2), out.stride(3), out.stride(4), out.stride(0)), lse,
                attn_mask, scale, select_lookup, rotate_q, rotate_out=False, prmt_lookup=prmt_lookup)
@@ -671,11 +680,13 @@ class _Launch:
         self.prefetch = prefetch and self.k_groups[0] > 0 and self.v_groups[0] > 0
         self.bm, self.bn, self.warps, self.stages = blocks or _default_blocks(
             self.nq, self.nkv, self.d, isinstance(k_spec, OctopusSpec), self.prefetch)
-        octopus = isinstance(k_spec, OctopusSpec) or isinstance(v_spec, OctopusSpec)
-        self.small_tiles = self.bm <= MAX_FUSED_EPILOGUE_ROWS and not octopus
+        self.octopus = isinstance(k_spec, OctopusSpec) or isinstance(v_spec, OctopusSpec)
+        self.small_tiles = self.bm <= MAX_FUSED_EPILOGUE_ROWS and not self.octopus
         self.words = (word_loads and self.prefetch and self.small_tiles and _word_codes(k, k_spec)
                       and _word_codes(v, v_spec))
-        self.prmt_ok = self.words and q.device.type == "cuda" and k_spec.bits_hi <= 3 and v_spec.bits_hi <= 3
+        # inline PTX (the byte permute) exists only on a real GPU, not in the Triton interpreter
+        self.prmt_ok = (self.words and q.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+                        and k_spec.bits_hi <= 3 and v_spec.bits_hi <= 3)
         self.m_blocks = triton.cdiv(self.nq, self.bm)
         n_split = splits or choose_splits(self.b * self.hq, self.m_blocks, self.nkv, self.bn, q.device)
         self.kv_per_split = max(self.bn, triton.cdiv(triton.cdiv(self.nkv, n_split), self.bn) * self.bn)
@@ -695,8 +706,10 @@ class _Launch:
         ``prmt_lookup``: :func:`_lookup_prmt` for the codebooks (None: wherever it applies)."""
         k_spec, v_spec, dev, d = self.k_spec, self.v_spec, self.q.device, self.d
         if prmt_lookup and not self.prmt_ok:
-            raise CodecError("attention: the byte-permute lookup needs CUDA and byte-grouped TurboQuant K and V "
-                             "of <= 3 bits")
+            raise CodecError("attention: the byte-permute lookup needs a real GPU (not the interpreter) and K and "
+                             "V read as 32-bit words: TurboQuant of one width <= 3 bits, head_dim a multiple of "
+                             f"32, 4-byte aligned codes, query tiles of <= {MAX_FUSED_EPILOGUE_ROWS} rows, "
+                             "prefetch and word_loads on")
         prmt = self.prmt_ok and not select_lookup if prmt_lookup is None else prmt_lookup
         k_tab = _prmt_words(k_spec) if prmt else (0, 0, 0, 0)
         v_tab = _prmt_words(v_spec) if prmt else (0, 0, 0, 0)

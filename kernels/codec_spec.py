@@ -188,7 +188,7 @@ class EncodeConfig:
     """Launch choices of the encode kernels (OCTOPUS and TurboQuant); none changes the codes.
 
     ``block_rows`` rows per program; ``lookup`` a ``tl_helpers.LOOKUP_*`` codebook read (OCTOPUS joint
-    rounding); ``pack8``: gather-free packing (``tl_helpers.pack_groups8``; TurboQuant: one width only);
+    rounding only: TurboQuant's encode compares against thresholds and refuses another mode); ``pack8``: gather-free packing (``tl_helpers.pack_groups8``; TurboQuant: one width only);
     ``num_warps`` per program."""
 
     block_rows: int = 16
@@ -197,9 +197,8 @@ class EncodeConfig:
     num_warps: int = 4
 
 
-def default_config(cfg: EncodeConfig | None, gpu_config: EncodeConfig, gpu_rows: int) -> EncodeConfig:
-    """``cfg``, else the GPU launch (its rows from ``gpu_rows``, which a tuner may have set) or, under
-    the interpreter, the same launch with 16 rows."""
+def default_config(cfg: EncodeConfig | None, gpu_config: EncodeConfig) -> EncodeConfig:
+    """``cfg``, else the measured GPU launch or, under the interpreter, the same launch with 16 rows."""
     if cfg is not None:
         return cfg
-    return replace(gpu_config, block_rows=gpu_rows if torch.cuda.is_available() else 16)
+    return gpu_config if torch.cuda.is_available() else replace(gpu_config, block_rows=16)

@@ -142,8 +142,10 @@ class DecodeConfig:
     """Launch choices of the fast (attention) OCTOPUS decode; none changes the values.
 
     ``flat``: :func:`_octopus_decode_flat_kernel` with ``block`` triplets per program; else the row-tile
-    kernel with ``block`` rows and ``grouped`` unpacking. The lookup mode comes from the caller
-    (``select_lookup``: True = select chain, False = gather, or a ``tl_helpers.LOOKUP_*``)."""
+    kernel with ``block`` rows and, with ``grouped``, gather-free 8-field unpacking
+    (``tl_helpers.unpack_groups8``; measured, not the default: docs/kernels/codec_pass.md). The lookup
+    mode comes from the caller (``select_lookup``: True = select chain, False = gather, or a
+    ``tl_helpers.LOOKUP_*``)."""
 
     flat: bool = False
     block: int = 8
@@ -213,7 +215,8 @@ def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusS
     common = dict(D=spec.head_dim, T=spec.n_triplets, BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
                   SCALE_BY_NORM=scale_by_norm, SELECT=mode, PLANES=plane_order, num_warps=cfg.num_warps,
                   enable_fp_fusion=not exact)
-    if cfg.flat and mode != LOOKUP_GATHER and n * spec.n_triplets < 2 ** 31:
+    # int32 triplet indices: the last block runs up to block - 1 past n * T
+    if cfg.flat and mode != LOOKUP_GATHER and n * spec.n_triplets + cfg.block <= 2 ** 31:
         _octopus_decode_flat_kernel[(triton.cdiv(n * spec.n_triplets, cfg.block),)](
             c2, c2.stride(0), n2, out, out.stride(0), cbx, cbe, cbr, n, BLOCK_T=cfg.block, **common)
     else:

@@ -181,22 +181,22 @@ def _tables(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]
 #: registers); compare-select lookups with 8 warps: 3.68. Earlier (run 4): 16 rows 10.2 ms, 32 rows 14.1,
 #: 64 rows 27.8 (register spills).
 GPU_CONFIG = EncodeConfig(pack8=True)
-#: Backwards-compatible name of the GPU rows per program (the benchmark's "tune" section sets it).
-GPU_BLOCK_ROWS = GPU_CONFIG.block_rows
 
 
 def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
-                   config: EncodeConfig | None = None) -> PackedTensor:
+                   config: EncodeConfig | None = None, check_finite: bool = True) -> PackedTensor:
     """GPU path of ``codec.encode(x)``: the same :class:`PackedTensor` (see the module docstring for
-    what ``fused_rotation`` changes; ``config`` changes only the speed)."""
+    what ``fused_rotation`` changes; ``config`` changes only the speed). NaN/Inf input (or an fp16 norm
+    overflow) raises :class:`CodecError` from the norms, a host sync; ``check_finite=False`` leaves
+    that to the caller (:meth:`Codec.count_nonfinite_side_info`)."""
     spec = kernel_spec(codec)
-    codec.check_input(x, finite=False)  # NaN/Inf: the caller checks the norms (kernels.encode does)
+    codec.check_input(x, finite=False)  # NaN/Inf show in the kernel's norms: checked below
     lead = x.shape[:-1]
     xf = x.reshape(-1, spec.head_dim)
     n = xf.shape[0]
     dev = x.device
     cbx, cbe, thx, the, thr, planes, is_hadamard = _tables(spec, dev)
-    cfg = default_config(config, GPU_CONFIG, GPU_BLOCK_ROWS)
+    cfg = default_config(config, GPU_CONFIG)
     codes = torch.empty((n, spec.nbytes), dtype=torch.uint8, device=dev)
     norms_dtype = getattr(codec, "norm_dtype", torch.float16)
     if fused_rotation:
@@ -223,9 +223,12 @@ def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
             FUSED_ROTATION=fused_rotation, EXACT=not fused_rotation, BLOCK_R=cfg.block_rows,
             LOOKUP=cfg.lookup, PACK8=cfg.pack8, num_warps=cfg.num_warps,
             enable_fp_fusion=fused_rotation)
-    return PackedTensor("octopus", tuple(x.shape), x.dtype,
-                        {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},
-                        packed_meta(codec))
+    packed = PackedTensor("octopus", tuple(x.shape), x.dtype,
+                          {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},
+                          packed_meta(codec))
+    if check_finite:
+        codec.check_side_info(packed)
+    return packed
 
 
 def octopus_encode_reference(codec, x: torch.Tensor) -> PackedTensor:

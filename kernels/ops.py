@@ -55,9 +55,7 @@ def encode_op(x: torch.Tensor, key: str, fused_rotation: bool,
     codec = codec_for(key)
     if x.is_cuda:
         enc = octopus_encode if codec.name == "octopus" else tq_encode
-        p = enc(codec, x, fused_rotation=fused_rotation)
-        if check_finite:  # NaN/Inf input gives NaN/Inf norms: a tiny check instead of a pass over x
-            codec.check_side_info(p)
+        p = enc(codec, x, fused_rotation=fused_rotation, check_finite=check_finite)
     else:
         p = codec.encode(x)
     return p.fields["codes"], p.fields["norms"]

@@ -109,15 +109,15 @@ def _tables(spec: TurboQuantSpec, device: torch.device) -> tuple:
 
 #: Launches measured on the H100 (docs/kernels/codec_pass.md). Encode: 32 rows, gather-free packing
 #: (run 3: 3 bits 1.38 ms against 1.88 for the previous 16 rows with tl.gather packing; 2 bits 1.37
-#: against 1.53; 4 bits see PACK8_WIDTHS). Decode: fields
-#: read in byte groups, 32 rows (3 bits, load lookups: 0.145 ms against 0.274 per field with gathers).
+#: against 1.53; 4 bits see PACK8_WIDTHS). Decode: fields read in byte groups; 32 rows for table-load
+#: or select lookups (3 bits, load: 0.145 ms against 0.274 per field with gathers), while tl.gather
+#: (what decode-then-attend uses, attention_decoded.DECODE_LOOKUP) keeps MIN_GATHER_ROWS (run 13:
+#: 2,740 GB/s at 3 bits, 92 % of copy; load lookups measured equal).
 GPU_CONFIG = EncodeConfig(block_rows=32, pack8=True)
-GPU_BLOCK_ROWS = GPU_CONFIG.block_rows
 #: Widths whose codes the gather-free packing writes when ``pack8`` is asked for; 4-bit fields keep
 #: the gather packing, measured faster there (run 3, 32 rows: 1.57 ms against 2.26 with pack8).
 PACK8_WIDTHS = (2, 3)
 GPU_DECODE_BLOCK_ROWS = 32
-GPU_DECODE_GROUPED = True
 #: The tl.gather path keeps >= 64 rows: with 16 rows, 2- and 2.5-bit codebooks (4 entries) failed the
 #: GPU tests (docs/kernels/tests_final_run1.log), as OCTOPUS's gather did (octopus_decode.MIN_GATHER_ROWS).
 MIN_GATHER_ROWS = 64
@@ -126,7 +126,7 @@ MIN_GATHER_ROWS = 64
 def tq_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: TurboQuantSpec,
                    out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False,
                    out: torch.Tensor | None = None, select_lookup: bool | int = False,
-                   block_rows: int | None = None, grouped: bool | None = None) -> torch.Tensor:
+                   block_rows: int | None = None, grouped: bool = True) -> torch.Tensor:
     """Rotated reconstruction of every row of ``codes`` ``(..., nbytes)``: ``(..., d)`` in ``out_dtype``
     (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``); written into ``out`` (rows x d) if given.
     ``select_lookup``: codebook read (False gather, True select, or a ``tl_helpers.LOOKUP_*``);
@@ -147,7 +147,7 @@ def tq_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: TurboQuantSpe
     if mode == LOOKUP_GATHER and gpu:
         br = max(br, MIN_GATHER_ROWS)
     ge, gb = field_groups(spec.bits_hi, spec.head_dim) if spec.bits_hi == spec.bits_lo else (0, 0)
-    if not (GPU_DECODE_GROUPED if grouped is None else grouped):
+    if not grouped:
         ge, gb = 0, 0
     if c2.shape[0]:
         _tq_decode_kernel[(triton.cdiv(c2.shape[0], br),)](
@@ -166,11 +166,11 @@ def tq_decode(codec, packed: PackedTensor) -> torch.Tensor:
 
 
 def tq_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
-              config: EncodeConfig | None = None) -> PackedTensor:
+              config: EncodeConfig | None = None, check_finite: bool = True) -> PackedTensor:
     """GPU path of ``codec.encode(x)`` (see the module docstring for ``fused_rotation``; ``config``
-    changes only the speed)."""
+    changes only the speed; ``check_finite`` as :func:`.octopus_encode.octopus_encode`)."""
     spec = kernel_spec(codec)
-    codec.check_input(x, finite=False)  # NaN/Inf: the caller checks the norms (kernels.encode does)
+    codec.check_input(x, finite=False)  # NaN/Inf show in the kernel's norms: checked below
     lead = x.shape[:-1]
     xf = x.reshape(-1, spec.head_dim)
     n, dev = xf.shape[0], x.device
@@ -189,7 +189,10 @@ def tq_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
         gamma = torch.linalg.vector_norm(x32, dim=-1)
         src = (codec.rotation.forward(x32) / torch.where(gamma > 0, gamma, 1.0)[..., None]).contiguous()
         norms, sign_mat = gamma.to(codec.norm_dtype), signs
-    cfg = default_config(config, GPU_CONFIG, GPU_BLOCK_ROWS)
+    cfg = default_config(config, GPU_CONFIG)
+    if cfg.lookup != LOOKUP_GATHER:
+        raise CodecError("turboquant encode reads no codebook (it compares with thresholds): "
+                         "EncodeConfig.lookup applies to OCTOPUS only")
     if n:
         _tq_encode_kernel[(triton.cdiv(n, cfg.block_rows),)](
             src, src.stride(0), norms, codes, codes.stride(0), sign_mat, spec.head_dim ** -0.5, thr_hi, thr_lo,
@@ -197,9 +200,12 @@ def tq_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
             NBYTES_PAD=triton.next_power_of_2(spec.nbytes), FUSED_ROTATION=fused_rotation,
             BLOCK_R=cfg.block_rows, PACK8=cfg.pack8 and spec.bits_hi == spec.bits_lo and spec.bits_hi in PACK8_WIDTHS,
             num_warps=cfg.num_warps, enable_fp_fusion=False)
-    return PackedTensor(codec.name, tuple(x.shape), x.dtype,
-                        {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},
-                        packed_meta(codec))
+    packed = PackedTensor(codec.name, tuple(x.shape), x.dtype,
+                          {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},
+                          packed_meta(codec))
+    if check_finite:
+        codec.check_side_info(packed)
+    return packed
 
 
 def turboquant_reference(codec, packed_or_x: torch.Tensor | PackedTensor, rotated: bool = False):

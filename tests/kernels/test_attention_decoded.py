@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from octopus_diffusers.codecs import get_codec
-from octopus_diffusers.kernels.attention_decoded import decoded_attention, rotate
+from octopus_diffusers.kernels.attention_decoded import basis_permutation, decoded_attention, rotate
 from octopus_diffusers.kernels.attention_fused import attention_fused_reference
 from octopus_diffusers.kernels.codec_spec import kernel_spec
 
@@ -42,15 +42,22 @@ def test_both_rotation_sides_match_the_reference(name, nq, nkv, layout):
     assert ((out.float() - ref).norm() / ref.norm()).item() <= 1e-3
 
 
+@pytest.mark.parametrize("name", ["turboquant", "octopus"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_rotate_and_its_inverse_are_the_codec_rotation(dtype):
-    codec = get_codec("turboquant", 64, 3)
-    spec = kernel_spec(codec)
+def test_rotate_and_its_inverse_are_the_codec_rotation(name, dtype):
+    """``rotate`` gives ``x @ R.T`` with columns in the decode's order (OCTOPUS: x/y/z planes), and its
+    inverse takes that basis back: ``y @ R`` with ``y``'s columns un-permuted."""
+    spec = kernel_spec(get_codec(name, 64, 3))
+    perm = basis_permutation(spec)
+    perm = torch.arange(64) if perm is None else perm
+    assert sorted(perm.tolist()) == list(range(64)) and (name == "turboquant") == (perm == torch.arange(64)).all()
     x = torch.randn(3, 5, 64).to(dtype)
     r = spec.rotation.double()
     tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6}[dtype]
     y = rotate(x, spec)
     assert y.dtype == dtype and y.shape == x.shape
-    torch.testing.assert_close(y.double(), x.double() @ r.T, rtol=0, atol=tol * x.abs().max().item())
-    torch.testing.assert_close(rotate(y, spec, inverse=True).double(), y.double() @ r, rtol=0,
-                               atol=tol * y.abs().max().item())
+    torch.testing.assert_close(y.double(), (x.double() @ r.T)[..., perm], rtol=0, atol=tol * x.abs().max().item())
+    back = rotate(y, spec, inverse=True)
+    unpermuted = torch.empty_like(y, dtype=torch.float64)
+    unpermuted[..., perm] = y.double()
+    torch.testing.assert_close(back.double(), unpermuted @ r, rtol=0, atol=tol * y.abs().max().item())

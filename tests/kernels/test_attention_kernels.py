@@ -147,14 +147,19 @@ def test_grouped_unpack_matches_per_field_reads(bits):
     assert _rel_rms(grouped, per_field) <= SAME_VALUES
 
 
-@pytest.mark.parametrize("splits", [1, 2])
+#: Explicit few-query tiles for the loop tests, so that 100 keys span several KV tiles (and 3 splits
+#: stay 2 splits of 2 tiles) on the GPU too, whose default BLOCK_N at 16 queries is 128.
+FEW_QUERY_BLOCKS = (16, 32, 4, 2)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
 def test_prefetching_loop_matches_plain_loop(splits):
     """Loading the next KV tile's codes one iteration ahead (tail tile masked, per split) must not
-    change the result; 40 keys = several tiles and a partial last one."""
-    q, kp, vp, ck, cv, k_hat, v_hat = _setup("turboquant", 64, 3, torch.float16, nq=16, nkv=40)
-    mask = _masks(16, 40)["bool"]
+    change the result; 100 keys = several 32-key tiles and a partial last one."""
+    q, kp, vp, ck, cv, k_hat, v_hat = _setup("turboquant", 64, 3, torch.float16, nq=16, nkv=100)
+    mask = _masks(16, 100)["bool"]
     ref = attention_fused_reference(q, k_hat, v_hat, mask)
-    kw = {"out_dtype": torch.float32, "splits": splits}
+    kw = {"out_dtype": torch.float32, "splits": splits, "blocks": FEW_QUERY_BLOCKS}
     ahead = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, **kw)
     plain = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, prefetch=False, **kw)
     assert _rel_rms(ahead, ref) <= TOL
@@ -172,8 +177,8 @@ def test_fused_epilogue_matches_torch_epilogue(layout):
     """The kernel's own query/output rotations and the one-launch split merge (few-query path) give
     what the torch GEMMs and combine_splits give, with one split or several, in either layout."""
     name = "turboquant"
-    q, kp, vp, ck, cv, k_hat, v_hat = _setup(name, 64, 3, torch.float16, nq=16, nkv=40)
-    mask = _masks(16, 40)["additive"]
+    q, kp, vp, ck, cv, k_hat, v_hat = _setup(name, 64, 3, torch.float16, nq=16, nkv=100)
+    mask = _masks(16, 100)["additive"]
     ref = attention_fused_reference(q, k_hat, v_hat, mask)
     if layout == "BSHD":
         q = q.transpose(1, 2).contiguous()
@@ -181,7 +186,7 @@ def test_fused_epilogue_matches_torch_epilogue(layout):
                                       fields={n: t.transpose(1, 2).contiguous() for n, t in p.fields.items()})
                   for p in (kp, vp))
     for splits in (1, 3):
-        kw = {"layout": layout, "out_dtype": torch.float32, "splits": splits}
+        kw = {"layout": layout, "out_dtype": torch.float32, "splits": splits, "blocks": FEW_QUERY_BLOCKS}
         fused = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, **kw)
         torch_path = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, fused_epilogue=False, **kw)
         assert fused.shape == q.shape
@@ -190,13 +195,18 @@ def test_fused_epilogue_matches_torch_epilogue(layout):
 
 
 def test_octopus_keeps_the_torch_epilogue():
-    """OCTOPUS never takes the fused epilogue (wrong / NaN output on the H100, MAX_FUSED_EPILOGUE_ROWS)."""
-    q, kp, vp, ck, cv, _, _ = _setup("octopus", 128, 3, torch.float16, nq=16, nkv=40)
-    _, tq_kp, tq_vp, tq_ck, tq_cv, _, _ = _setup("turboquant", 128, 3, torch.float16, nq=16, nkv=40)
-    for k_pair, v_pair in (((kp, ck), (vp, cv)), ((tq_kp, tq_ck), (vp, cv)), ((kp, ck), (tq_vp, tq_cv))):
+    """OCTOPUS never takes the fused epilogue (wrong / NaN output on the H100, MAX_FUSED_EPILOGUE_ROWS);
+    mixed TurboQuant / OCTOPUS K and V still attend correctly."""
+    q, kp, vp, ck, cv, k_oct, v_oct = _setup("octopus", 128, 3, torch.float16, nq=16, nkv=40)
+    _, tq_kp, tq_vp, tq_ck, tq_cv, k_tq, v_tq = _setup("turboquant", 128, 3, torch.float16, nq=16, nkv=40)
+    for k_pair, v_pair, k_hat, v_hat in (((kp, ck), (vp, cv), k_oct, v_oct), ((tq_kp, tq_ck), (vp, cv), k_tq, v_oct),
+                                         ((kp, ck), (tq_vp, tq_cv), k_oct, v_tq)):
         launch = _Launch(q, k_pair[0], v_pair[0], kernel_spec(k_pair[1]), kernel_spec(v_pair[1]), "BHSD",
                          None, None, True, True)
         assert not launch.small_tiles and not launch.words
+        out = fused_attention(q, k_pair[0], v_pair[0], kernel_spec(k_pair[1]), kernel_spec(v_pair[1]),
+                              out_dtype=torch.float32)
+        assert _rel_rms(out, attention_fused_reference(q, k_hat, v_hat)) <= TOL
     launch = _Launch(q, tq_kp, tq_vp, kernel_spec(tq_ck), kernel_spec(tq_cv), "BHSD", None, None, True, True)
     assert launch.small_tiles and launch.words
 

@@ -92,12 +92,15 @@ def test_dispatch_follows_the_measured_crossover():
     limit_octo, limit_tq = CROSSOVER[("octopus", 128)], CROSSOVER[("turboquant", 128)]
     assert limit_octo != limit_tq  # so the mixed case below tells which limit applies
     for spec, limit in ((octo, limit_octo), (tq, limit_tq)):
-        assert choose_method(limit, spec, spec, cuda) == "fused"
+        if limit:
+            assert choose_method(limit, spec, spec, cuda) == "fused"
         assert choose_method(limit + 1, spec, spec, cuda) == "decoded"
         assert choose_method(1560, spec, spec, cuda) == "decoded"
+    assert choose_method(1, octo, octo, cuda) == ("fused" if limit_octo >= 1 else "decoded")
     # both codecs must favour the fused kernel: the smaller limit decides
-    assert choose_method(max(limit_octo, limit_tq), octo, tq, cuda) == "decoded"
-    assert choose_method(min(limit_octo, limit_tq), octo, tq, cuda) == "fused"
+    for rows in (1, 16, max(limit_octo, limit_tq)):
+        expected = "fused" if rows <= min(limit_octo, limit_tq) else "decoded"
+        assert choose_method(rows, octo, tq, cuda) == choose_method(rows, tq, octo, cuda) == expected
     assert choose_method(16, kernels.kernel_spec(get_codec("turboquant", 64, 3)), tq, cuda) == "decoded"  # unmeasured
 
 
