@@ -42,28 +42,8 @@ from octopus_diffusers.codecs import CodecError, PackedTensor
 
 from .codec_spec import KernelSpec, OctopusSpec, plane_width
 from .octopus_decode import octopus_planes_tile
-from .tl_helpers import (
-    field_groups,
-    load_codebook,
-    load_groups,
-    lookup_any,
-    split_groups,
-    unpack_grouped,
-)
-from .turboquant_codec import tq_tile
-
-
-@triton.jit
-def _tq_values(rows, row_mask, cb_hi, cb_lo, D: tl.constexpr, N_HI: tl.constexpr, B_HI: tl.constexpr,
-               B_LO: tl.constexpr, NBYTES: tl.constexpr, SELECT: tl.constexpr, GE: tl.constexpr,
-               GB: tl.constexpr):
-    """TurboQuant unit vectors of a KV tile: byte-group unpacking when ``GE > 0`` (one width for all
-    channels, :func:`field_groups`), else :func:`tq_tile`'s per-field reads."""
-    if GE > 0:
-        val = lookup_any(cb_hi, unpack_grouped(rows, row_mask, D, B_HI, GE, GB), 1 << B_HI, SELECT)
-    else:
-        val = tq_tile(rows, row_mask, cb_hi, cb_lo, D, N_HI, B_HI, B_LO, NBYTES, SELECT)
-    return val
+from .tl_helpers import codebook_for, field_groups, load_groups, lookup_any, split_groups
+from .turboquant_codec import tq_values
 
 
 @triton.jit
@@ -257,56 +237,26 @@ def _fused_attention_kernel(
             q0 = tl.load(q_rows + tp, mask=m_mask[:, None], other=0.0)
             q1 = tl.load(q_rows + TP + tp, mask=m_mask[:, None], other=0.0)
             q2 = tl.load(q_rows + 2 * TP + tp, mask=m_mask[:, None], other=0.0)
-        if SELECT:
-            kcb0 = KCB0
-        else:
-            kcb0 = load_codebook(KCB0, BLOCK_N, 1 << K_B0)
-        if SELECT:
-            kcb1 = KCB1
-        else:
-            kcb1 = load_codebook(KCB1, BLOCK_N, 1 << K_B1)
-        if SELECT:
-            kcb2 = KCB2
-        else:
-            kcb2 = load_codebook(KCB2, BLOCK_N, 1 << K_B2)
+        kcb0 = codebook_for(KCB0, BLOCK_N, 1 << K_B0, SELECT)
+        kcb1 = codebook_for(KCB1, BLOCK_N, 1 << K_B1, SELECT)
+        kcb2 = codebook_for(KCB2, BLOCK_N, 1 << K_B2, SELECT)
     else:
         if ROTATE_Q:
             q0 = _rotated_queries(q_rows, s_qd, m_mask, QM, s_qmat, 0, D, D, q_scale, BLOCK_M, Q_CHUNK)
         else:
             q0 = tl.load(q_rows + tl.arange(0, D)[None, :], mask=m_mask[:, None], other=0.0)
-        if SELECT:
-            kcb0 = KCB0
-        else:
-            kcb0 = load_codebook(KCB0, BLOCK_N, 1 << K_B0)
-        if SELECT:
-            kcb1 = KCB1
-        else:
-            kcb1 = load_codebook(KCB1, BLOCK_N, 1 << K_B1)
+        kcb0 = codebook_for(KCB0, BLOCK_N, 1 << K_B0, SELECT)
+        kcb1 = codebook_for(KCB1, BLOCK_N, 1 << K_B1, SELECT)
     if V_OCT:
-        if SELECT:
-            vcb0 = VCB0
-        else:
-            vcb0 = load_codebook(VCB0, BLOCK_N, 1 << V_B0)
-        if SELECT:
-            vcb1 = VCB1
-        else:
-            vcb1 = load_codebook(VCB1, BLOCK_N, 1 << V_B1)
-        if SELECT:
-            vcb2 = VCB2
-        else:
-            vcb2 = load_codebook(VCB2, BLOCK_N, 1 << V_B2)
+        vcb0 = codebook_for(VCB0, BLOCK_N, 1 << V_B0, SELECT)
+        vcb1 = codebook_for(VCB1, BLOCK_N, 1 << V_B1, SELECT)
+        vcb2 = codebook_for(VCB2, BLOCK_N, 1 << V_B2, SELECT)
         acc0 = tl.zeros((BLOCK_M, TP), dtype=tl.float32)
         acc1 = tl.zeros((BLOCK_M, TP), dtype=tl.float32)
         acc2 = tl.zeros((BLOCK_M, TP), dtype=tl.float32)
     else:
-        if SELECT:
-            vcb0 = VCB0
-        else:
-            vcb0 = load_codebook(VCB0, BLOCK_N, 1 << V_B0)
-        if SELECT:
-            vcb1 = VCB1
-        else:
-            vcb1 = load_codebook(VCB1, BLOCK_N, 1 << V_B1)
+        vcb0 = codebook_for(VCB0, BLOCK_N, 1 << V_B0, SELECT)
+        vcb1 = codebook_for(VCB1, BLOCK_N, 1 << V_B1, SELECT)
         acc0 = tl.zeros((BLOCK_M, D), dtype=tl.float32)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -358,7 +308,7 @@ def _fused_attention_kernel(
             s = tl.dot(q1, tl.trans(ky.to(tl.float16)), s)
             s = tl.dot(q2, tl.trans(kz.to(tl.float16)), s)
         else:
-            k = _tq_values(k_rows, n_mask[:, None], kcb0, kcb1, D, K_B2, K_B0, K_B1, K_NBYTES, SELECT, K_GE, K_GB)
+            k = tq_values(k_rows, n_mask[:, None], kcb0, kcb1, D, K_B2, K_B0, K_B1, K_NBYTES, SELECT, K_GE, K_GB)
             s = tl.dot(q0, tl.trans(k.to(tl.float16)))
         if not PREFETCH:
             g_k = tl.load(kg_base + offs_n * s_kgn, mask=n_mask, other=0.0).to(tl.float32)
@@ -397,7 +347,7 @@ def _fused_attention_kernel(
             acc1 = tl.dot(pv, vy.to(tl.float16), acc1 * alpha[:, None])
             acc2 = tl.dot(pv, vz.to(tl.float16), acc2 * alpha[:, None])
         else:
-            v = _tq_values(v_rows, n_mask[:, None], vcb0, vcb1, D, V_B2, V_B0, V_B1, V_NBYTES, SELECT, V_GE, V_GB)
+            v = tq_values(v_rows, n_mask[:, None], vcb0, vcb1, D, V_B2, V_B0, V_B1, V_NBYTES, SELECT, V_GE, V_GB)
             acc0 = tl.dot(pv, v.to(tl.float16), acc0 * alpha[:, None])
 
     # ---- normalise and store (rows with no unmasked key give 0) ------------------------------

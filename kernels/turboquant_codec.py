@@ -38,6 +38,19 @@ def tq_tile(row_ptr, row_mask, cb_hi, cb_lo, D: tl.constexpr, N_HI: tl.constexpr
 
 
 @triton.jit
+def tq_values(row_ptr, row_mask, cb_hi, cb_lo, D: tl.constexpr, N_HI: tl.constexpr, B_HI: tl.constexpr,
+              B_LO: tl.constexpr, NBYTES: tl.constexpr, SELECT: tl.constexpr, GE: tl.constexpr, GB: tl.constexpr):
+    """Rotated unit vectors of a tile of packed rows, float32 ``[R, D]``: byte-group unpacking when
+    ``GE > 0`` (one width for all channels, :func:`~.tl_helpers.field_groups`), else :func:`tq_tile`'s
+    per-field reads (what the decode kernel and the fused attention loop share)."""
+    if GE > 0:
+        val = lookup_any(cb_hi, unpack_grouped(row_ptr, row_mask, D, B_HI, GE, GB), 1 << B_HI, SELECT)
+    else:
+        val = tq_tile(row_ptr, row_mask, cb_hi, cb_lo, D, N_HI, B_HI, B_LO, NBYTES, SELECT)
+    return val
+
+
+@triton.jit
 def _tq_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CB_HI, CB_LO, N_ROWS, D: tl.constexpr,
                       N_HI: tl.constexpr, B_HI: tl.constexpr, B_LO: tl.constexpr, NBYTES: tl.constexpr,
                       SCALE_BY_NORM: tl.constexpr, SELECT: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -47,12 +60,8 @@ def _tq_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CB_HI, CB_LO, N_ROWS, D: tl.c
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = rows < N_ROWS
     row_ptr = CODES + rows[:, None].to(tl.int64) * s_c
-    cb_hi = codebook_for(CB_HI, BLOCK_R, 1 << B_HI, SELECT)
-    if GE > 0:
-        y = lookup_any(cb_hi, unpack_grouped(row_ptr, r_mask[:, None], D, B_HI, GE, GB), 1 << B_HI, SELECT)
-    else:
-        y = tq_tile(row_ptr, r_mask[:, None], cb_hi, codebook_for(CB_LO, BLOCK_R, 1 << B_LO, SELECT),
-                    D, N_HI, B_HI, B_LO, NBYTES, SELECT)
+    y = tq_values(row_ptr, r_mask[:, None], codebook_for(CB_HI, BLOCK_R, 1 << B_HI, SELECT),
+                  codebook_for(CB_LO, BLOCK_R, 1 << B_LO, SELECT), D, N_HI, B_HI, B_LO, NBYTES, SELECT, GE, GB)
     if SCALE_BY_NORM:
         y = y * tl.load(NORMS + rows, mask=r_mask, other=0.0).to(tl.float32)[:, None]
     tl.store(OUT + rows[:, None].to(tl.int64) * s_o + tl.arange(0, D)[None, :], y.to(OUT.dtype.element_ty),
