@@ -20,7 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import KernelSpec, OctopusSpec
+from .codec_spec import KernelSpec, OctopusSpec, hadamard_signs
 from .octopus_decode import octopus_decode_rows, plane_permutation
 from .tl_helpers import LOOKUP_GATHER, LOOKUP_LOAD
 from .turboquant_codec import tq_decode_rows
@@ -76,10 +76,8 @@ def sign_matrix(spec: KernelSpec, device: torch.device, dtype: torch.dtype) -> t
     ``dtype``; None otherwise (the caller then rotates in float32)."""
     key = (spec, device, dtype)
     if key not in _SIGNS:
-        signs = (spec.rotation.double() * spec.head_dim ** 0.5).round()
-        ok = dtype in (torch.float16, torch.bfloat16) and bool(signs.abs().eq(1).all()) and torch.allclose(
-            signs / spec.head_dim ** 0.5, spec.rotation.double(), rtol=1e-6, atol=0)
-        _SIGNS[key] = signs.to(device=device, dtype=dtype) if ok else None
+        signs = hadamard_signs(spec) if dtype in (torch.float16, torch.bfloat16) else None
+        _SIGNS[key] = signs.to(device=device, dtype=dtype) if signs is not None else None
     return _SIGNS[key]
 
 

@@ -40,7 +40,7 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import KernelSpec, OctopusSpec, plane_width
+from .codec_spec import KernelSpec, OctopusSpec, device_codebooks, plane_width
 from .octopus_decode import octopus_planes_tile
 from .tl_helpers import codebook_for, field_groups, load_groups, lookup_any, split_groups
 from .turboquant_codec import tq_values
@@ -455,20 +455,11 @@ def _plane_rows(r: torch.Tensor, d: int) -> torch.Tensor:
     return out
 
 
-def _codebooks(spec: KernelSpec, device: torch.device) -> tuple[list[torch.Tensor], tuple[int, int, int]]:
+def _codebooks(spec: KernelSpec, device: torch.device) -> tuple[tuple[torch.Tensor, ...], tuple[int, int, int]]:
     """Three codebooks and three integers per codec: OCTOPUS (xi, eta, rho) codebooks and widths;
     TurboQuant (hi, lo, hi) codebooks and (bits_hi, bits_lo, n_high)."""
-    key = ("cb", spec, device)
-    if key not in _MATRIX_CACHE:
-        if isinstance(spec, OctopusSpec):
-            _MATRIX_CACHE[key] = [spec.xi_codebook.to(device), spec.eta_codebook.to(device),
-                                  spec.rho_codebook.to(device)]
-        else:
-            _MATRIX_CACHE[key] = [spec.codebook_hi.to(device), spec.codebook_lo.to(device),
-                                  spec.codebook_hi.to(device)]
-    if isinstance(spec, OctopusSpec):
-        return _MATRIX_CACHE[key], (spec.bx, spec.be, spec.br)
-    return _MATRIX_CACHE[key], (spec.bits_hi, spec.bits_lo, spec.n_high)
+    bits = (spec.bx, spec.be, spec.br) if isinstance(spec, OctopusSpec) else (spec.bits_hi, spec.bits_lo, spec.n_high)
+    return device_codebooks(spec, device), bits
 
 
 def _prmt_words(spec: KernelSpec) -> tuple[int, int, int, int]:

@@ -134,6 +134,38 @@ def _octopus_spec(codec: Codec) -> OctopusSpec:
                        joint_rounding=bool(codec.joint_rounding))
 
 
+def hadamard_signs(spec: KernelSpec) -> torch.Tensor | None:
+    """``sqrt(d) * R`` in float64 with entries exactly +-1 when the spec's rotation is a signed Hadamard
+    matrix ``H diag(s) / sqrt(d)`` (the fused-rotation kernels and half-precision rotations need it),
+    else None."""
+    d = spec.head_dim
+    signs = (spec.rotation.double() * d ** 0.5).round()
+    exact = bool(signs.abs().eq(1).all()) and torch.allclose(signs / d ** 0.5, spec.rotation.double(), rtol=1e-6,
+                                                              atol=0)
+    return signs if exact else None
+
+
+def midpoints(codebook: torch.Tensor) -> torch.Tensor:
+    """Decision thresholds of a sorted codebook, float32 as the reference's ``nearest_index`` (one zero
+    for a one-entry codebook, so a kernel always has a table to point at)."""
+    t = 0.5 * (codebook[1:] + codebook[:-1])
+    return t if t.numel() else torch.zeros(1)
+
+
+_DEVICE_CODEBOOKS: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def device_codebooks(spec: KernelSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The spec's codebooks on ``device``, cached (no host copy per call): OCTOPUS (xi, eta, rho),
+    TurboQuant (hi, lo, hi)."""
+    key = (spec, device)
+    if key not in _DEVICE_CODEBOOKS:
+        books = ((spec.xi_codebook, spec.eta_codebook, spec.rho_codebook) if isinstance(spec, OctopusSpec)
+                 else (spec.codebook_hi, spec.codebook_lo, spec.codebook_hi))
+        _DEVICE_CODEBOOKS[key] = tuple(c.to(device) for c in books)  # type: ignore[assignment]
+    return _DEVICE_CODEBOOKS[key]
+
+
 def nbytes_of(codec: Codec) -> int:
     """Packed bytes per vector, from the codec's widths alone (no tensors: safe in fake-tensor mode)."""
     if codec.name == "octopus":

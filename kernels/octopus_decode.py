@@ -26,7 +26,7 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import OctopusSpec, check_packed, kernel_spec, plane_width, reference_rotated
+from .codec_spec import OctopusSpec, check_packed, device_codebooks, kernel_spec, plane_width, reference_rotated
 from .tl_exact import norm3
 from .tl_helpers import (LOOKUP_GATHER, codebook_for, load_codebook, lookup,
                          lookup_any, lookup_mode, octahedral_unfold, unpack_field, unpack_groups8)
@@ -170,16 +170,6 @@ MIN_GATHER_ROWS = 64
 CPU_CONFIG = DecodeConfig(flat=True, block=256)
 CPU_BLOCK_ROWS = 16
 
-_CODEBOOKS: dict[tuple, tuple[torch.Tensor, ...]] = {}
-
-
-def _codebooks(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """The three codebooks on ``device`` (cached: no host copy per call)."""
-    key = (spec, device)
-    if key not in _CODEBOOKS:
-        _CODEBOOKS[key] = tuple(c.to(device) for c in (spec.xi_codebook, spec.eta_codebook, spec.rho_codebook))
-    return _CODEBOOKS[key]
-
 
 def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusSpec,
                         out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False,
@@ -209,7 +199,7 @@ def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusS
     mode = LOOKUP_GATHER if exact else lookup_mode(select_lookup)
     gpu = torch.cuda.is_available()
     cfg = config or (GPU_CONFIG if gpu else CPU_CONFIG)
-    cbx, cbe, cbr = _codebooks(spec, codes.device)
+    cbx, cbe, cbr = device_codebooks(spec, codes.device)
     if not n:
         return out.reshape(*lead, spec.head_dim)
     common = dict(D=spec.head_dim, T=spec.n_triplets, BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,

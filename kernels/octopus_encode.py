@@ -25,7 +25,8 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import EncodeConfig, OctopusSpec, default_config, kernel_spec, packed_meta, plane_width
+from .codec_spec import (EncodeConfig, OctopusSpec, default_config, device_codebooks, hadamard_signs, kernel_spec,
+                         midpoints, packed_meta, plane_width)
 from .tl_exact import norm3
 from .tl_helpers import (codebook_for, lookup_any, nearest_count,
                          octahedral_unfold, pack_fields_to_bytes, pack_groups8, sign_nonzero)
@@ -154,25 +155,20 @@ _TABLES: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
 
 def _tables(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Codebooks, their midpoints (float32, as ``nearest_index``) and the plane sign matrix."""
+    """Codebooks, their midpoints and the plane sign matrix (zeros for a non-Hadamard rotation), and
+    whether the rotation is Hadamard."""
     key = (spec, device)
     if key not in _TABLES:
-        def mids(c: torch.Tensor) -> torch.Tensor:
-            t = 0.5 * (c[1:] + c[:-1])
-            return t if t.numel() else torch.zeros(1)
         d, tp = spec.head_dim, plane_width(spec.head_dim)
-        signs = (spec.rotation.double() * d ** 0.5).round()  # H diag(s): entries exactly +-1
-        if not (signs.abs().eq(1).all() and torch.allclose(signs / d ** 0.5, spec.rotation.double(),
-                                                            rtol=1e-6, atol=0)):
-            signs = None
+        signs = hadamard_signs(spec)  # H diag(s): entries exactly +-1
         planes = torch.zeros(d, 3 * tp)
         if signs is not None:
             for c in range(3):
                 idx = torch.arange(c, d, 3)
-                planes[:, c * tp: c * tp + idx.numel()] = signs.T[:, idx]
-        _TABLES[key] = tuple(t.to(device) for t in (
-            spec.xi_codebook, spec.eta_codebook, mids(spec.xi_codebook), mids(spec.eta_codebook),
-            mids(spec.rho_codebook))) + (planes.to(device), signs is not None)
+                planes[:, c * tp: c * tp + idx.numel()] = signs.T[:, idx].float()
+        cbx, cbe, _ = device_codebooks(spec, device)
+        _TABLES[key] = (cbx, cbe) + tuple(midpoints(c).to(device) for c in (
+            spec.xi_codebook, spec.eta_codebook, spec.rho_codebook)) + (planes.to(device), signs is not None)
     return _TABLES[key]
 
 

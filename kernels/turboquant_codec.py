@@ -18,8 +18,8 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import (EncodeConfig, TurboQuantSpec, check_packed, default_config, kernel_spec,
-                         packed_meta, reference_rotated)
+from .codec_spec import (EncodeConfig, TurboQuantSpec, check_packed, default_config, device_codebooks, hadamard_signs,
+                         kernel_spec, midpoints, packed_meta, reference_rotated)
 from .tl_helpers import (LOOKUP_GATHER, codebook_for, field_groups, field_offset, lookup_any, lookup_mode,
                          nearest_count, pack_fields_to_bytes, pack_groups8, unpack_field, unpack_grouped)
 
@@ -100,19 +100,15 @@ _TABLES: dict[tuple, tuple] = {}
 
 
 def _tables(spec: TurboQuantSpec, device: torch.device) -> tuple:
-    """Codebooks, midpoints (float32, as ``nearest_index``), the +-1 sign matrix ``(H diag(s)).T``."""
+    """Codebooks, midpoints, the +-1 sign matrix ``(H diag(s)).T`` (float32; rounded for a non-Hadamard
+    rotation, which fused rotation refuses) and whether the rotation is Hadamard."""
     key = (spec, device)
     if key not in _TABLES:
-        def mids(c: torch.Tensor) -> torch.Tensor:
-            t = 0.5 * (c[1:] + c[:-1])
-            return t if t.numel() else torch.zeros(1)
-        d = spec.head_dim
-        signs = (spec.rotation.double() * d ** 0.5).round()
-        hadamard = bool(signs.abs().eq(1).all()) and torch.allclose(signs / d ** 0.5, spec.rotation.double(),
-                                                                    rtol=1e-6, atol=0)
-        _TABLES[key] = (spec.codebook_hi.to(device), spec.codebook_lo.to(device),
-                        mids(spec.codebook_hi).to(device), mids(spec.codebook_lo).to(device),
-                        signs.T.contiguous().float().to(device), hadamard)
+        signs = hadamard_signs(spec)
+        matrix = (signs if signs is not None else (spec.rotation.double() * spec.head_dim ** 0.5).round())
+        cb_hi, cb_lo, _ = device_codebooks(spec, device)
+        _TABLES[key] = (cb_hi, cb_lo, midpoints(spec.codebook_hi).to(device), midpoints(spec.codebook_lo).to(device),
+                        matrix.T.contiguous().float().to(device), signs is not None)
     return _TABLES[key]
 
 
