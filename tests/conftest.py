@@ -2,7 +2,13 @@
 
 import os
 
-import torch
+# MKL's small-batch GEMM rounds by one ulp differently depending on the operand's address alignment
+# (measured on AVX2-only hosts: safetensors' mmap'd parameters sit 8 bytes off a 16-byte boundary), so
+# a save_pretrained -> from_pretrained round trip was not bit-identical there. Strict conditional
+# numerical reproducibility makes the result independent of alignment; it must be set before MKL loads.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     # Must happen before triton is imported anywhere.
