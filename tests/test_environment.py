@@ -12,7 +12,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("check_constraints", ROOT / "scripts" / "check_constraints.py")
+spec = importlib.util.spec_from_file_location("check_constraints", ROOT / ".ci" / "check_constraints.py")
 check_constraints = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(check_constraints)
 CONSTRAINTS = ROOT / "constraints.txt"

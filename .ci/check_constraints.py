@@ -1,6 +1,6 @@
 """Fail when the installed packages drift from constraints.txt (the verified lock of a fresh install).
 
-``python scripts/check_constraints.py [constraints.txt]``: lists every pinned package whose installed
+``python .ci/check_constraints.py [constraints.txt]``: lists every pinned package whose installed
 version differs or that is missing, and exits 1 if there is any. ``.ci/run`` calls it after installing,
 and ``tests/test_environment.py`` runs the same check inside the suite.
 """

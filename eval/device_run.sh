@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Run on the lent GPU machine (which has torch/triton but not diffusers nor this package):
+#   bash eval/device_run.sh tests|bench|both [extra benchmark args...]
+# Installs the carried wheels (.whl: diffusers, importlib_metadata, soundfile) into /tmp/site, lays the
+# package out as it installs (kernels/ -> octopus_diffusers/kernels, ...) under /tmp/pkg, then runs the
+# GPU tests and/or the kernel benchmark, writing logs and JSON under $OUT (or ./device_out).
+set -uo pipefail
+what="${1:-both}"; shift || true
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="${OUT:-$root/device_out}"; mkdir -p "$out"
+if ls "$root"/.whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$root"/.whl/*.whl || exit 3
+fi
+rm -rf /tmp/pkg /tmp/pkgtests && mkdir -p /tmp/pkg /tmp/pkgtests
+cp -r "$root/octopus_diffusers" /tmp/pkg/
+for sub in kernels pipelines eval; do cp -r "$root/$sub" "/tmp/pkg/octopus_diffusers/$sub"; done
+cp -r "$root/tests" "$root/pyproject.toml" /tmp/pkgtests/
+export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
+commit="$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+header() { python3 - "$1" "$commit" <<'PY'
+import sys, torch, triton
+p = torch.cuda.get_device_properties(0)
+print(f"# {sys.argv[1]} at commit {sys.argv[2]} on {p.name}; torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}")
+PY
+}
+rc=0
+if [ "$what" = tests ] || [ "$what" = both ]; then
+  cd /tmp/pkgtests
+  { header "GPU tests: pytest tests/kernels, then pytest tests -m gpu (CLI/render tests need imageio-ffmpeg, not carried)"
+    python3 -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tail -25
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests --ignore=tests/kernels --ignore=tests/test_cli.py --ignore=tests/eval/test_render.py 2>&1 | tail -25
+  } | tee "$out/gpu_tests.log"
+  grep -qE "failed|error" "$out/gpu_tests.log" && rc=1
+fi
+if [ "$what" = bench ] || [ "$what" = both ]; then
+  cd /tmp
+  { header "kernel benchmark $*"
+    python3 -m octopus_diffusers.kernels.benchmark --out "$out/bench.json" "$@" 2>&1
+  } | tee "$out/bench.log"
+fi
+exit $rc
