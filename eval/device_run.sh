@@ -35,7 +35,7 @@ fi
 if [ "$what" = bench ] || [ "$what" = both ]; then
   cd /tmp
   { header "kernel benchmark $*"
-    python3 -m octopus_diffusers.kernels.benchmark --out "$out/bench.json" "$@" 2>&1
+    python3 -m octopus_diffusers.eval.kernel_benchmark --out "$out/bench.json" --record "$out/results.csv" "$@" 2>&1
   } | tee "$out/bench.log"
 fi
 exit $rc

@@ -10,7 +10,7 @@ torch.compile does not break the graph; CUDA runs the Triton kernels, CPU the re
 
 One file per op, each with its PyTorch reference: :mod:`.octopus_encode`, :mod:`.octopus_decode`,
 :mod:`.turboquant_codec`, :mod:`.attention_fused`, :mod:`.attention_decoded`; :mod:`.dispatch`
-picks the attention path; :mod:`.benchmark` measures everything on a GPU.
+picks the attention path; ``octopus_diffusers.eval.kernel_benchmark`` measures everything on a GPU.
 """
 
 # Only under its installed name. With a repository checkout's root on sys.path (``python -m pytest``,

@@ -691,7 +691,7 @@ class _Launch:
 #: in the kernel, TurboQuant codes read as 32-bit words (:func:`_load_chunk_words`), byte-permute
 #: lookups. Larger tiles keep the earlier torch rotations and byte groups: at 256 rows the in-kernel
 #: query rotation nearly doubles the register spills (sm_90 compile of the AR-chunk tile (256, 32,
-#: 8 warps), docs/kernels/sweeps/fewq_sass.py: 712 B of stack against 384 B), the rotation's float32
+#: 8 warps), docs/kernels/sweeps/fewq_sass.py at commit c81c26b: 712 B of stack against 384 B), the rotation's float32
 #: A operand would not fit shared memory (256 x 128 x 4 B = 128 KB), and word loads at 256 rows were
 #: not measured on the GPU.
 #: OCTOPUS (keys or values) keeps the torch epilogue: with the fused epilogue its kernel gave wrong

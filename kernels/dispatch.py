@@ -5,7 +5,7 @@ SDPA; the fused kernel never materialises K/V but decodes every KV tile once per
 a Triton loop slower than cuDNN. So the fused kernel wins when few query rows share a KV head
 (autoregressive chunks, decoding, cross-attention to a cached prompt) and loses on full-sequence
 self-attention. The crossover is the number of query rows per KV head (``Nq * Hq / Hkv``) below which
-the fused kernel was faster, MEASURED on the GPU by ``python -m octopus_diffusers.kernels.benchmark``
+the fused kernel was faster, MEASURED on the GPU by ``python -m octopus_diffusers.eval.kernel_benchmark``
 (section "crossover") and copied into :data:`CROSSOVER` below with its source.
 """
 
@@ -16,9 +16,10 @@ import torch
 from .codec_spec import KernelSpec, OctopusSpec
 
 #: (codec kind, head_dim) -> largest measured query-rows-per-KV-head at which the fused kernel was
-#: faster than decode-then-attend. Source: the ``crossover`` section of run 13
-#: (docs/kernels/run13_bench.log; H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0,
-#: (1, 12, Nq, 32760, 128), fp16, 3 bits; ms of the eager call, CUDA-graph replay in brackets):
+#: faster than decode-then-attend. Source: docs/kernels/results.csv, section ``crossover``, commit
+#: d69f2f6 (run 13; H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, (1, 12, Nq, 32760, 128), fp16,
+#: 3 bits; ms of the eager call, CUDA-graph replay in brackets); run 16 on an H200 (commit c81c26b)
+#: gives the same crossover:
 #:
 #: | Nq                 | 16            | 64            | 128           | 256           | 512           |
 #: | TurboQuant fused   | 0.112 (0.072) | 0.117 (0.114) | 0.175 (0.175) | 0.990 (0.369) | 1.187 (0.617) |

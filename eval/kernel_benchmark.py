@@ -1,4 +1,7 @@
-"""GPU benchmark of the kernels: ``python -m octopus_diffusers.kernels.benchmark [--sections ...]``.
+"""GPU benchmark of the kernels: ``python -m octopus_diffusers.eval.kernel_benchmark [--sections ...]``.
+
+It lives in ``eval/`` because it measures kernels *and* the processors above them (the ``wan``
+section hooks a diffusers model), so ``kernels/`` imports nothing above itself.
 
 Sections (each prints a short table and adds rows to the JSON written with ``--out``):
 
@@ -13,7 +16,9 @@ Sections (each prints a short table and adds rows to the JSON written with ``--o
   (32,760 tokens), fp16 attention vs ``quantize_attention`` at 3 bits (needs diffusers).
 
 Timing: ``triton.testing.do_bench`` medians after warm-up; every number is stored with the device,
-the versions and the shape. Correctness is checked on the fly (attention outputs against the fp16
+the versions and the shape. ``--out`` writes every row as JSON (rewritten after each section, so a
+section that fails keeps the earlier ones); ``--record docs/kernels/results.csv`` appends them to the
+one results table (:mod:`.kernel_results`), which ``--from-json`` also fills from an older JSON. Correctness is checked on the fly (attention outputs against the fp16
 SDPA result on the decoded K/V), so a fast wrong kernel cannot produce a row.
 """
 
@@ -33,13 +38,16 @@ import triton
 from triton.testing import do_bench
 
 from octopus_diffusers.codecs import get_codec
+from octopus_diffusers.kernels import decode as full_decode
+from octopus_diffusers.kernels.attention_decoded import (BACKEND_PRIORITY, basis_permutation, decode_rotated,
+                                                         decoded_attention)
+from octopus_diffusers.kernels.attention_fused import fused_attention
+from octopus_diffusers.kernels.codec_spec import kernel_spec
+from octopus_diffusers.kernels.dispatch import choose_method
+from octopus_diffusers.kernels.octopus_encode import octopus_encode
+from octopus_diffusers.kernels.turboquant_codec import tq_encode
 
-from .attention_decoded import basis_permutation, decode_rotated, decoded_attention
-from .attention_fused import fused_attention
-from .codec_spec import kernel_spec
-from .dispatch import choose_method
-from .octopus_encode import octopus_encode
-from .turboquant_codec import tq_encode
+from .kernel_results import append_rows, commit_id
 
 #: (name, B, Hq, Hkv, Nq, Nkv, D) from performance.md, plus the autoregressive and cross shapes.
 ATTENTION_SHAPES = [
@@ -58,7 +66,8 @@ CODECS = [("octopus", 3), ("turboquant", 3)]
 def _env() -> dict:
     p = torch.cuda.get_device_properties(0)
     return {"gpu": p.name, "sms": p.multi_processor_count, "torch": torch.__version__, "triton": triton.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version(), "command": " ".join(sys.argv)}
+            "cuda": torch.version.cuda, "python": platform.python_version(), "command": " ".join(sys.argv),
+            "commit": commit_id(), "date": time.strftime("%Y-%m-%d")}
 
 
 def _bench(fn, warmup: int = 25, rep: int = 100) -> float:
@@ -111,7 +120,6 @@ def bench_codec(rows: list, copy_gbs: float, bits_list=(2, 3, 4)) -> None:
             ref = codec.encode(x[0, :1, :4096].float().cpu())
             mism = (packed.fields["codes"][0, :1, :4096].cpu() != ref.fields["codes"]).float().mean().item()
             io = x.numel() * 2 + n * (spec.nbytes + 2)
-            from . import decode as full_decode
             planes = basis_permutation(spec) is not None
             # as quantize_attention's processors call them: the NaN/Inf check of the norms deferred
             fns = {"enc_fused": lambda: enc(codec, x, fused_rotation=True, check_finite=False),
@@ -256,8 +264,6 @@ def bench_wan(rows: list, configs=WAN_CONFIGS) -> None:
 
     from octopus_diffusers.processors import quantize_attention
 
-    from .attention_decoded import BACKEND_PRIORITY
-
     model, step = wan_480p_step()
     ms_fp16 = _time_step(step)
     with sdpa_kernel(BACKEND_PRIORITY, set_priority=True):
@@ -316,36 +322,69 @@ def _time_step(step, runs: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
+SECTIONS = ("copy", "codec", "attention", "crossover", "wan")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="copy,codec,attention,crossover,wan",
-                        help="comma list of copy, codec, attention, crossover, wan (launch "
-                             "parameters are swept by docs/kernels/sweeps/)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--shapes", default="", help="comma list of attention shape names (default all)")
     parser.add_argument("--methods", default="fused,decoded", help="attention paths to time")
     parser.add_argument("--out", default="", help="JSON file for every row, with the environment")
+    parser.add_argument("--record", default="", help="results CSV to append every row to "
+                        "(docs/kernels/results.csv)")
+    parser.add_argument("--from-json", default="", help="append the rows of an earlier --out JSON to --record "
+                        "instead of measuring (no GPU needed)")
+    parser.add_argument("--commit", default="", help="with --from-json: the measured commit, when the JSON "
+                        "predates the commit field")
+    parser.add_argument("--date", default="", help="with --from-json: the run's date (YYYY-MM-DD), likewise")
     args = parser.parse_args(argv)
+    if args.from_json:
+        if not args.record:
+            parser.error("--from-json needs --record")
+        data = json.loads(Path(args.from_json).read_text())
+        env = {**data["env"], **({"commit": args.commit} if args.commit else {}),
+               **({"date": args.date} if args.date else {})}
+        n = append_rows(Path(args.record), env, data["rows"])
+        print(f"appended {n} rows of {args.from_json} to {args.record}")
+        return
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     if not torch.cuda.is_available():
         raise SystemExit("the kernel benchmark needs a CUDA GPU")
-    sections = args.sections.split(",")
     rows: list = []
     env = _env()
     print(json.dumps(env))
     t0 = time.time()
+
+    def done(first_new: int) -> None:
+        """Write what is measured so far: a later section that fails keeps this one's rows."""
+        if args.out:
+            Path(args.out).write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=str))
+        if args.record:
+            append_rows(Path(args.record), env, rows[first_new:])
+
+    n = len(rows)
     copy_gbs = bench_copy(rows) if {"copy", "codec", "attention"} & set(sections) else math.nan
-    if "codec" in sections:
-        bench_codec(rows, copy_gbs)
-    if "attention" in sections:
-        wanted = set(args.shapes.split(",")) if args.shapes else None
-        bench_attention(rows, [s for s in ATTENTION_SHAPES if wanted is None or s[0] in wanted],
-                        methods=tuple(args.methods.split(",")), copy_gbs=copy_gbs)
-    if "crossover" in sections:
-        bench_crossover(rows)
-    if "wan" in sections:
-        bench_wan(rows)
+    done(n)
+    for name in ("codec", "attention", "crossover", "wan"):
+        if name not in sections:
+            continue
+        n = len(rows)
+        if name == "codec":
+            bench_codec(rows, copy_gbs)
+        elif name == "attention":
+            wanted = set(args.shapes.split(",")) if args.shapes else None
+            bench_attention(rows, [s for s in ATTENTION_SHAPES if wanted is None or s[0] in wanted],
+                            methods=tuple(args.methods.split(",")), copy_gbs=copy_gbs)
+        elif name == "crossover":
+            bench_crossover(rows)
+        else:
+            bench_wan(rows)
+        done(n)
     print(f"\nbenchmark wall time {time.time() - t0:.0f} s")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=str))
 
 
 if __name__ == "__main__":
