@@ -30,11 +30,13 @@ class FP8Codec(Codec):
 
     name = "fp8"
 
-    def __init__(self, head_dim: int, bits: float = 8, seed: int = 0, scale: str = "none") -> None:
+    default_bits = 8
+
+    def __init__(self, head_dim: int, bits: float | None = 8, seed: int = 0, scale: str = "none") -> None:
         super().__init__(head_dim, bits, seed)
-        if bits != 8:
+        if self.bits != 8:
             raise CodecError(f"fp8: bits must be 8 (e4m3 stores one byte per scalar), got {bits}")
-        if scale not in _SCALE_MODES:
+        if not isinstance(scale, str) or scale not in _SCALE_MODES:
             raise CodecError(f"fp8: scale must be one of {_SCALE_MODES}, got {scale!r}")
         self.scale = scale
 
@@ -42,8 +44,18 @@ class FP8Codec(Codec):
     def bits_per_scalar(self) -> float:
         return 8.0 + (16.0 / self.head_dim if self.scale == "vector" else 0.0)
 
-    def config(self) -> dict:
-        return {**super().config(), "scale": self.scale}
+    def options(self) -> dict:
+        return {"scale": self.scale}
+
+    def label(self, dtype: torch.dtype | None = None) -> str:
+        return "fp8-e4m3" + ("-vector" if self.scale == "vector" else "")
+
+    def field_layout(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+                     ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        layout = {"values": (tuple(shape), torch.float8_e4m3fn)}
+        if self.scale == "vector":
+            layout["scales"] = (tuple(shape[:-1]), torch.float16)
+        return layout
 
     def _encode(self, x: torch.Tensor) -> PackedTensor:
         xf = x.float()
@@ -57,11 +69,9 @@ class FP8Codec(Codec):
             scales = _absmax_scales(xf)
             scaled = xf / torch.where(scales > 0, scales.float(), 1.0).unsqueeze(-1)
             fields = {"values": scaled.to(torch.float8_e4m3fn), "scales": scales}
-        return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, {"scale": self.scale})
+        return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, self.packed_meta())
 
     def _decode(self, packed: PackedTensor) -> torch.Tensor:
-        if packed.meta != {"scale": self.scale}:
-            raise CodecError(f"fp8: packed with {packed.meta}, this codec has scale={self.scale!r}")
         values = packed.fields["values"].float()
         if self.scale == "vector":
             values = values * packed.fields["scales"].float().unsqueeze(-1)

@@ -13,12 +13,11 @@ from typing import Any
 
 import torch
 
-from .base import Codec, CodecError, PackedTensor
+from .base import (NORM_DTYPES, Codec, PackedTensor, check_flag, dtype_name, refuse_tiny_norms,  # noqa: F401
+                   resolve_norm_dtype)
 from .packing import pack_bits, packed_nbytes, unpack_bits
 from .qjl import SignSketch
 from .rotation import Rotation
-
-NORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class NormSplitRotationCodec(Codec):
@@ -27,14 +26,12 @@ class NormSplitRotationCodec(Codec):
     #: Bit width of each packed integer field of one vector (set by the subclass constructor).
     code_widths: list[int]
 
-    def __init__(self, head_dim: int, bits: float, seed: int, norm_dtype: torch.dtype,
+    def __init__(self, head_dim: int, bits: float | None, seed: int, norm_dtype: torch.dtype | str,
                  qjl_residual: bool) -> None:
         super().__init__(head_dim, bits, seed)
-        if norm_dtype not in NORM_DTYPES:
-            raise CodecError(f"{self.name}: norm_dtype must be float16, bfloat16 or float32, got {norm_dtype}")
-        self.norm_dtype = norm_dtype
-        self.rotation = Rotation(head_dim, self.seed)
-        self.qjl_residual = bool(qjl_residual)
+        self.norm_dtype = resolve_norm_dtype(norm_dtype, self.name)
+        self.qjl_residual = check_flag(qjl_residual, "qjl_residual", self.name)
+        self.rotation = Rotation(self.head_dim, self.seed)
         #: Gaussian sign sketch of the residual (m = head_dim rows), independent of the rotation.
         self.sketch = SignSketch(head_dim, head_dim, self.seed) if self.qjl_residual else None
 
@@ -46,13 +43,18 @@ class NormSplitRotationCodec(Codec):
     def dequantize_fields(self, idx: torch.Tensor) -> torch.Tensor:
         """Rotated unit-vector reconstruction ``float32 (..., head_dim)`` from the integer fields."""
 
-    def packed_meta(self) -> dict[str, Any]:
-        """Configuration stored with each packed tensor and checked on decode."""
-        return {"code_widths_sum": sum(self.code_widths), "qjl_residual": self.qjl_residual}
+    def options(self) -> dict[str, Any]:
+        return {"norm_dtype": dtype_name(self.norm_dtype)}
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "qjl_residual": self.qjl_residual,
-                "norm_dtype": str(self.norm_dtype).removeprefix("torch.")}
+    def field_layout(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+                     ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        lead = tuple(shape[:-1])
+        layout = {"codes": ((*lead, packed_nbytes(self.code_widths)), torch.uint8),
+                  "norms": (lead, self.norm_dtype)}
+        if self.sketch is not None:
+            layout["qjl_signs"] = ((*lead, self.sketch.sign_nbytes), torch.uint8)
+            layout["qjl_norms"] = (lead, self.norm_dtype)
+        return layout
 
     # ---- rate -----------------------------------------------------------------------------------
     @property
@@ -75,6 +77,7 @@ class NormSplitRotationCodec(Codec):
     def _encode(self, x: torch.Tensor) -> PackedTensor:
         xf = x.to(torch.float32)
         gamma = torch.linalg.vector_norm(xf, dim=-1)
+        refuse_tiny_norms(gamma, self.norm_dtype, self.name)
         y = self.rotation.forward(xf) / torch.where(gamma > 0, gamma, 1.0)[..., None]
         idx = self.quantize_fields(y)
         fields = {"codes": pack_bits(idx, self.code_widths), "norms": gamma.to(self.norm_dtype)}
@@ -83,9 +86,6 @@ class NormSplitRotationCodec(Codec):
         return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, self.packed_meta())
 
     def _decode(self, packed: PackedTensor) -> torch.Tensor:
-        if packed.meta != self.packed_meta():
-            raise CodecError(f"{self.name}: packed with configuration {packed.meta}, this codec has "
-                             f"{self.packed_meta()}")
         y_hat = self.dequantize_fields(unpack_bits(packed.fields["codes"], self.code_widths))
         if self.sketch is not None:
             y_hat = y_hat + self.sketch.decode_fields(packed.fields)

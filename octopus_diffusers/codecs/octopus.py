@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from .base import CodecError
+from .base import CodecError, check_flag
+from .build_codebooks import SETTINGS as CODEBOOK_SETTINGS
 from .codebooks import check_head_dim, load_codebook, nearest_index
 from .norm_split import NormSplitRotationCodec
 from .octahedral import from_triplets, n_triplets, octahedral_decode, octahedral_encode, to_triplets
@@ -30,9 +31,58 @@ from .octahedral import from_triplets, n_triplets, octahedral_decode, octahedral
 _NEIGHBOURS = torch.tensor([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)], dtype=torch.int64)
 
 
+#: Widest shipped field codebooks (``build_codebooks.SETTINGS``): direction 1..8 bits, rho 0..8 bits.
+MAX_DIR_BITS = CODEBOOK_SETTINGS["octopus_dir_bits"][1]
+MAX_RHO_BITS = CODEBOOK_SETTINGS["octopus_rho_bits"][1]
+#: Largest nominal b whose paper allocation (b+1, b+1, b-1) has shipped codebooks.
+MAX_PAPER_BITS = MAX_DIR_BITS - 1
+
+
 def default_allocation(bits: int) -> tuple[int, int, int]:
     """The paper's b-bit setting (b+1, b+1, b-1): 3b+1 bits per triplet."""
     return (bits + 1, bits + 1, bits - 1)
+
+
+def check_allocation(allocation: Any) -> tuple[int, int, int]:
+    """``allocation`` as three ints (b_xi, b_eta, b_rho) within the shipped codebooks' widths."""
+    try:
+        allocation = tuple(allocation)
+    except TypeError:
+        allocation = (allocation,)
+    if (len(allocation) != 3 or not all(isinstance(a, int) and not isinstance(a, bool) for a in allocation)
+            or not (1 <= allocation[0] <= MAX_DIR_BITS and 1 <= allocation[1] <= MAX_DIR_BITS
+                    and 0 <= allocation[2] <= MAX_RHO_BITS)):
+        raise CodecError(f"octopus: allocation must be three ints (b_xi, b_eta, b_rho) with b_xi, b_eta "
+                         f"in 1..{MAX_DIR_BITS} and b_rho in 0..{MAX_RHO_BITS}, got {allocation!r}")
+    return allocation  # type: ignore[return-value]
+
+
+def _rate(allocation: tuple[int, int, int], head_dim: int) -> float:
+    """bits per scalar of ``allocation`` at ``head_dim`` with the float16 norm (for messages)."""
+    return (8 * ((n_triplets(head_dim) * sum(allocation) + 7) // 8) + 16) / head_dim
+
+
+def paper_allocation(bits: float, head_dim: int) -> tuple[int, int, int]:
+    """The allocation for nominal ``bits`` (an int 1..7): (b+1, b+1, b-1). Other rates raise a
+    :class:`CodecError` that names the ``allocation=`` to pass instead."""
+    if bits != int(bits):
+        raise CodecError(
+            f"octopus: fractional bits {bits} need an explicit per-triplet allocation, e.g. "
+            f"get_codec('octopus', {head_dim}, {bits}, allocation=(3, 3, 2)) for 8 bits per "
+            "triplet (b_xi, b_eta, b_rho); bits_per_scalar reports the true rate")
+    b = int(bits)
+    if b == MAX_PAPER_BITS + 1:
+        top, below = (MAX_DIR_BITS,) * 3, (MAX_DIR_BITS, MAX_DIR_BITS, MAX_DIR_BITS - 1)
+        raise CodecError(
+            f"octopus: bits={b} would need the paper allocation {default_allocation(b)}, wider than the "
+            f"shipped {MAX_DIR_BITS}-bit direction codebooks (nominal bits 1..{MAX_PAPER_BITS}). For 8-bit "
+            f"KV pass allocation={top} ({sum(top)} bits per triplet, {_rate(top, head_dim):.3f} bits per "
+            f"scalar at head_dim {head_dim}) or allocation={below} ({_rate(below, head_dim):.3f}), e.g. "
+            f"get_codec('octopus', {head_dim}, {b}, allocation={top})")
+    if not 1 <= b <= MAX_PAPER_BITS:
+        raise CodecError(f"octopus: bits must be an int in 1..{MAX_PAPER_BITS} for the default allocation "
+                         f"(b+1, b+1, b-1), got {bits}; pass allocation=(b_xi, b_eta, b_rho) otherwise")
+    return default_allocation(b)
 
 
 class OctopusCodec(NormSplitRotationCodec):
@@ -43,41 +93,33 @@ class OctopusCodec(NormSplitRotationCodec):
     name = "octopus"
     min_head_dim = 4
 
-    def __init__(self, head_dim: int, bits: float = 3, seed: int = 0,
+    default_bits = 3
+
+    def __init__(self, head_dim: int, bits: float | None = 3, seed: int = 0,
                  allocation: tuple[int, int, int] | None = None, joint_rounding: bool = True,
-                 qjl_residual: bool = False, norm_dtype: torch.dtype = torch.float16) -> None:
+                 qjl_residual: bool = False, norm_dtype: torch.dtype | str = torch.float16) -> None:
         super().__init__(head_dim, bits, seed, norm_dtype, qjl_residual)
-        if allocation is None:
-            if bits != int(bits):
-                raise CodecError(
-                    f"octopus: fractional bits {bits} need an explicit per-triplet allocation, e.g. "
-                    f"get_codec('octopus', {head_dim}, {bits}, allocation=(3, 3, 2)) for 8 bits per "
-                    "triplet (b_xi, b_eta, b_rho); bits_per_scalar reports the true rate")
-            if not 1 <= bits <= 7:
-                raise CodecError(f"octopus: bits must be an int in 1..7 for the default allocation "
-                                 f"(b+1, b+1, b-1), got {bits}; pass allocation=(b_xi, b_eta, b_rho) otherwise")
-            allocation = default_allocation(int(bits))
-        allocation = tuple(allocation)
-        if (len(allocation) != 3 or not all(isinstance(a, int) and not isinstance(a, bool) for a in allocation)
-                or not (1 <= allocation[0] <= 8 and 1 <= allocation[1] <= 8 and 0 <= allocation[2] <= 8)):
-            raise CodecError(f"octopus: allocation must be three ints (b_xi, b_eta, b_rho) with b_xi, b_eta "
-                             f"in 1..8 and b_rho in 0..8, got {allocation!r}")
-        check_head_dim(head_dim, "octopus")
+        allocation = (paper_allocation(self.bits, self.head_dim) if allocation is None
+                      else check_allocation(allocation))
+        check_head_dim(self.head_dim, "octopus")
         self.allocation: tuple[int, int, int] = allocation
-        self.joint_rounding = bool(joint_rounding)
-        self.n_triplets = n_triplets(head_dim)
+        self.joint_rounding = check_flag(joint_rounding, "joint_rounding", "octopus")
+        self.n_triplets = n_triplets(self.head_dim)
         self.bits_per_triplet = sum(allocation)
-        self.xi_codebook = load_codebook("octopus_dir", allocation[0], head_dim)
-        self.eta_codebook = load_codebook("octopus_dir", allocation[1], head_dim)
-        self.rho_codebook = load_codebook("octopus_rho", allocation[2], head_dim)
+        self.xi_codebook = load_codebook("octopus_dir", allocation[0], self.head_dim)
+        self.eta_codebook = load_codebook("octopus_dir", allocation[1], self.head_dim)
+        self.rho_codebook = load_codebook("octopus_rho", allocation[2], self.head_dim)
         self.code_widths = list(allocation) * self.n_triplets
         self._codebook_cache: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
-    def packed_meta(self) -> dict[str, Any]:
-        return {"allocation": list(self.allocation), "qjl_residual": self.qjl_residual}
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "allocation": list(self.allocation), "joint_rounding": self.joint_rounding,
+                "qjl_residual": self.qjl_residual}
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "allocation": list(self.allocation), "joint_rounding": self.joint_rounding}
+    def label(self, dtype: torch.dtype | None = None) -> str:
+        paper = self.bits == int(self.bits) and self.allocation == default_allocation(int(self.bits))
+        out = f"octopus-{int(self.bits)}b" if paper else "octopus-" + ".".join(map(str, self.allocation))
+        return out + ("" if self.joint_rounding else "-nearest") + ("-qjl" if self.qjl_residual else "")
 
     # ---- the unit-vector quantizer (rotated basis) ---------------------------------------------------
     def _codebooks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import Codec, CodecError, PackedTensor
+from .base import Codec, CodecError, PackedTensor, refuse_tiny_norms
 from .build_codebooks import SETTINGS as CODEBOOK_SETTINGS
 from .codebooks import load_codebook, nearest_index
 from .packing import MAX_WIDTH, pack_bits, packed_nbytes, unpack_bits
@@ -58,9 +58,10 @@ class PolarQuantCodec(Codec):
 
     name = "polarquant"
 
-    def __init__(self, head_dim: int, bits: float, seed: int = 0, levels: int = 4,
+    def __init__(self, head_dim: int, bits: float | None = None, seed: int = 0, levels: int = 4,
                  level1_bits: int | None = None, level_bits: int | Sequence[int] | None = None) -> None:
         super().__init__(head_dim, bits, seed)
+        bits = self.bits
         if not (float(bits).is_integer() and 1 <= bits <= MAX_NOMINAL_BITS):
             raise CodecError(f"polarquant: nominal bits must be an integer in 1..{MAX_NOMINAL_BITS} "
                              f"(4 gives the paper's 3.875-bit setting), got {bits}")
@@ -75,7 +76,7 @@ class PolarQuantCodec(Codec):
         self.level1_bits = _check_width(int(bits) if level1_bits is None else level1_bits,
                                         "level1_bits", 1, MAX_WIDTH)
         self.level_bits = self._deep_level_bits(int(bits), level_bits)
-        self.rotation = Rotation(head_dim, seed)
+        self.rotation = Rotation(head_dim, self.seed)
         # Shipped Lloyd-Max centroids for levels 2..L (validated here, not at first encode).
         self._codebooks = [load_codebook("polar_level", bits=b, level=lvl)
                            for lvl, b in zip(range(2, levels + 1), self.level_bits)]
@@ -107,12 +108,14 @@ class PolarQuantCodec(Codec):
         radius_bits = 16 * (self.head_dim // self.block)
         return (code_bits + radius_bits) / self.head_dim
 
-    def config(self) -> dict:
-        return {**super().config(), "levels": self.levels, "level1_bits": self.level1_bits,
-                "level_bits": list(self.level_bits)}
-
-    def _meta(self) -> dict:
+    def options(self) -> dict:
         return {"levels": self.levels, "level1_bits": self.level1_bits, "level_bits": list(self.level_bits)}
+
+    def field_layout(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+                     ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        lead = tuple(shape[:-1])
+        return {"codes": ((*lead, packed_nbytes(self._widths)), torch.uint8),
+                "radii": ((*lead, self.head_dim // self.block), torch.float16)}
 
     def _books_on(self, device: torch.device) -> list[torch.Tensor]:
         """Centroids per level 2..L on ``device`` (cached)."""
@@ -127,18 +130,17 @@ class PolarQuantCodec(Codec):
         if radii.numel() and float(radii.max()) > _FP16_MAX:
             raise CodecError(f"polarquant: a block norm {float(radii.max()):g} exceeds the float16 "
                              f"range of the stored radius ({_FP16_MAX:g})")
+        refuse_tiny_norms(radii, torch.float16, self.name, "block norm")
         cells = 1 << self.level1_bits
         indices = [torch.floor(angles[0] * (cells / _TWO_PI)).long().remainder_(cells)]
         for psi, centroids in zip(angles[1:], self._books_on(y.device)):
             indices.append(nearest_index(psi, centroids))
         codes = pack_bits(torch.cat(indices, dim=-1), self._widths)
         fields = {"codes": codes, "radii": radii.to(torch.float16)}
-        return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, self._meta())
+        return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, self.packed_meta())
 
     # ---- decode ----------------------------------------------------------------------------------
     def _decode(self, packed: PackedTensor) -> torch.Tensor:
-        if packed.meta != self._meta():
-            raise CodecError(f"polarquant: packed with {packed.meta}, this codec is {self._meta()}")
         indices = unpack_bits(packed.fields["codes"], self._widths).long()
         sizes = [self.head_dim >> lvl for lvl in range(1, self.levels + 1)]
         parts = torch.split(indices, sizes, dim=-1)

@@ -11,10 +11,12 @@ OCTOPUS+QJL apply it to their quantization residual.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-from .base import Codec, CodecError, PackedTensor
+from .base import (Codec, CodecError, PackedTensor, check_int, dtype_name, refuse_tiny_norms,
+                   resolve_norm_dtype)
 from .packing import pack_bits, packed_nbytes, unpack_bits
 
 #: Offset added to a codec's seed for its sketch, so that S is independent of the codec's rotation.
@@ -75,32 +77,38 @@ class QJLCodec(Codec):
     name = "qjl"
     min_head_dim = 1
 
-    def __init__(self, head_dim: int, bits: float = 1, seed: int = 0, m: int | None = None,
-                 norm_dtype: torch.dtype = torch.float16) -> None:
+    default_bits = 1
+
+    def __init__(self, head_dim: int, bits: float | None = 1, seed: int = 0, m: int | None = None,
+                 norm_dtype: torch.dtype | str = torch.float16) -> None:
         super().__init__(head_dim, bits, seed)
         if m is None:
-            m_float = bits * head_dim
+            m_float = self.bits * head_dim
             if m_float < 1 or m_float != int(m_float):
                 raise CodecError(f"qjl: bits * head_dim must be a positive integer number of sketch rows, "
                                  f"got {bits} * {head_dim} = {m_float}")
             m = int(m_float)
-        if not isinstance(m, int) or m < 1:
-            raise CodecError(f"qjl: m must be a positive int, got {m!r}")
-        if norm_dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise CodecError(f"qjl: norm_dtype must be float16, bfloat16 or float32, got {norm_dtype}")
-        self.m = m
-        self.norm_dtype = norm_dtype
-        self.sketch = SignSketch(head_dim, m, self.seed)
+        self.m = check_int(m, "m", "qjl", 1)
+        self.norm_dtype = resolve_norm_dtype(norm_dtype, "qjl")
+        self.sketch = SignSketch(head_dim, self.m, self.seed)
 
     @property
     def bits_per_scalar(self) -> float:
         return self.sketch.rate_bits(self.norm_dtype) / self.head_dim
 
+    def options(self) -> dict[str, Any]:
+        return {"m": self.m, "norm_dtype": dtype_name(self.norm_dtype)}
+
+    def field_layout(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+                     ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        lead = tuple(shape[:-1])
+        return {"signs": ((*lead, self.sketch.sign_nbytes), torch.uint8), "norms": (lead, self.norm_dtype)}
+
     def _encode(self, x: torch.Tensor) -> PackedTensor:
-        fields = self.sketch.encode_fields(x.to(torch.float32), self.norm_dtype, prefix="")
-        return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, {"m": self.m})
+        xf = x.to(torch.float32)
+        refuse_tiny_norms(torch.linalg.vector_norm(xf, dim=-1), self.norm_dtype, self.name)
+        fields = self.sketch.encode_fields(xf, self.norm_dtype, prefix="")
+        return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, self.packed_meta())
 
     def _decode(self, packed: PackedTensor) -> torch.Tensor:
-        if packed.meta.get("m") != self.m:
-            raise CodecError(f"qjl: packed with m={packed.meta.get('m')} sketch rows, this codec has m={self.m}")
         return self.sketch.decode_fields(packed.fields, prefix="")

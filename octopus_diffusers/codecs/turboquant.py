@@ -42,10 +42,12 @@ class TurboQuantMSECodec(NormSplitRotationCodec):
     name = "turboquant"
     min_head_dim = 4
 
-    def __init__(self, head_dim: int, bits: float = 3, seed: int = 0,
-                 norm_dtype: torch.dtype = torch.float16) -> None:
+    default_bits = 3
+
+    def __init__(self, head_dim: int, bits: float | None = 3, seed: int = 0,
+                 norm_dtype: torch.dtype | str = torch.float16) -> None:
         super().__init__(head_dim, bits, seed, norm_dtype, qjl_residual=False)
-        self._setup_channels(bits)
+        self._setup_channels(self.bits)
 
     def _setup_channels(self, mse_bits: float) -> None:
         head_dim = self.head_dim
@@ -84,10 +86,10 @@ class TurboQuantProdCodec(TurboQuantMSECodec):
 
     name = "turboquant_prod"
 
-    def __init__(self, head_dim: int, bits: float = 3, seed: int = 0,
-                 norm_dtype: torch.dtype = torch.float16) -> None:
+    def __init__(self, head_dim: int, bits: float | None = 3, seed: int = 0,
+                 norm_dtype: torch.dtype | str = torch.float16) -> None:
         NormSplitRotationCodec.__init__(self, head_dim, bits, seed, norm_dtype, qjl_residual=True)
-        if not MIN_BITS + 1 <= bits <= MAX_BITS + 1:
+        if not MIN_BITS + 1 <= self.bits <= MAX_BITS + 1:
             raise CodecError(f"{self.name}: bits must be in {MIN_BITS + 1}..{MAX_BITS + 1} (bits - 1 for the "
                              f"mse stage plus about 1 for the QJL sign bits), got {bits}")
-        self._setup_channels(bits - 1)
+        self._setup_channels(self.bits - 1)

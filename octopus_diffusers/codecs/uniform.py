@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from .base import Codec, CodecError, PackedTensor
+from .base import Codec, CodecError, PackedTensor, check_int
 from .packing import pack_bits, packed_nbytes, unpack_bits
 
 _AXES = ("token", "channel")
@@ -43,17 +43,17 @@ class UniformCodec(Codec):
 
     name = "uniform"
 
-    def __init__(self, head_dim: int, bits: float, seed: int = 0, axis: str = "token",
+    def __init__(self, head_dim: int, bits: float | None = None, seed: int = 0, axis: str = "token",
                  group_size: int | None = None) -> None:
         super().__init__(head_dim, bits, seed)
+        bits = self.bits
         if not (float(bits).is_integer() and 1 <= bits <= 8):
             raise CodecError(f"uniform: bits must be an integer in 1..8, got {bits}")
-        if axis not in _AXES:
+        if not isinstance(axis, str) or axis not in _AXES:
             raise CodecError(f"uniform: axis must be one of {_AXES}, got {axis!r}")
         if group_size is None:
             group_size = head_dim if axis == "token" else _DEFAULT_CHANNEL_GROUP
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise CodecError(f"uniform: group_size must be a positive int, got {group_size!r}")
+        group_size = check_int(group_size, "group_size", "uniform", 1)
         if axis == "token" and head_dim % group_size:
             raise CodecError(f"uniform: group_size {group_size} must divide head_dim {head_dim} "
                              "for axis='token'")
@@ -68,11 +68,27 @@ class UniformCodec(Codec):
         side_bits = 32.0 / self.group_size  # one float16 zero + one float16 scale per group
         return code_bits + side_bits
 
-    def config(self) -> dict:
-        return {**super().config(), "axis": self.axis, "group_size": self.group_size}
+    def options(self) -> dict:
+        return {"axis": self.axis, "group_size": self.group_size}
 
-    def _meta(self) -> dict:
-        return {"bits": self.int_bits, "axis": self.axis, "group_size": self.group_size}
+    def label(self, dtype: torch.dtype | None = None) -> str:
+        return f"uniform-{self.int_bits}b" + ("-channel" if self.axis == "channel" else "")
+
+    def field_layout(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+                     ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        shape = tuple(shape)
+        if self.axis == "token":
+            lead = shape[:-1]
+            side = (*lead, self.head_dim // self.group_size)
+            codes = (*lead, self._code_bytes)
+        else:
+            if len(shape) < 2:
+                raise CodecError(f"uniform: axis='channel' needs (..., tokens, {self.head_dim}) input, "
+                                 f"got shape {shape}")
+            groups = -(-shape[-2] // self.group_size)
+            codes = (*shape[:-2], groups * self.group_size, self._code_bytes)
+            side = (*shape[:-2], groups, self.head_dim)
+        return {"codes": (codes, torch.uint8), "zeros": (side, torch.float16), "scales": (side, torch.float16)}
 
     # ---- encode ----------------------------------------------------------------------------------
     def _encode(self, x: torch.Tensor) -> PackedTensor:
@@ -93,7 +109,7 @@ class UniformCodec(Codec):
             codes = codes.reshape(padded.shape)
             zeros, scales = zeros.squeeze(-2), scales.squeeze(-2)
         fields = {"codes": pack_bits(codes, self.int_bits), "zeros": zeros, "scales": scales}
-        return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, self._meta())
+        return PackedTensor(self.name, tuple(x.shape), x.dtype, fields, self.packed_meta())
 
     def _pad_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Edge-pad dim -2 to a multiple of ``group_size`` (see the module docstring)."""
@@ -124,8 +140,6 @@ class UniformCodec(Codec):
 
     # ---- decode ----------------------------------------------------------------------------------
     def _decode(self, packed: PackedTensor) -> torch.Tensor:
-        if packed.meta != self._meta():
-            raise CodecError(f"uniform: packed with {packed.meta}, this codec is {self._meta()}")
         shape = packed.shape
         codes = unpack_bits(packed.fields["codes"], self.int_bits, self.head_dim).float()
         zeros, scales = packed.fields["zeros"].float(), packed.fields["scales"].float()

@@ -28,7 +28,7 @@ from octopus_diffusers.codecs import (
 class Case:
     """How to exercise one codec (``options`` apply to every construction)."""
 
-    bits: float  # the rate the single-rate tests use
+    bits: float | None  # the rate the single-rate tests use (None: the codec's default)
     bits_ladder: tuple[float, ...]  # increasing rates whose relative error must strictly fall
     bad_bits: tuple[float, ...]  # rates the constructor must refuse
     head_dims: tuple[int, ...] = (8, 16, 64)  # accepted head_dims (hypothesis draws from these)
@@ -44,9 +44,8 @@ class Case:
 
 # One row per registered name (a codec may appear again under a variant id with other options).
 CASES: dict[str, tuple[str, Case]] = {
-    # "none" stores the input as is: bits=16 is the rate of 16-bit inputs only.
-    "none": ("none", Case(bits=16, bits_ladder=(16,), bad_bits=(8, 4.5), seeded=False, max_rel_error=0.0,
-                          rate_dtypes=(torch.float16, torch.bfloat16))),
+    # "none" stores the input as is: bits=None takes any dtype (its rate is the input's width).
+    "none": ("none", Case(bits=None, bits_ladder=(None,), bad_bits=(8, 4.5), seeded=False, max_rel_error=0.0)),
     # A plain e4m3 cast has a fixed range (subnormals below 2^-6, refusal above 448): no scale invariance.
     "fp8": ("fp8", Case(bits=8, bits_ladder=(8,), bad_bits=(4, 16), seeded=False, max_rel_error=2e-3,
                         scales=(1.0,))),
@@ -105,6 +104,11 @@ PARAMS = _params()
 
 def make(name: str, case: Case, bits: float | None = None, head_dim: int = 64, seed: int = 0) -> Codec:
     return get_codec(name, head_dim, case.bits if bits is None else bits, seed=seed, **case.options)
+
+
+def rate(codec: Codec, dtype: torch.dtype) -> float:
+    """The rate the codec promises for ``dtype`` input (``none`` without bits stores the input's width)."""
+    return 8.0 * dtype.itemsize if math.isnan(codec.bits_per_scalar) else codec.bits_per_scalar
 
 
 def sample(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
@@ -194,8 +198,8 @@ def test_measured_bytes_equal_bits_per_scalar(name: str, case: Case) -> None:
             x = sample((2, 3 * case.tokens_per_group, head_dim), case.rate_dtypes[0])
             packed = codec.encode(x)
             measured = 8 * packed.nbytes / x.numel()
-            assert measured == pytest.approx(codec.bits_per_scalar, rel=1e-12), (bits, head_dim)
-            assert packed.bits_per_scalar == pytest.approx(codec.bits_per_scalar, rel=1e-12)
+            assert measured == pytest.approx(rate(codec, x.dtype), rel=1e-12), (bits, head_dim)
+            assert packed.bits_per_scalar == pytest.approx(rate(codec, x.dtype), rel=1e-12)
 
 
 @pytest.mark.parametrize("name,case", PARAMS)
@@ -326,10 +330,10 @@ def test_property_roundtrip_over_shapes_and_dtypes(name: str, case: Case) -> Non
         assert bool(torch.isfinite(y).all())
         whole_groups = case.tokens_per_group == 1 or x.shape[-2] % case.tokens_per_group == 0
         if x.numel() and whole_groups and x.dtype in case.rate_dtypes:
-            assert 8 * packed.nbytes / x.numel() == pytest.approx(codec.bits_per_scalar, rel=1e-12)
+            assert 8 * packed.nbytes / x.numel() == pytest.approx(rate(codec, x.dtype), rel=1e-12)
         if x.numel():
             # Scale invariance up to float16 side information: the error bound holds at every scale.
             assert rel_error(x, y) <= max(case.max_rel_error, 1e-3) * 1.5 + 1e-2
-        assert math.isfinite(codec.bits_per_scalar)
+        assert math.isfinite(rate(codec, x.dtype))
 
     check()
