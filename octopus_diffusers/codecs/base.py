@@ -99,9 +99,12 @@ def resolve_norm_dtype(norm_dtype: torch.dtype | str, who: str) -> torch.dtype:
     return norm_dtype
 
 
-def refuse_tiny_norms(norms: torch.Tensor, dtype: torch.dtype, who: str, what: str = "vector norm") -> None:
+def refuse_tiny_norms(norms: torch.Tensor, dtype: torch.dtype, who: str, what: str = "vector norm",
+                      fix: str = "pass norm_dtype=torch.float32 (or torch.bfloat16), which stores such norms"
+                      ) -> None:
     """Raise :class:`CodecError` if a nonzero float32 ``norms`` entry is below ``dtype``'s smallest normal
-    number: stored as ``dtype`` it would lose its precision or flush to zero (a silent zero vector)."""
+    number: stored as ``dtype`` it would lose its precision or flush to zero (a silent zero vector).
+    ``fix`` is the remedy the message offers besides rescaling the input."""
     tiny = torch.finfo(dtype).tiny
     bad = (norms > 0) & (norms < tiny)
     count = int(bad.sum()) if norms.numel() else 0
@@ -109,8 +112,8 @@ def refuse_tiny_norms(norms: torch.Tensor, dtype: torch.dtype, who: str, what: s
         smallest = float(norms[bad].min())
         raise CodecError(
             f"{who}: {count} {what}(s) (smallest {smallest:.3g}) are below {dtype_name(dtype)}'s smallest "
-            f"normal value {tiny:.3g} and would decode to a wrong or zero vector; rescale the input or "
-            "pass norm_dtype=torch.float32 (or torch.bfloat16), which stores such norms")
+            f"normal value {tiny:.3g} and would decode to a wrong or zero vector; rescale the input"
+            + (f" or {fix}" if fix else ""))
 
 
 @dataclass

@@ -130,7 +130,7 @@ class PolarQuantCodec(Codec):
         if radii.numel() and float(radii.max()) > _FP16_MAX:
             raise CodecError(f"polarquant: a block norm {float(radii.max()):g} exceeds the float16 "
                              f"range of the stored radius ({_FP16_MAX:g})")
-        refuse_tiny_norms(radii, torch.float16, self.name, "block norm")
+        refuse_tiny_norms(radii, torch.float16, self.name, "block norm", fix="")
         cells = 1 << self.level1_bits
         indices = [torch.floor(angles[0] * (cells / _TWO_PI)).long().remainder_(cells)]
         for psi, centroids in zip(angles[1:], self._books_on(y.device)):

@@ -9,6 +9,7 @@ and fails ``test_every_registered_codec_is_implemented``; a registered codec wit
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -254,6 +255,23 @@ def test_a_norm_beyond_float16_range_is_an_error_not_silent_inf(name: str) -> No
     codec.encode(x / 16)  # norm 15,000: fine
 
 
+@pytest.mark.parametrize("name", ["octopus", "turboquant", "turboquant_prod", "polarquant", "qjl"])
+def test_a_norm_below_float16_normal_range_is_an_error_not_a_silent_zero_vector(name: str) -> None:
+    """Norms <= ~3e-8 flush to 0 in float16 (a zero vector on decode) and below 6.1e-5 lose precision."""
+    codec = get_codec(name, 64, 4 if name == "polarquant" else 3)
+    x = sample((2, 64))
+    x = x / x.norm(dim=-1, keepdim=True)
+    for scale in (1e-9, 1e-6):
+        with pytest.raises(CodecError, match="smallest normal"):
+            codec.encode(x * scale)
+    codec.encode(x * 1e-3)  # norm 1e-3: fine
+    codec.encode(torch.zeros(2, 64))  # exact zeros are not tiny norms
+    if name != "polarquant":  # the remedy the message names works
+        wide = get_codec(name, 64, 3, norm_dtype=torch.float32)
+        assert rel_error(x * 1e-9, wide.roundtrip(x * 1e-9)) == pytest.approx(rel_error(x, wide.roundtrip(x)),
+                                                                              rel=1e-3)
+
+
 @pytest.mark.parametrize("name,case", PARAMS)
 def test_bad_inputs_raise_clear_errors(name: str, case: Case) -> None:
     codec = make(name, case)
@@ -337,3 +355,74 @@ def test_property_roundtrip_over_shapes_and_dtypes(name: str, case: Case) -> Non
         assert math.isfinite(rate(codec, x.dtype))
 
     check()
+
+
+def _shapes(case: Case) -> list[tuple[int, ...]]:
+    t = case.tokens_per_group
+    return [(3, 64), (2, 5, 64), (2, 3, t + 1, 64), (0, max(t, 1), 64)]
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_nbytes_and_field_layout_without_data(name: str, case: Case, dtype: torch.dtype) -> None:
+    """Cache sizing on meta/empty tensors: the data-free count equals what encode really stores."""
+    codec = make(name, case)
+    for shape in _shapes(case):
+        packed = codec.encode(sample(shape, dtype))
+        layout = codec.field_layout(shape, dtype)
+        assert layout == {k: (tuple(v.shape), v.dtype) for k, v in packed.fields.items()}, shape
+        assert codec.packed_nbytes(shape, dtype) == packed.nbytes, shape
+        assert codec.packed_nbytes(torch.empty(shape, device="meta").shape, dtype) == packed.nbytes
+    with pytest.raises(CodecError, match="meta"):
+        codec.encode(torch.empty(2, 64, device="meta", dtype=dtype))
+    with pytest.raises(CodecError, match="64"):
+        codec.packed_nbytes((2, 32), dtype)
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_packed_meta_records_the_configuration_and_decode_checks_it(name: str, case: Case) -> None:
+    codec = make(name, case, seed=3)
+    packed = codec.encode(sample((2, case.tokens_per_group, 64)))
+    assert {k: packed.meta[k] for k in ("head_dim", "bits", "seed")} == {"head_dim": 64, "bits": case.bits,
+                                                                        "seed": 3}
+    assert json.loads(json.dumps(packed.meta)) == packed.meta  # JSON-safe: it goes into file headers
+    rebuilt = type(codec).from_meta(packed.meta)
+    assert rebuilt.packed_meta() == codec.packed_meta()
+    assert torch.equal(rebuilt.decode(packed), codec.decode(packed))
+    with pytest.raises(CodecError, match="seed: packed 3, this codec 4"):
+        make(name, case, seed=4).decode(packed)
+    for key, value in packed.fields.items():  # a one-entry field must not broadcast
+        damaged = PackedTensor(packed.codec, packed.shape, packed.dtype,
+                               {**packed.fields, key: value.reshape(-1)[:1].clone()}, packed.meta)
+        with pytest.raises(CodecError, match=f"field '{key}'"):
+            codec.decode(damaged)
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_encode_and_decode_never_alias_the_callers_tensors(name: str, case: Case) -> None:
+    codec = make(name, case)
+    x = sample((2, case.tokens_per_group, 64))
+    packed = codec.encode(x)
+    y = codec.decode(packed)
+    y_before = y.clone()
+    x.add_(1.0)  # the caller changes its input and its output: the packed data must not follow
+    y.add_(1.0)
+    assert torch.equal(codec.decode(packed), y_before)
+    ptrs = {t.untyped_storage().data_ptr() for t in packed.fields.values()}
+    assert x.untyped_storage().data_ptr() not in ptrs and y.untyped_storage().data_ptr() not in ptrs
+
+
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_construction_parameters_are_type_checked(name: str, case: Case) -> None:
+    for seed in (1.9, 1.0, True, "1", None):
+        with pytest.raises(TypeError, match=f"seed must be an int, got {seed!r}"):
+            make(name, case, seed=seed)
+    with pytest.raises(CodecError, match="seed must be in 0"):
+        make(name, case, seed=-1)
+    for head_dim in (64.0, "64", None):
+        with pytest.raises(TypeError, match="head_dim must be an int"):
+            get_codec(name, head_dim, case.bits, **case.options)
+    with pytest.raises(CodecError, match="head_dim -4"):
+        get_codec(name, -4, case.bits, **case.options)
+    assert make(name, case, seed=torch.tensor(3).numpy().item()).seed == 3
+    assert isinstance(make(name, case).label(), str)

@@ -149,6 +149,7 @@ def test_fractional_bits_are_refused_with_the_fix():
     (dict(head_dim=100, bits=2), r"head_dim 100.*shipped head_dims.*build_codebooks --head-dims"),
     (dict(head_dim=64, bits=0), "1..7"),
     (dict(head_dim=64, bits=8), "1..7"),
+    (dict(head_dim=64, bits=9), "1..7"),
     (dict(head_dim=64, bits=2, allocation=(3, 3)), "three ints"),
     (dict(head_dim=64, bits=2, allocation=(0, 3, 1)), "b_xi"),
     (dict(head_dim=64, bits=2, allocation=(3, 3, 9)), "b_rho"),
@@ -159,6 +160,23 @@ def test_fractional_bits_are_refused_with_the_fix():
 def test_bad_configuration(kwargs, match):
     with pytest.raises(CodecError, match=match):
         OctopusCodec(**kwargs)
+
+
+def test_bits_8_names_the_allocation_to_pass_and_that_allocation_works():
+    with pytest.raises(CodecError, match=r"bits=8 .*\(9, 9, 7\).*allocation=\(8, 8, 8\)"):
+        get_codec("octopus", 64, 8)
+    codec = get_codec("octopus", 64, 8, allocation=(8, 8, 8))
+    x = torch.randn(4, 64)
+    assert ((codec.roundtrip(x) - x) ** 2).sum() / (x ** 2).sum() < 1e-3
+    assert codec.bits_per_scalar == (8 * 66 + 16) / 64  # 22 triplets x 24 bits = 66 bytes, plus the norm
+
+
+@pytest.mark.parametrize("option", ["joint_rounding", "qjl_residual"])
+@pytest.mark.parametrize("value", ["no", "False", 0, 1, None])
+def test_boolean_options_take_only_booleans(option, value):
+    """``joint_rounding="no"`` used to count as True."""
+    with pytest.raises(TypeError, match=f"{option} must be True or False, got {value!r}"):
+        get_codec("octopus", 16, 2, **{option: value})
 
 
 def test_bad_input():
