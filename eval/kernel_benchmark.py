@@ -39,13 +39,13 @@ from triton.testing import do_bench
 
 from octopus_diffusers.codecs import get_codec
 from octopus_diffusers.kernels import decode as full_decode
-from octopus_diffusers.kernels.attention_decoded import (BACKEND_PRIORITY, basis_permutation, decode_rotated,
+from octopus_diffusers.kernels.attention.decoded import (BACKEND_PRIORITY, basis_permutation, decode_rotated,
                                                          decoded_attention)
-from octopus_diffusers.kernels.attention_fused import fused_attention
-from octopus_diffusers.kernels.codec_spec import kernel_spec
+from octopus_diffusers.kernels.attention.fused import fused_attention
 from octopus_diffusers.kernels.dispatch import choose_method
-from octopus_diffusers.kernels.octopus_encode import octopus_encode
-from octopus_diffusers.kernels.turboquant_codec import tq_encode
+from octopus_diffusers.kernels.octopus.encode import octopus_encode
+from octopus_diffusers.kernels.spec import kernel_spec
+from octopus_diffusers.kernels.turboquant.encode import tq_encode
 
 from .kernel_results import append_rows, commit_id
 

@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from octopus_diffusers.codecs import Codec, CodecError, PackedTensor  # noqa: E402
 
 from . import ops  # noqa: E402
-from .codec_spec import KERNEL_HEAD_DIMS, check_packed, kernel_spec  # noqa: E402
+from .spec import KERNEL_HEAD_DIMS, check_packed, kernel_spec  # noqa: E402
 from .dispatch import choose_method  # noqa: E402
 
 

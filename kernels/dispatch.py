@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .codec_spec import KernelSpec, OctopusSpec
+from .spec import KernelSpec, OctopusSpec
 
 #: (codec kind, head_dim) -> largest measured query-rows-per-KV-head at which the fused kernel was
 #: faster than decode-then-attend. Source: docs/kernels/results.csv, section ``crossover``, commit

@@ -19,12 +19,14 @@ import torch
 
 from octopus_diffusers.codecs import Codec, CodecError, PackedTensor
 
-from .attention_decoded import decoded_attention
-from .attention_fused import attention_fused_reference, fused_attention
-from .codec_spec import kernel_spec, nbytes_of, packed_meta
-from .octopus_decode import octopus_decode
-from .octopus_encode import octopus_encode
-from .turboquant_codec import tq_decode, tq_encode
+from .attention.decoded import decoded_attention
+from .attention.fused import fused_attention
+from .octopus.decode import octopus_decode
+from .octopus.encode import octopus_encode
+from .reference import packed_attention
+from .spec import kernel_spec, nbytes_of, packed_meta
+from .turboquant.decode import tq_decode
+from .turboquant.encode import tq_encode
 
 _CODECS: dict[str, Codec] = {}
 
@@ -93,7 +95,7 @@ def attention_op(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
     k = _packed(codec_k, k_codes, k_norms, q.dtype)
     v = _packed(codec_v, v_codes, v_norms, q.dtype)
     if not q.is_cuda:
-        return reference_attention(q, k, v, codec_k, codec_v, attn_mask, scale, layout)
+        return packed_attention(q, k, v, codec_k, codec_v, attn_mask, scale, layout)
     if method == "fused":
         return fused_attention(q, k, v, kernel_spec(codec_k), kernel_spec(codec_v), attn_mask, scale, layout)
     if method == "decoded":
@@ -104,14 +106,3 @@ def attention_op(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
 @attention_op.register_fake
 def _(q, k_codes, k_norms, v_codes, v_norms, k_key, v_key, attn_mask, scale, layout, method):
     return torch.empty_like(q)
-
-
-def reference_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, codec_k: Codec, codec_v: Codec,
-                        attn_mask: torch.Tensor | None, scale: float | None, layout: str) -> torch.Tensor:
-    """The CPU path and the meaning of every attention kernel: decode with the reference codecs,
-    attend in float32, return ``q``'s dtype and layout."""
-    k_hat, v_hat = codec_k.decode(k), codec_v.decode(v)
-    if layout == "BSHD":
-        q, k_hat, v_hat = (t.transpose(1, 2) for t in (q, k_hat, v_hat))
-    out = attention_fused_reference(q, k_hat, v_hat, attn_mask, scale).to(q.dtype)
-    return out if layout == "BHSD" else out.transpose(1, 2)

@@ -10,13 +10,11 @@ PyTorch reference codecs.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
 from octopus_diffusers.codecs import Codec, CodecError, PackedTensor
-
-from .tl_helpers import LOOKUP_GATHER
 
 #: head_dims the kernels implement (power-of-two tiles; every model in performance.md uses one).
 KERNEL_HEAD_DIMS = (64, 128)
@@ -193,44 +191,7 @@ def check_packed(codec: Codec, packed: PackedTensor, spec: KernelSpec) -> None:
                          f"({spec.nbytes} bytes per vector, head_dim {spec.head_dim})")
 
 
-def reference_rotated(codec: Codec, packed: PackedTensor) -> torch.Tensor:
-    """The reference codec's rotated reconstruction ``gamma * y_hat`` (float32), through its public
-    quantizer methods: what the kernels' rotated-basis decode must reproduce."""
-    from octopus_diffusers.codecs.packing import unpack_bits
-
-    codes = packed.fields["codes"]
-    if codec.name == "octopus":
-        idx = unpack_bits(codes, list(codec.allocation) * codec.n_triplets)
-        y_hat = codec.dequantize_rotated(idx.view(*idx.shape[:-1], codec.n_triplets, 3))
-    elif codec.name == "turboquant":
-        y_hat = codec.dequantize_fields(unpack_bits(codes, codec.code_widths))
-    else:
-        raise CodecError(f"kernels: no rotated reference for codec {codec.name!r}")
-    return y_hat * packed.fields["norms"].to(torch.float32)[..., None]
-
-
 def plane_width(head_dim: int) -> int:
     """Padded triplet count per plane: the next power of two >= ceil(d / 3) (64 for d = 128)."""
     n = (head_dim + 2) // 3
     return 1 << (n - 1).bit_length()
-
-
-@dataclass(frozen=True)
-class EncodeConfig:
-    """Launch choices of the encode kernels (OCTOPUS and TurboQuant); none changes the codes.
-
-    ``block_rows`` rows per program; ``lookup`` a ``tl_helpers.LOOKUP_*`` codebook read (OCTOPUS joint
-    rounding only: TurboQuant's encode compares against thresholds and refuses another mode); ``pack8``: gather-free packing (``tl_helpers.pack_groups8``; TurboQuant: one width only);
-    ``num_warps`` per program."""
-
-    block_rows: int = 16
-    lookup: int = LOOKUP_GATHER
-    pack8: bool = False
-    num_warps: int = 4
-
-
-def default_config(cfg: EncodeConfig | None, gpu_config: EncodeConfig) -> EncodeConfig:
-    """``cfg``, else the measured GPU launch or, under the interpreter, the same launch with 16 rows."""
-    if cfg is not None:
-        return cfg
-    return gpu_config if torch.cuda.is_available() else replace(gpu_config, block_rows=16)

@@ -7,7 +7,8 @@ and handing plain fp16/bf16 tensors to cuDNN / FlashAttention beats re-decoding 
 Because ``q . k_hat = (q @ R_k.T) . (gamma_k y_hat_k)``, SDPA can run in the rotated bases: Q is
 rotated once, K/V are never rotated back, and ``R_v`` is applied once to the output. When K/V have
 fewer vectors than Q (cross-attention to a short prompt) they are rotated back instead and SDPA sees
-the original Q, as in fp16. GQA goes to SDPA's ``enable_gqa`` (no repeat). :func:`attention_decoded_reference` is the reference meaning.
+the original Q, as in fp16. GQA goes to SDPA's ``enable_gqa`` (no repeat).
+The reference is :func:`..reference.attention_on_decoded`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import KernelSpec, OctopusSpec, hadamard_signs
-from .octopus_decode import octopus_decode_rows, plane_permutation
-from .tl_helpers import LOOKUP_GATHER, LOOKUP_LOAD
-from .turboquant_codec import tq_decode_rows
+from ..octopus.decode import octopus_decode_rows, plane_permutation
+from ..spec import KernelSpec, OctopusSpec, hadamard_signs
+from ..tl.helpers import LOOKUP_GATHER, LOOKUP_LOAD
+from ..turboquant.decode import tq_decode_rows
 
 #: SDPA backends in the order tried; SDPA falls through to the next one that supports the inputs.
 #: Measured on the H100 (docs/kernels, run 1): cuDNN is fastest with many queries (Wan-14B self 37.6 vs
@@ -41,7 +42,7 @@ def backend_priority(n_q: int) -> list[SDPBackend]:
     return FEW_QUERIES_PRIORITY if n_q <= FEW_QUERIES else BACKEND_PRIORITY
 
 
-#: Codebook reads of the decode pass per codec kind (``tl_helpers.LOOKUP_*``), measured on the H100
+#: Codebook reads of the decode pass per codec kind (``tl.helpers.LOOKUP_*``), measured on the H100
 #: (docs/kernels/codec_pass.md, run 3): OCTOPUS table loads (4 bits 1,079 vs 692 GB/s for select chains,
 #: equal at 2-3 bits), TurboQuant ``tl.gather`` on byte groups (92-95 % of copy bandwidth).
 DECODE_LOOKUP = {"octopus": LOOKUP_LOAD, "turboquant": LOOKUP_GATHER}
@@ -49,7 +50,7 @@ DECODE_LOOKUP = {"octopus": LOOKUP_LOAD, "turboquant": LOOKUP_GATHER}
 
 def basis_permutation(spec: KernelSpec) -> torch.Tensor | None:
     """The coordinate order decode-then-attend decodes ``spec``'s vectors in: OCTOPUS x/y/z planes
-    (:func:`.octopus_decode.plane_permutation`: whole-row stores, 0.39 -> 0.23 ms per 1.31 M vectors,
+    (:func:`..octopus.decode.plane_permutation`: whole-row stores, 0.39 -> 0.23 ms per 1.31 M vectors,
     codec_pass.md run 3), which the rotations of Q and the output follow; None for TurboQuant."""
     return plane_permutation(spec.head_dim) if isinstance(spec, OctopusSpec) else None
 
@@ -100,7 +101,7 @@ _ROWS: dict[tuple, tuple[torch.Tensor, float]] = {}
 def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
                       v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
                       layout: str = "BHSD", backends: list[SDPBackend] | None = None) -> torch.Tensor:
-    """Same contract as :func:`.attention_fused.fused_attention`; output in ``q``'s dtype and layout."""
+    """Same contract as :func:`.fused.fused_attention`; output in ``q``'s dtype and layout."""
     if layout not in ("BHSD", "BSHD"):
         raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
     dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
@@ -146,12 +147,3 @@ def rotate(x: torch.Tensor, spec: KernelSpec, inverse: bool = False) -> torch.Te
         return (x.float() @ m).to(x.dtype)
     rows = x.reshape(-1, x.shape[-1])
     return torch.addmm(rows.new_zeros(()), rows, m, beta=0, alpha=alpha).view(x.shape)
-
-
-def attention_decoded_reference(q: torch.Tensor, k_hat: torch.Tensor, v_hat: torch.Tensor,
-                                attn_mask: torch.Tensor | None = None, scale: float | None = None
-                                ) -> torch.Tensor:
-    """float32 SDPA on the reference-decoded K/V (BHSD), GQA by repeating KV heads."""
-    from .attention_fused import attention_fused_reference
-
-    return attention_fused_reference(q, k_hat, v_hat, attn_mask, scale)

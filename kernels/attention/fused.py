@@ -26,7 +26,8 @@ two launches (the torch GEMMs and split combination cost more than the attention
 read as 32-bit words and split in-thread, so decoded tiles reach shared memory by 16-byte stores;
 <= 3-bit codebooks are read by byte permutes (:func:`_lookup_prmt`).
 
-:func:`attention_fused_reference` is the readable PyTorch meaning of the kernel.
+The reference is :func:`..reference.rotated_attention` (before ``R_v``) and
+:func:`..reference.attention_on_decoded` (after).
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ import triton.language as tl
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from .codec_spec import KernelSpec, OctopusSpec, device_codebooks, plane_width
-from .octopus_decode import octopus_planes_tile
-from .tl_helpers import codebook_for, field_groups, load_groups, lookup_any, split_groups
-from .turboquant_codec import tq_values
+from ..octopus.decode import octopus_planes_tile
+from ..reference import combine_splits
+from ..spec import KernelSpec, OctopusSpec, device_codebooks, plane_width
+from ..tl.helpers import codebook_for, field_groups, load_groups, lookup_any, split_groups
+from ..turboquant.decode import tq_values
 
 
 @triton.jit
@@ -117,7 +119,7 @@ def _load_chunk_words(base, first, hi, s_n, R: tl.constexpr, NC: tl.constexpr, W
 def _load_codes(base, first, hi, s_n, BLOCK_N: tl.constexpr, D: tl.constexpr, B: tl.constexpr, GE: tl.constexpr,
                 GB: tl.constexpr, WORDS: tl.constexpr):
     """A KV tile's TurboQuant codes for the prefetching loop: :func:`_load_chunk_words` (``WORDS``;
-    ``base`` an int32 view) or ``tl_helpers.load_groups`` byte groups (in the first of the four)."""
+    ``base`` an int32 view) or ``tl.helpers.load_groups`` byte groups (in the first of the four)."""
     if WORDS:
         w0, w1, w2, w3 = _load_chunk_words(base, first, hi, s_n, BLOCK_N, D // 32, B)
     else:
@@ -759,23 +761,3 @@ def merge_splits(part: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) -> No
     _merge_splits_kernel[(part.shape[1] * part.shape[2] * part.shape[3], triton.cdiv(d, block_d))](
         part, *part.stride()[:4], lse, *lse.stride(), out, *out.stride(), part.shape[2], part.shape[3],
         part.shape[0], S_PAD=s_pad, BLOCK_D=block_d, num_warps=4)
-
-
-def combine_splits(o: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """Merge per-split normalised outputs ``(S, ...)`` with their base-2 log-sum-exps."""
-    m = lse.amax(0, keepdim=True)
-    w = torch.exp2(lse - torch.where(torch.isfinite(m), m, torch.zeros_like(m)))
-    w = torch.where(torch.isfinite(lse), w, torch.zeros_like(w))
-    den = w.sum(0)
-    return (o * w[..., None]).sum(0) / torch.where(den > 0, den, torch.ones_like(den))[..., None]
-
-
-def attention_fused_reference(q: torch.Tensor, k_hat: torch.Tensor, v_hat: torch.Tensor,
-                              attn_mask: torch.Tensor | None = None, scale: float | None = None
-                              ) -> torch.Tensor:
-    """What both attention kernels compute, in float32: SDPA on decoded K/V (BHSD, GQA by repeat)."""
-    group = q.shape[1] // k_hat.shape[1]
-    k_hat = k_hat.float().repeat_interleave(group, 1)
-    v_hat = v_hat.float().repeat_interleave(group, 1)
-    return torch.nn.functional.scaled_dot_product_attention(q.float(), k_hat, v_hat, attn_mask=attn_mask,
-                                                            scale=scale)

@@ -1,7 +1,7 @@
 """OCTOPUS decode: packed triplet codes -> rotated unit vectors (optionally times gamma), one pass.
 
 The kernels read each vector's packed row once, look the three indices of every triplet up in the
-codebooks (``tl_helpers.lookup_any``: gather, compare-select or table load), unfold the octahedron,
+codebooks (``tl.helpers.lookup_any``: gather, compare-select or table load), unfold the octahedron,
 normalise and scale by rho, and write the ``d`` coordinates (the padded ones dropped). The exact path
 works on row tiles (triplets as 64-wide planes); the fast path on a flat range of triplets
 (:func:`_octopus_decode_flat_kernel`, no padding lanes), optionally writing plane order
@@ -13,7 +13,7 @@ works on row tiles (triplets as 64-wide planes); the fast path on a flat range o
   same ``rotation.inverse(y_hat) * gamma`` as :meth:`OctopusCodec._decode`, so the GPU path and the
   reference agree bit for bit on one device.
 
-:func:`octopus_decode_reference` is the reference meaning (the codec's own ``dequantize_rotated``).
+The reference is :func:`..reference.reference_rotated` (the codec's own ``dequantize_rotated``).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import torch
 import triton
 import triton.language as tl
 
-from octopus_diffusers.codecs import CodecError, PackedTensor
+from octopus_diffusers.codecs import PackedTensor
 
-from .codec_spec import OctopusSpec, check_packed, device_codebooks, kernel_spec, plane_width, reference_rotated
-from .tl_exact import norm3
-from .tl_helpers import (LOOKUP_GATHER, codebook_for, load_codebook, lookup,
+from ..launch import checked_spec, decode_epilogue, decode_rows_prologue
+from ..spec import OctopusSpec, device_codebooks, plane_width
+from ..tl.exact import norm3
+from ..tl.helpers import (LOOKUP_GATHER, codebook_for, load_codebook, lookup,
                          lookup_any, lookup_mode, octahedral_unfold, unpack_field, unpack_groups8)
 
 
@@ -143,9 +144,9 @@ class DecodeConfig:
 
     ``flat``: :func:`_octopus_decode_flat_kernel` with ``block`` triplets per program; else the row-tile
     kernel with ``block`` rows and, with ``grouped``, gather-free 8-field unpacking
-    (``tl_helpers.unpack_groups8``; measured, not the default: docs/kernels/codec_pass.md). The lookup
+    (``tl.helpers.unpack_groups8``; measured, not the default: docs/kernels/codec_pass.md). The lookup
     mode comes from the caller (``select_lookup``: True = select chain, False = gather, or a
-    ``tl_helpers.LOOKUP_*``)."""
+    ``tl.helpers.LOOKUP_*``)."""
 
     flat: bool = False
     block: int = 8
@@ -185,17 +186,9 @@ def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusS
     coordinates in :func:`plane_permutation`'s order instead of the codec's (``out[..., k]`` =
     interleaved ``[..., perm[k]]``): whole-row stores, for a consumer that permutes its other operand
     (decode-then-attend: the columns of the query rotation / rows of the output rotation)."""
-    if codes.dtype != torch.uint8 or codes.shape[-1] != spec.nbytes:
-        raise CodecError(f"octopus kernel: expected uint8 codes (..., {spec.nbytes}), got {codes.dtype} "
-                         f"{tuple(codes.shape)}")
     lead = codes.shape[:-1]
-    c2 = codes.reshape(-1, spec.nbytes)
-    n2 = norms.reshape(-1)
+    c2, n2, out = decode_rows_prologue(codes, norms, spec, out_dtype, out)
     n = c2.shape[0]
-    if out is None:
-        out = torch.empty((n, spec.head_dim), device=codes.device, dtype=out_dtype)
-    elif out.shape != (n, spec.head_dim) or out.stride(-1) != 1:
-        raise CodecError(f"decode: out must be ({n}, {spec.head_dim}) with unit last stride")
     mode = LOOKUP_GATHER if exact else lookup_mode(select_lookup)
     gpu = torch.cuda.is_available()
     cfg = config or (GPU_CONFIG if gpu else CPU_CONFIG)
@@ -227,13 +220,5 @@ def plane_permutation(head_dim: int) -> torch.Tensor:
 
 def octopus_decode(codec, packed: PackedTensor) -> torch.Tensor:
     """GPU path of ``codec.decode(packed)`` (same result, same dtype and shape)."""
-    spec = kernel_spec(codec)
-    check_packed(codec, packed, spec)
-    y_hat = octopus_decode_rows(packed.fields["codes"], packed.fields["norms"], spec)
-    gamma = packed.fields["norms"].to(torch.float32)
-    return (codec.rotation.inverse(y_hat) * gamma[..., None]).to(packed.dtype)
-
-
-def octopus_decode_reference(codec, packed: PackedTensor, rotated: bool = False) -> torch.Tensor:
-    """Reference: the codec's own decode (``rotated=True``: ``gamma * y_hat`` before ``R``)."""
-    return reference_rotated(codec, packed) if rotated else codec.decode(packed)
+    spec = checked_spec(codec, packed)
+    return decode_epilogue(codec, packed, octopus_decode_rows(packed.fields["codes"], packed.fields["norms"], spec))

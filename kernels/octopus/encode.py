@@ -1,7 +1,7 @@
 """OCTOPUS encode: triplets, octahedral map, nearest / joint 3x3 rounding, packing, in one kernel.
 
 Two ways in, one quantizer (:func:`_quantize_triplets`, which repeats the reference's float32
-operations in its order, see :mod:`.tl_exact`):
+operations in its order, see :mod:`..tl.exact`):
 
 * ``fused_rotation=False`` (**bit-exact**): the norm and the rotation ``y = (x @ R.T) / gamma`` are
   computed by torch exactly as :meth:`OctopusCodec._encode` does (the same ops on the same device);
@@ -14,7 +14,7 @@ operations in its order, see :mod:`.tl_exact`):
   can land on the other side: codes agree with the reference except for such near-ties (the
   fraction is measured in the tests and the benchmark).
 
-:func:`octopus_encode_reference` is the reference meaning (the codec's own ``encode``).
+The reference is the codec's own ``encode``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-from octopus_diffusers.codecs import CodecError, PackedTensor
+from octopus_diffusers.codecs import PackedTensor
 
-from .codec_spec import (EncodeConfig, OctopusSpec, default_config, device_codebooks, hadamard_signs, kernel_spec,
-                         midpoints, packed_meta, plane_width)
-from .tl_exact import norm3
-from .tl_helpers import (codebook_for, lookup_any, nearest_count,
-                         octahedral_unfold, pack_fields_to_bytes, pack_groups8, sign_nonzero)
+from ..launch import EncodeConfig, default_config, encode_epilogue, encode_prologue
+from ..spec import OctopusSpec, device_codebooks, hadamard_signs, kernel_spec, midpoints, plane_width
+from ..tl.exact import norm3
+from ..tl.helpers import (codebook_for, lookup_any, nearest_count, octahedral_unfold, pack_fields_to_bytes,
+                          pack_groups8, sign_nonzero)
 
 
 @triton.jit
@@ -54,7 +54,7 @@ def _quantize_triplets(t0, t1, t2, valid, CBX, CBE, THX, THE, THR_RHO, BLOCK_R: 
 
     ``EXACT``: the reference's float32 operations (FMA-exact norms, IEEE divisions); otherwise the
     GPU's fast forms (one reciprocal square root per candidate), for the fused-rotation path whose
-    codes are already allowed to differ at near-ties. ``LOOKUP`` (a ``tl_helpers.LOOKUP_*`` mode)
+    codes are already allowed to differ at near-ties. ``LOOKUP`` (a ``tl.helpers.LOOKUP_*`` mode)
     changes how codebooks are read, never the result."""
     if EXACT:
         rho = norm3(t0, t1, t2)
@@ -186,47 +186,17 @@ def octopus_encode(codec, x: torch.Tensor, fused_rotation: bool = False,
     overflow) raises :class:`CodecError` from the norms, a host sync; ``check_finite=False`` leaves
     that to the caller (:meth:`Codec.count_nonfinite_side_info`)."""
     spec = kernel_spec(codec)
-    codec.check_input(x, finite=False)  # NaN/Inf show in the kernel's norms: checked below
-    lead = x.shape[:-1]
-    xf = x.reshape(-1, spec.head_dim)
-    n = xf.shape[0]
-    dev = x.device
-    cbx, cbe, thx, the, thr, planes, is_hadamard = _tables(spec, dev)
+    cbx, cbe, thx, the, thr, planes, is_hadamard = _tables(spec, x.device)
+    spec, inp = encode_prologue(codec, x, fused_rotation, planes, is_hadamard)
     cfg = default_config(config, GPU_CONFIG)
-    codes = torch.empty((n, spec.nbytes), dtype=torch.uint8, device=dev)
-    norms_dtype = getattr(codec, "norm_dtype", torch.float16)
-    if fused_rotation:
-        if not is_hadamard:
-            raise CodecError("octopus kernel: fused rotation needs a Hadamard rotation")
-        if x.dtype == torch.float32:
-            raise CodecError("octopus kernel: fused rotation takes float16/bfloat16 input (a float32 "
-                             "tensor-core product would round x to tf32); use fused_rotation=False")
-        src, norms = xf.contiguous(), torch.empty(n, dtype=norms_dtype, device=dev)
-        sign_mat = planes.to(x.dtype)
-    else:
-        # The reference's float prologue, op for op (OctopusCodec._encode).
-        x32 = xf.to(torch.float32)
-        gamma = torch.linalg.vector_norm(x32, dim=-1)
-        src = (codec.rotation.forward(x32) / torch.where(gamma > 0, gamma, 1.0)[..., None]).contiguous()
-        norms = gamma.to(norms_dtype)
-        sign_mat = planes
+    n = inp.src.shape[0]
     if n:
         _octopus_encode_kernel[(triton.cdiv(n, cfg.block_rows),)](
-            src, src.stride(0), src, norms, codes, codes.stride(0), sign_mat, spec.head_dim ** -0.5,
-            cbx, cbe, thx, the, thr, n, D=spec.head_dim, T=spec.n_triplets, TP=plane_width(spec.head_dim),
-            BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
+            inp.src, inp.src.stride(0), inp.src, inp.norms, inp.codes, inp.codes.stride(0), inp.sign_matrix,
+            spec.head_dim ** -0.5, cbx, cbe, thx, the, thr, n, D=spec.head_dim, T=spec.n_triplets,
+            TP=plane_width(spec.head_dim), BX=spec.bx, BE=spec.be, BR=spec.br, NBYTES=spec.nbytes,
             NBYTES_PAD=triton.next_power_of_2(spec.nbytes), JOINT=spec.joint_rounding,
             FUSED_ROTATION=fused_rotation, EXACT=not fused_rotation, BLOCK_R=cfg.block_rows,
             LOOKUP=cfg.lookup, PACK8=cfg.pack8, num_warps=cfg.num_warps,
             enable_fp_fusion=fused_rotation)
-    packed = PackedTensor("octopus", tuple(x.shape), x.dtype,
-                          {"codes": codes.reshape(*lead, spec.nbytes), "norms": norms.reshape(lead)},
-                          packed_meta(codec))
-    if check_finite:
-        codec.check_side_info(packed)
-    return packed
-
-
-def octopus_encode_reference(codec, x: torch.Tensor) -> PackedTensor:
-    """Reference: the codec's own encode."""
-    return codec.encode(x)
+    return encode_epilogue(codec, x, spec, inp, check_finite)

@@ -121,10 +121,10 @@ LOOKUP_LOAD = 2
 
 
 def lookup_mode(select_lookup: bool | int) -> int:
-    """``tl_helpers.LOOKUP_*`` of a ``select_lookup`` argument (False: gather, True: select, or a mode)."""
+    """``tl.helpers.LOOKUP_*`` of a ``select_lookup`` argument (False: gather, True: select, or a mode)."""
     mode = int(select_lookup)
     if mode not in (LOOKUP_GATHER, LOOKUP_SELECT, LOOKUP_LOAD):
-        raise CodecError(f"decode: unknown lookup mode {select_lookup!r} (False/True or a tl_helpers.LOOKUP_*)")
+        raise CodecError(f"decode: unknown lookup mode {select_lookup!r} (False/True or a tl.helpers.LOOKUP_*)")
     return mode
 
 

@@ -4,17 +4,14 @@ against float32 attention on the reference-decoded K/V, relative RMS <= 1e-3 (as
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
+from kernel_checks import DEVICE, assert_close, float32_decode
 
 from octopus_diffusers.codecs import get_codec
-from octopus_diffusers.kernels.attention_decoded import basis_permutation, decoded_attention, rotate
-from octopus_diffusers.kernels.attention_fused import attention_fused_reference
-from octopus_diffusers.kernels.codec_spec import kernel_spec
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from octopus_diffusers.kernels.attention.decoded import basis_permutation, decoded_attention, rotate
+from octopus_diffusers.kernels.reference import attention_on_decoded
+from octopus_diffusers.kernels.spec import kernel_spec
 
 
 @pytest.mark.parametrize("name", ["octopus", "turboquant"])
@@ -29,9 +26,7 @@ def test_both_rotation_sides_match_the_reference(name, nq, nkv, layout):
     mask = (torch.rand(1, 1, nq, nkv, generator=g) > 0.3).to(DEVICE)
     mask[..., 0] = True
     kp, vp = ck.encode(k), cv.encode(v)
-    k_hat = ck.decode(dataclasses.replace(kp, dtype=torch.float32))
-    v_hat = cv.decode(dataclasses.replace(vp, dtype=torch.float32))
-    ref = attention_fused_reference(q, k_hat, v_hat, mask)
+    ref = attention_on_decoded(q, float32_decode(ck, kp), float32_decode(cv, vp), mask)
     if layout == "BSHD":
         q_in = q.transpose(1, 2).contiguous()
         kp, vp = (ck.encode(k.transpose(1, 2).contiguous()), cv.encode(v.transpose(1, 2).contiguous()))
@@ -39,7 +34,7 @@ def test_both_rotation_sides_match_the_reference(name, nq, nkv, layout):
     else:
         out = decoded_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask)
     assert out.dtype == torch.float16 and out.shape == q.shape
-    assert ((out.float() - ref).norm() / ref.norm()).item() <= 1e-3
+    assert_close("decoded", ref, out)
 
 
 @pytest.mark.parametrize("name", ["turboquant", "octopus"])
@@ -56,8 +51,8 @@ def test_rotate_and_its_inverse_are_the_codec_rotation(name, dtype):
     tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6}[dtype]
     y = rotate(x, spec)
     assert y.dtype == dtype and y.shape == x.shape
-    torch.testing.assert_close(y.double(), (x.double() @ r.T)[..., perm], rtol=0, atol=tol * x.abs().max().item())
+    assert_close("rotate", (x.double() @ r.T)[..., perm], y, rel_rms=tol, max_abs=tol * x.abs().max().item())
     back = rotate(y, spec, inverse=True)
     unpermuted = torch.empty_like(y, dtype=torch.float64)
     unpermuted[..., perm] = y.double()
-    torch.testing.assert_close(back.double(), unpermuted @ r, rtol=0, atol=tol * y.abs().max().item())
+    assert_close("inverse rotate", unpermuted @ r, back, rel_rms=tol, max_abs=tol * y.abs().max().item())

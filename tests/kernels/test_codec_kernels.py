@@ -15,13 +15,18 @@ import dataclasses
 import pytest
 import torch
 
-from octopus_diffusers.codecs import CodecError, get_codec
-from octopus_diffusers.kernels.codec_spec import kernel_spec, reference_rotated
-from octopus_diffusers.kernels.octopus_decode import octopus_decode, octopus_decode_rows
-from octopus_diffusers.kernels.octopus_encode import octopus_encode
-from octopus_diffusers.kernels.turboquant_codec import tq_decode, tq_decode_rows, tq_encode
+from kernel_checks import DEVICE, assert_close
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from octopus_diffusers.codecs import CodecError, get_codec
+from octopus_diffusers.kernels.attention.decoded import decode_rotated
+from octopus_diffusers.kernels.launch import EncodeConfig
+from octopus_diffusers.kernels.octopus.decode import DecodeConfig, octopus_decode, octopus_decode_rows, plane_permutation
+from octopus_diffusers.kernels.octopus.encode import octopus_encode
+from octopus_diffusers.kernels.reference import reference_rotated
+from octopus_diffusers.kernels.spec import kernel_spec
+from octopus_diffusers.kernels.tl.helpers import LOOKUP_GATHER, LOOKUP_LOAD, LOOKUP_SELECT
+from octopus_diffusers.kernels.turboquant.decode import tq_decode, tq_decode_rows
+from octopus_diffusers.kernels.turboquant.encode import tq_encode
 #: The reference runs on the CPU. Under the interpreter the kernels run there too and must match bit
 #: for bit; on a GPU the torch rotation GEMM itself rounds differently from the CPU's, so a code next
 #: to a threshold may flip: at most this fraction of code bytes may differ.
@@ -69,7 +74,7 @@ def test_encode_is_bit_exact(name, head_dim, bits, options):
         if DEVICE == "cpu":
             assert torch.equal(got.fields["norms"], ref.fields["norms"])
         else:
-            torch.testing.assert_close(got.fields["norms"].cpu(), ref.fields["norms"], rtol=1e-3, atol=0)
+            assert_close("norms", ref.fields["norms"].float(), got.fields["norms"].float(), rel_rms=1e-3)
 
 
 @pytest.mark.parametrize("name,head_dim,bits,options", CASES[::2], ids=IDS[::2])
@@ -79,7 +84,7 @@ def test_fused_rotation_encode_agrees(name, head_dim, bits, options):
     x = _data(head_dim, torch.float16, rows=32)
     got, ref = encode(codec, x, fused_rotation=True), codec.encode(x.cpu())
     assert _mismatch(got.fields["codes"], ref.fields["codes"]) <= 1e-3
-    torch.testing.assert_close(got.fields["norms"].cpu(), ref.fields["norms"], rtol=1e-3, atol=0)
+    assert_close("norms", ref.fields["norms"].float(), got.fields["norms"].float(), rel_rms=1e-3)
     err_got = (codec.decode(got.to("cpu")).float() - x.cpu().float()).pow(2).sum()
     err_ref = (codec.decode(ref).float() - x.cpu().float()).pow(2).sum()
     assert abs(err_got - err_ref) <= 1e-3 * err_ref
@@ -101,7 +106,7 @@ def test_decode_is_bit_exact_and_writes_every_element(name, head_dim, bits, opti
         if DEVICE == "cpu":
             assert torch.equal(got, ref)
         else:  # torch's CUDA octahedral normalisation is not the CPU's, which the kernel follows
-            torch.testing.assert_close(got, ref, rtol=2e-3, atol=1e-3)
+            assert_close("decode", ref.float(), got.float(), rel_rms=2e-3, max_abs=1e-3 + 2e-3 * ref.abs().max().item())
     # Rotated basis (what attention consumes): NaN canary, every element written, bit-exact.
     canary = torch.full((packed.numel // head_dim, head_dim), float("nan"), device=DEVICE)
     rot = decode_rows(packed.fields["codes"], packed.fields["norms"], kernel_spec(codec), scale_by_norm=True,
@@ -111,7 +116,8 @@ def test_decode_is_bit_exact_and_writes_every_element(name, head_dim, bits, opti
     if DEVICE == "cpu":
         assert torch.equal(rot.view(packed.shape), ref_rot)
     else:
-        torch.testing.assert_close(rot.view(packed.shape).cpu(), ref_rot, rtol=1e-5, atol=1e-6)
+        assert_close("rotated decode", ref_rot, rot.view(packed.shape), rel_rms=1e-5,
+                     max_abs=1e-6 + 1e-5 * ref_rot.abs().max().item())
 
 
 def test_unsupported_configurations_are_refused():
@@ -131,19 +137,14 @@ def test_unsupported_configurations_are_refused():
 @pytest.mark.parametrize("select", [False, True])
 def test_fast_rotated_decode_for_attention(name, head_dim, bits, options, select):
     """The decode pass of decode-then-attend: fast arithmetic, either codebook read, fp16 output."""
-    from octopus_diffusers.kernels.attention_decoded import decode_rotated
-
     codec = get_codec(name, head_dim, bits, seed=4, **options)
     packed = codec.encode(_data(head_dim, torch.float16))
     got = decode_rotated(packed, kernel_spec(codec), torch.float16, select_lookup=select)
     ref = reference_rotated(codec, packed.to("cpu"))
-    torch.testing.assert_close(got.cpu().float(), ref, rtol=2e-3, atol=2e-3)
+    assert_close("rotated decode", ref, got, rel_rms=2e-3, max_abs=2e-3 * (1 + ref.abs().max().item()))
 
 
 # ---- launch variants (docs/kernels/codec_pass.md): each must give exactly the default's result ----
-from octopus_diffusers.kernels.codec_spec import EncodeConfig  # noqa: E402
-from octopus_diffusers.kernels.octopus_decode import DecodeConfig  # noqa: E402
-from octopus_diffusers.kernels.tl_helpers import LOOKUP_GATHER, LOOKUP_LOAD, LOOKUP_SELECT  # noqa: E402
 
 ENCODE_VARIANTS = {
     "gather-bytewise-packing": EncodeConfig(pack8=False),  # the defaults pack gather-free (pack8)
@@ -198,8 +199,6 @@ def test_octopus_fast_decode_variants_agree(label, mode, config, head_dim, bits)
 @pytest.mark.parametrize("config", [DecodeConfig(block=8), DecodeConfig(flat=True, block=128)], ids=["row", "flat"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_octopus_plane_order_is_the_permuted_decode(config, head_dim):
-    from octopus_diffusers.kernels.octopus_decode import plane_permutation
-
     codec = get_codec("octopus", head_dim, 3, seed=8)
     packed = codec.encode(_data(head_dim, torch.float16, rows=10))
     args = (packed.fields["codes"], packed.fields["norms"], kernel_spec(codec), torch.float16, True)
