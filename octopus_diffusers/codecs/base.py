@@ -204,7 +204,10 @@ class PackedTensor:
             codec.validate_packed(packed)
         except CodecError as error:
             raise CodecError(f"{path}: {error}") from error
-        return packed.to(device) if torch.device(device) != torch.device("cpu") else packed
+        try:
+            return packed.to(device) if torch.device(device) != torch.device("cpu") else packed
+        except (RuntimeError, AssertionError) as error:  # torch's errors for unknown or absent devices
+            raise CodecError(f"{path}: cannot move the packed tensor to device {device!r} ({error})") from error
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -381,7 +384,7 @@ class Codec(ABC):
     def packed_nbytes(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> int:
         """Bytes :meth:`encode` stores for a ``dtype`` tensor of ``shape`` (``PackedTensor.nbytes``),
         without data: for cache sizing on meta or empty tensors."""
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(check_int(s, "shape entry", self.name, 0) for s in shape)
         if not shape or shape[-1] != self.head_dim:
             raise CodecError(f"{self.name}: expected a (..., {self.head_dim}) shape, got {shape}")
         if dtype not in SUPPORTED_DTYPES:

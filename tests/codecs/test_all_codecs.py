@@ -81,7 +81,10 @@ CASES: dict[str, tuple[str, Case]] = {
 
 
 def _implemented(name: str) -> bool:
-    """False only while the codec's own module is not written yet; any other import error surfaces."""
+    """False only while the codec's own module is not written (or registered) yet; any other import
+    error surfaces."""
+    if name not in available_codecs():
+        return False
     try:
         codec_class(name)
     except ModuleNotFoundError as error:

@@ -219,3 +219,9 @@ def test_save_refuses_a_directory_or_unwritable_target_and_leaves_no_partial_fil
     with _raises(missing, "cannot write"):
         packed.save(missing)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.safetensors"]
+
+
+def test_load_onto_an_unknown_device_is_a_codec_error(saved) -> None:
+    path, _, _ = saved
+    with _raises(path, "device 'nonsense'"):
+        PackedTensor.load(path, device="nonsense")
