@@ -19,6 +19,11 @@ from .video_metrics import HIGHER_IS_BETTER as VIDEO_HIGHER_IS_BETTER
 from .video_metrics import video_metrics
 
 
+#: What the results keep of each manifest variant besides its metrics.
+VARIANT_KEYS = ("name", "codec", "bits", "options", "target_rate", "predicted_bits_per_scalar", "bits_per_scalar",
+                "kv", "seconds")
+
+
 def _aggregate_video(per_prompt: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Mean of the per-prompt means, the overall min/max, and where the worst frame is."""
     summary: dict[str, dict[str, Any]] = {}
@@ -42,8 +47,9 @@ def evaluate_run(run: RunFolder | str | Path, lpips: bool | Literal["auto"] = "a
                  progress: bool = True) -> dict[str, Any]:
     """Metrics of every variant of ``run`` against the baseline, per prompt and aggregated.
 
-    Returns ``{"run": {...}, "variants": [{"name", "codec", "bits", "bits_per_scalar", "kv",
-    "seconds", "metrics": {media: {"per_prompt": [...], "summary": {...}}}}]}``.
+    Returns ``{"run": {...}, "variants": [{"name", "codec", "bits", "options", "target_rate",
+    "bits_per_scalar", "kv", "seconds", "metrics": {media: {"per_prompt": [...], "summary": {...}}}}]}``
+    (variants in manifest order).
     """
     run = run if isinstance(run, RunFolder) else RunFolder(run)
     manifest = run.manifest
@@ -66,9 +72,9 @@ def evaluate_run(run: RunFolder | str | Path, lpips: bool | Literal["auto"] = "a
             aggregate = _aggregate_video if media == "video" else _aggregate_audio
             metrics[media] = {"per_prompt": per_prompt, "summary": aggregate(per_prompt),
                               "skipped": per_prompt[0]["skipped"]}
-        variants.append({key: v.get(key) for key in ("name", "codec", "bits", "bits_per_scalar", "kv", "seconds")}
-                        | {"metrics": metrics})
+        variants.append({key: v.get(key) for key in VARIANT_KEYS} | {"metrics": metrics})
     bar.close()
     run_info = {key: manifest.get(key) for key in ("model", "media", "seed", "steps", "prompts", "fps",
-                                                   "sample_rate", "device", "versions")}
+                                                   "sample_rate", "device", "versions", "rate_matching")}
+    run_info["manifest_digest"] = run.digest
     return {"run": run_info, "variants": variants}

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from octopus_diffusers.pipelines.run_folder import BASELINE  # noqa: E402
+from octopus_diffusers.pipelines.run_folder import BASELINE, true_rate  # noqa: E402
 
 from .audio_metrics import HIGHER_IS_BETTER as AUDIO_HIGHER_IS_BETTER  # noqa: E402
 from .video_metrics import HIGHER_IS_BETTER as VIDEO_HIGHER_IS_BETTER  # noqa: E402
@@ -45,7 +45,7 @@ def plot_metric_vs_bits(results: dict[str, Any], media: str, metric: str, path: 
         if v["name"] == BASELINE:
             continue
         value = _metric_mean(v, media, metric)
-        rate = v["bits_per_scalar"] if v["bits_per_scalar"] is not None else v["bits"]
+        rate = true_rate(v)
         if value is None or rate is None or not math.isfinite(value):
             left_out += 1
             continue
@@ -75,7 +75,7 @@ def plot_per_frame(results: dict[str, Any], path: Path, metric: str = "psnr", pr
     """Per-frame ``metric`` of every variant for prompt ``prompt`` (infinite values are not drawn)."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     drawn = 0
-    for v in results["variants"]:
+    for v in sorted(results["variants"], key=lambda v: true_rate(v) or 0.0):
         video = v["metrics"].get("video")
         if video is None or v["name"] == BASELINE:
             continue
@@ -83,7 +83,7 @@ def plot_per_frame(results: dict[str, Any], path: Path, metric: str = "psnr", pr
         if not any(math.isfinite(x) for x in curve):
             continue
         ax.plot(range(len(curve)), [x if math.isfinite(x) else float("nan") for x in curve], marker=".",
-                label=v["name"])
+                label=f"{v['name']} ({true_rate(v):.2f} b/s)")
         drawn += 1
     if not drawn:
         plt.close(fig)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from octopus_diffusers.pipelines.run_folder import BASELINE, RunFolder, save_wav
+from octopus_diffusers.pipelines.run_folder import BASELINE, RunFolder, save_wav, true_rate
 
 from .audio_metrics import as_channels
 from .video_metrics import as_frames
@@ -89,8 +89,8 @@ def side_by_side_video(baseline: torch.Tensor, variants: Sequence[tuple[str, tor
     """
     if not variants:
         raise ValueError("side_by_side_video needs at least one variant to compare with the baseline")
-    if amplify <= 0:
-        raise ValueError(f"amplify must be positive, got {amplify}")
+    if not (isinstance(amplify, (int, float)) and math.isfinite(amplify) and amplify > 0):
+        raise ValueError(f"amplify must be a finite number > 0, got {amplify!r}")
     ref = as_frames(baseline, "baseline")
     tests = [(label, as_frames(v, label)) for label, v in variants]
     for label, t in tests:
@@ -112,7 +112,7 @@ def side_by_side_video(baseline: torch.Tensor, variants: Sequence[tuple[str, tor
     rows = [top]
     if diff_row:
         blank = np.zeros_like(tile(ref))
-        diffs = [_labelled(tile(((t - ref).abs() * amplify).clamp(0, 1)), f"|{label} - base| x{amplify:g}")
+        diffs = [_labelled(tile(((t - ref).abs() * amplify).clamp(0, 1)), f"|{label.split()[0]} - base| x{amplify:g}")
                  for label, t in tests]
         rows.append([_labelled(blank, "amplified difference")] + diffs)
     return write_mp4(path, _grid(rows), fps)
@@ -220,40 +220,90 @@ def listening_mp4(baseline: torch.Tensor, variants: Sequence[tuple[str, torch.Te
     return Path(path)
 
 
-def _groups_by_bits(run: RunFolder) -> list[tuple[str, list[str]]]:
-    """Variant names grouped by nominal bit width, in manifest order: ``[("3b", ["octopus-3b", ...]), ...]``."""
-    groups: dict[str, list[str]] = {}
+#: Written beside the renders: which run (manifest digest) and variants each file shows.
+RENDERS_INDEX = "index.json"
+RENDERS_FORMAT = "octopus-diffusers-renders/1"
+
+
+def rate_groups(run: RunFolder) -> list[tuple[float, list[str]]]:
+    """Quantized variants grouped by true rate, lowest first: by their target rate when the run matched
+    rates, else by their own true rate (to 0.01 bit); ``[(3.0, ["octopus-a221", "turboquant-2b"]), ...]``."""
+    groups: dict[float, list[str]] = {}
     for v in run.variants:
-        if v["codec"] is not None:
-            groups.setdefault(f"{v['bits']:g}b", []).append(v["name"])
-    return list(groups.items())
+        if v["codec"] is None:
+            continue
+        key = v.get("target_rate")
+        key = round(true_rate(v), 2) if key is None else float(key)
+        groups.setdefault(key, []).append(v["name"])
+    return sorted(groups.items())
+
+
+def rate_label(rate: float) -> str:
+    """``3bps``, ``3.5bps``: file-name part for a true rate."""
+    return f"{rate:g}bps"
+
+
+def variant_label(variant: dict) -> str:
+    """Tile / panel title: the variant's name and its true rate."""
+    rate = true_rate(variant)
+    return variant["name"] if rate is None else f"{variant['name']} {rate:.2f}b/s"
+
+
+def is_renders_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a renders folder this module wrote (it holds the index)."""
+    return (Path(folder) / RENDERS_INDEX).is_file()
+
+
+def current_renders(run: RunFolder, folder: Path) -> list[Path]:
+    """The renders in ``folder`` made from exactly this run (same manifest digest, every file present);
+    ``[]`` otherwise, so reports never link renders of another run or of variants no longer in it."""
+    import json
+
+    index_path = Path(folder) / RENDERS_INDEX
+    try:
+        index = json.loads(index_path.read_text())
+        files = [Path(folder) / entry["file"] for entry in index["renders"]]
+        digest = index["run_digest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if digest != run.digest or not all(f.is_file() for f in files):
+        return []
+    return files
 
 
 def render_run(run: RunFolder | str | Path, out_dir: Path, diff_row: bool = True, amplify: float = 8.0,
                progress: bool = True) -> list[Path]:
-    """All renders of a run folder into ``out_dir``: per prompt and bit width, the baseline beside every
-    codec at that width (``compare_<bits>_prompt<i>.mp4`` for video; ``spectrograms_<bits>_prompt<i>.png``
-    and ``listen_<bits>_prompt<i>.mp4`` for audio)."""
+    """All renders of a run folder into ``out_dir``: per prompt and true rate, the baseline beside every
+    codec at that rate (``compare_<rate>bps_prompt<i>.mp4`` for video; ``spectrograms_<rate>bps_prompt<i>.png``
+    and ``listen_<rate>bps_prompt<i>.mp4`` for audio), and :data:`RENDERS_INDEX` naming the run they show."""
     from tqdm.auto import tqdm
 
+    from octopus_diffusers.pipelines.run_folder import write_json
+
+    if not (isinstance(amplify, (int, float)) and math.isfinite(amplify) and amplify > 0):
+        raise ValueError(f"amplify must be a finite number > 0, got {amplify!r}")
     run = run if isinstance(run, RunFolder) else RunFolder(run)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = _groups_by_bits(run)
+    groups = rate_groups(run)
     if not groups:
         raise ValueError(f"{run.root}: the run has no quantized variant to compare with the baseline")
-    work = [(bits, names, i) for bits, names in groups for i in range(run.num_prompts)]
+    work = [(rate, names, i) for rate, names in groups for i in range(run.num_prompts)]
     written: list[Path] = []
-    for bits, names, i in tqdm(work, desc="rendering", unit="comparison", disable=not progress):
+    index: list[dict] = []
+    for rate, names, i in tqdm(work, desc="rendering", unit="comparison", disable=not progress):
         for media in run.media:
             base = run.load(BASELINE, i, media)
-            variants = [(name, run.load(name, i, media)) for name in names]
-            stem = f"{bits}_prompt{i}"
+            variants = [(variant_label(run.variant(name)), run.load(name, i, media)) for name in names]
+            stem = f"{rate_label(rate)}_prompt{i}"
             if media == "video":
-                written.append(side_by_side_video(base, variants, out_dir / f"compare_{stem}.mp4",
-                                                  fps=run.manifest["fps"], diff_row=diff_row, amplify=amplify))
+                files = [side_by_side_video(base, variants, out_dir / f"compare_{stem}.mp4",
+                                            fps=run.manifest["fps"], diff_row=diff_row, amplify=amplify)]
             else:
-                rate = run.manifest["sample_rate"]
-                written.append(spectrogram_png(base, variants, rate, out_dir / f"spectrograms_{stem}.png"))
-                written.append(listening_mp4(base, variants, rate, out_dir / f"listen_{stem}.mp4"))
+                sample_rate = run.manifest["sample_rate"]
+                files = [spectrogram_png(base, variants, sample_rate, out_dir / f"spectrograms_{stem}.png"),
+                         listening_mp4(base, variants, sample_rate, out_dir / f"listen_{stem}.mp4")]
+            written += files
+            index += [{"file": f.name, "rate": rate, "prompt": i, "media": media, "variants": names} for f in files]
+    write_json(out_dir / RENDERS_INDEX, {"format": RENDERS_FORMAT, "run_digest": run.digest, "renders": index})
     return written

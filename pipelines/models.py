@@ -26,6 +26,8 @@ class ModelSpec:
     fps: int | None = None
     tiny: str | None = None
     notes: str = ""
+    #: Video height and width must be multiples of this (the pipeline's own ``check_inputs`` rule).
+    size_multiple: int | None = None
 
     @property
     def output_attribute(self) -> str:
@@ -38,29 +40,32 @@ _WAN_NEGATIVE = ("Bright tones, overexposed, static, blurred details, subtitles,
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("wan2.1-t2v-1.3b", "WanPipeline", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "video",
               {"height": 480, "width": 832, "num_frames": 33, "num_inference_steps": 30, "guidance_scale": 5.0},
-              negative_prompt=_WAN_NEGATIVE, fps=16, tiny="wan", notes="12 heads x 128; ~10 GB in bf16"),
+              negative_prompt=_WAN_NEGATIVE, fps=16, tiny="wan", notes="12 heads x 128; ~10 GB in bf16",
+              size_multiple=16),
     ModelSpec("wan2.1-t2v-14b", "WanPipeline", "Wan-AI/Wan2.1-T2V-14B-Diffusers", "video",
               {"height": 480, "width": 832, "num_frames": 33, "num_inference_steps": 30, "guidance_scale": 5.0},
-              negative_prompt=_WAN_NEGATIVE, fps=16, tiny="wan", notes="40 heads x 128; use --cpu-offload below 80 GB"),
+              negative_prompt=_WAN_NEGATIVE, fps=16, tiny="wan", notes="40 heads x 128; use --cpu-offload below 80 GB",
+              size_multiple=16),
     ModelSpec("ltx-video", "LTXPipeline", "Lightricks/LTX-Video", "video",
               {"height": 480, "width": 704, "num_frames": 65, "num_inference_steps": 40},
               negative_prompt="worst quality, inconsistent motion, blurry, jittery, distorted", fps=24,
-              tiny="ltx-video", notes="32 heads x 64"),
+              tiny="ltx-video", notes="32 heads x 64", size_multiple=32),
     ModelSpec("cogvideox-2b", "CogVideoXPipeline", "THUDM/CogVideoX-2b", "video",
               {"height": 480, "width": 720, "num_frames": 49, "num_inference_steps": 50, "guidance_scale": 6.0},
-              fps=8, tiny="cogvideox", notes="joint text+video attention"),
+              fps=8, tiny="cogvideox", notes="joint text+video attention", size_multiple=8),
     ModelSpec("cogvideox-5b", "CogVideoXPipeline", "THUDM/CogVideoX-5b", "video",
               {"height": 480, "width": 720, "num_frames": 49, "num_inference_steps": 50, "guidance_scale": 6.0},
-              fps=8, tiny="cogvideox", notes="48 heads x 64, RoPE"),
+              fps=8, tiny="cogvideox", notes="48 heads x 64, RoPE", size_multiple=8),
     ModelSpec("hunyuanvideo", "HunyuanVideoPipeline", "hunyuanvideo-community/HunyuanVideo", "video",
               {"height": 320, "width": 512, "num_frames": 61, "num_inference_steps": 30},
-              fps=15, tiny="hunyuan-video", notes="24 heads x 128; use --cpu-offload below 80 GB"),
+              fps=15, tiny="hunyuan-video", notes="24 heads x 128; use --cpu-offload below 80 GB",
+              size_multiple=16),
     ModelSpec("mochi", "MochiPipeline", "genmo/mochi-1-preview", "video",
               {"height": 480, "width": 848, "num_frames": 31, "num_inference_steps": 64},
-              fps=30, tiny="mochi"),
+              fps=30, tiny="mochi", size_multiple=8),
     ModelSpec("skyreels-v2-t2v-14b", "SkyReelsV2Pipeline", "Skywork/SkyReels-V2-T2V-14B-540P-Diffusers", "video",
               {"height": 544, "width": 960, "num_frames": 49, "num_inference_steps": 50, "guidance_scale": 6.0},
-              fps=24, tiny="skyreels-v2"),
+              fps=24, tiny="skyreels-v2", size_multiple=16),
     ModelSpec("stable-audio-open", "StableAudioPipeline", "stabilityai/stable-audio-open-1.0", "audio",
               {"audio_end_in_s": 10.0, "num_inference_steps": 100, "guidance_scale": 7.0},
               negative_prompt="Low quality.", tiny="stable-audio", notes="GQA cross-attention, 24 x 64"),

@@ -9,7 +9,7 @@ import torch
 from octopus_diffusers.eval.video_metrics import video_metrics
 from octopus_diffusers.pipelines.run_folder import BASELINE, RunFolder, from_jsonable, to_jsonable
 from octopus_diffusers.pipelines.runner import (RunConfig, RunnerError, check_variants, load_model,
-                                                run_comparison)
+                                                plan_variants, run_comparison)
 from octopus_diffusers.pipelines.tiny import build_tiny_pipeline
 
 MODEL = "wan2.1-t2v-1.3b"
@@ -29,7 +29,7 @@ def tiny_run(tiny_model, tmp_path_factory):
 
 def test_manifest_records_the_run(tiny_run):
     m = tiny_run.manifest
-    assert [v["name"] for v in m["variants"]] == [BASELINE, "none-16b", "octopus-2b", "octopus-4b"]
+    assert [v["name"] for v in m["variants"]] == [BASELINE, "none-fp32", "octopus-2b", "octopus-4b"]
     assert m["model"] == {"name": MODEL, "source": "tiny:wan", "pipeline_class": "WanPipeline", "dtype": "float32",
                           "device": "cpu", "cpu_offload": False}
     assert m["media"] == ["video"] and m["seed"] == 0 and m["steps"] == 2 and m["fps"] == 8
@@ -51,7 +51,7 @@ def test_outputs_are_frames_in_range(tiny_run):
 
 def test_none_is_bit_identical_and_error_falls_with_bits(tiny_run):
     base = tiny_run.load(BASELINE, 0, "video")
-    assert torch.equal(tiny_run.load("none-16b", 0, "video"), base)
+    assert torch.equal(tiny_run.load("none-fp32", 0, "video"), base)
     psnr2 = video_metrics(base, tiny_run.load("octopus-2b", 0, "video"), lpips=False).summary()["psnr"]["mean"]
     psnr4 = video_metrics(base, tiny_run.load("octopus-4b", 0, "video"), lpips=False).summary()["psnr"]["mean"]
     assert psnr4 > psnr2
@@ -114,9 +114,11 @@ def test_out_of_memory_gives_a_hint(tiny_model, tmp_path, monkeypatch):
         run_comparison(tiny_model, RunConfig(codecs=["none"], bits=[16]), tmp_path / "oom", progress=False)
 
 
-def test_fixed_width_codecs_run_once():
+def test_fixed_width_codecs_run_once(tiny_model):
     config = RunConfig(codecs=["none", "fp8", "octopus"], bits=[2, 3])
-    assert config.variants() == [(None, None), ("none", 16), ("fp8", 8), ("octopus", 2), ("octopus", 3)]
+    plan, matching = plan_variants(tiny_model, config)
+    assert [v.name for v in plan] == ["baseline", "none-fp32", "fp8-8b", "octopus-2b", "octopus-3b"]
+    assert plan[1].bits == 32 and matching is None
 
 
 def test_json_keeps_infinite_values_strict():
