@@ -74,6 +74,13 @@ CASES: dict[str, tuple[str, Case]] = {
                                         options={"joint_rounding": False}, max_rel_error=0.05)),
     "octopus-qjl": ("octopus", Case(bits=3, bits_ladder=(2, 3, 4), bad_bits=(0, 8),
                                     options={"qjl_residual": True}, max_rel_error=0.1)),
+    # bits is the target true rate (norm included); shipped codebooks for head_dim 32, 64 and 128. At d=32
+    # a 3-bit vector keeps 2.5 bits per coordinate after its norm: single vectors reach ~0.1 error.
+    "triplet_vq": ("triplet_vq", Case(bits=3, bits_ladder=(1.5, 2, 3, 4, 5), bad_bits=(0, 0.5, 8),
+                                      head_dims=(32, 64, 128), bad_head_dims=(0, 8, 48), max_rel_error=0.1)),
+    "turboquant_mr": ("turboquant_mr", Case(bits=3, bits_ladder=(1.5, 2, 2.5, 3, 4, 6), bad_bits=(0, 0.5, 8),
+                                            head_dims=(32, 64, 128), bad_head_dims=(0, 16, 48),
+                                            max_rel_error=0.1)),
     # QJL decodes to its unbiased inner-product estimator, whose squared error is about (pi/2) / bits.
     "qjl": ("qjl", Case(bits=4, bits_ladder=(1, 2, 4), bad_bits=(0, -1, 0.3), bad_head_dims=(0, 2000),
                         max_rel_error=0.6)),
