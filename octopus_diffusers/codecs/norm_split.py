@@ -3,7 +3,9 @@
 OCTOPUS and TurboQuant (mse and prod) differ only in how they quantize the rotated unit vector ``y``
 into integer fields; the norm split, the rotation, the bit packing (field ``codes``), the float16 norms
 (field ``norms``), the optional QJL residual sketch (fields ``qjl_signs`` / ``qjl_norms``) and the rate
-accounting live here once.
+accounting live here once. A nonzero norm below the norm dtype's normal range (float16: 6.1e-5) is
+refused rather than stored imprecisely or flushed to zero (a zero vector on decode); ``norm_dtype``
+float32 or bfloat16 stores such norms, at a rate :attr:`bits_per_scalar` counts.
 """
 
 from __future__ import annotations
