@@ -210,17 +210,14 @@ class PackedTensor:
             raise CodecError(f"{path}: cannot move the packed tensor to device {device!r} ({error})") from error
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
 def _checksum(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the header (without the checksum) and every field's name, dtype, shape and bytes."""
     h = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name]
         h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
-        h.update(_tensor_bytes(t))
+        if t.numel():
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())  # the raw bytes, no copy
     return h.hexdigest()
 
 
