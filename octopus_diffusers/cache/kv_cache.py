@@ -101,8 +101,8 @@ def policy_codec(policy: CachePolicy, head_dim: int, bits: float) -> Codec:
             return exact_codec(head_dim, torch.float16)  # the dtype is chosen per tensor: see _codec_for
         return get_codec(policy.codec, head_dim, bits, seed=policy.seed, **policy.codec_options)
     except (CodecError, TypeError) as exc:
-        raise CodecError(f"KV cache: codec {policy.codec!r} at {bits:g} bits cannot take head_dim {head_dim}: "
-                         f"{exc}") from exc
+        raise CodecError(f"KV cache: codec {policy.codec!r} cannot be built for head_dim {head_dim} at {bits:g} "
+                         f"bits: {exc}") from exc
 
 
 def _use_kernels(codec: Codec, device: torch.device) -> bool:

@@ -68,7 +68,7 @@ def test_foreign_phase_enum_and_errors():
         backend.compress_span(k, v, span=(0, 12), phase="prefill", config=config)
     with pytest.raises(CodecError, match="another backend instance"):
         OctopusKVStorageBackend(head_dim=64).decompress_span(payload, phase="denoise")
-    with pytest.raises(CodecError, match="cannot take head_dim"):
+    with pytest.raises(CodecError, match="cannot be built for head_dim 6"):
         OctopusKVStorageBackend(head_dim=6).compress_span(*[t[..., :6] for t in _kv()], span=(0, 12),
                                                           phase="finalize_clean_kv",
                                                           config=KVCompressionConfig(backend="polarquant"))

@@ -46,7 +46,7 @@ def test_policy_errors():
         CachePolicy(codec="zip")
     with pytest.raises(CacheError, match="local_attn_size 4 frames cannot hold"):
         CompressedKVCache(LAYERS, HEADS, DIM, FRAME_TOKENS, CHUNK, CachePolicy(local_attn_size=4))
-    with pytest.raises(CodecError, match="cannot take head_dim 3"):
+    with pytest.raises(CodecError, match="cannot be built for head_dim 3"):
         CompressedKVCache(LAYERS, HEADS, 3, FRAME_TOKENS, CHUNK, CachePolicy(codec="polarquant", bits=3))
 
 

@@ -1,0 +1,163 @@
+"""KV-cache bytes of Wan2.1-1.3B causal generation (Self-Forcing / CausVid) at real size, by the cache's own
+accounting (:func:`~.kv_cache.estimate_cache_bytes`: the policy plan and each codec's packed sizes).
+
+30 blocks x 12 heads x 128, 1,560 tokens per latent frame (480x832), chunks of 3 latent frames, 512
+text tokens, bf16 K/V; the default policy (first chunk and newest chunk exact, text K/V compressed)
+and a full cache (no rolling window). Video frames F map to latent frames 1 + (F - 1) / 4, rounded up to
+whole chunks. "Frames that fit" is the longest video whose cache plus the transformer's bf16 weights
+fit in the budget (activations and the VAE not counted, so real limits are lower)::
+
+    python -m octopus_diffusers.cache.memory --out docs/autoregressive/memory.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from octopus_diffusers.codecs import CodecError, available_codecs
+
+from .kv_cache import CacheError, estimate_cache_bytes
+from .policy import CachePolicy
+
+#: Wan2.1-T2V-1.3B (the base of Self-Forcing, CausVid, Causal Forcing).
+WAN_1_3B = {"num_layers": 30, "num_heads": 12, "head_dim": 128, "frame_tokens": 1560, "chunk_frames": 3}
+WAN_1_3B_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                       out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                       qk_norm="rms_norm_across_heads", eps=1e-6)
+VIDEO_FRAMES = (81, 161, 321)
+BUDGETS_GB = (24, 80, 141)
+BITS = (2, 3, 4)
+TEXT_TOKENS = 512
+
+
+def latent_frames(video_frames: int, chunk_frames: int = 3) -> int:
+    """Latent frames of a Wan video (4x temporal compression), rounded up to whole chunks."""
+    latent = 1 + math.ceil((video_frames - 1) / 4)
+    return chunk_frames * math.ceil(latent / chunk_frames)
+
+
+def video_frames(latent: int) -> int:
+    return 4 * (latent - 1) + 1
+
+
+def weight_bytes() -> int:
+    """bf16 bytes of the Wan2.1-1.3B transformer's parameters (counted on the meta device)."""
+    from diffusers import WanTransformer3DModel
+
+    with torch.device("meta"):
+        model = WanTransformer3DModel(**WAN_1_3B_CONFIG)
+    return 2 * sum(p.numel() for p in model.parameters())
+
+
+def cache_bytes(policy: CachePolicy, latent: int) -> dict[str, Any]:
+    return estimate_cache_bytes(**WAN_1_3B, num_frames=latent, policy=policy, text_tokens=TEXT_TOKENS)
+
+
+def frames_that_fit(policy: CachePolicy, budget: int) -> int:
+    """Longest video (frames) whose cache fits in ``budget`` bytes, from the per-chunk growth of the cache
+    (linear once past the exact sink and newest chunks; checked on a third point)."""
+    chunk = WAN_1_3B["chunk_frames"]
+    n0 = max(1, policy.sink_chunks + policy.keep_newest + (len(policy.bits_by_age) if policy.bits_by_age else 1))
+    b0, b1, b2 = (cache_bytes(policy, chunk * n)["nbytes"] for n in (n0, n0 + 1, n0 + 2))
+    delta = b1 - b0
+    if b2 - b1 != delta or delta <= 0:
+        raise CacheError(f"cache growth is not linear past {n0} chunks ({b0}, {b1}, {b2})")
+    if cache_bytes(policy, chunk)["nbytes"] > budget:
+        return 0
+    if b0 > budget:
+        n = max(n for n in range(1, n0 + 1) if cache_bytes(policy, chunk * n)["nbytes"] <= budget)
+    else:
+        n = n0 + (budget - b0) // delta
+    return video_frames(chunk * n)
+
+
+#: Policies of the table: the default (exact sink and newest chunk) and everything compressed.
+POLICIES = {"default": {}, "all compressed": {"sink_chunks": 0, "keep_newest": 0}}
+
+
+def table(codecs: list[str] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """One row per (policy, codec, bits): true bits, bytes at :data:`VIDEO_FRAMES`, frames that fit per
+    budget. fp8 has one rate (8 bits); a codec that cannot be built gets a row with its error."""
+    weights = weight_bytes()
+    rows = []
+    names = codecs or [c for c in available_codecs() if c != "none"]
+    configs = [("default", "none", 16)] + [(p, c, b) for p in POLICIES for c in names
+                                            for b in ((8,) if c == "fp8" else BITS)]
+    for policy_name, codec, bits in configs:
+        row: dict[str, Any] = {"policy": policy_name, "codec": "bf16 (none)" if codec == "none" else codec, "bits": bits}
+        try:
+            policy = CachePolicy(codec=codec, bits=bits, **POLICIES[policy_name])
+            for frames in VIDEO_FRAMES:
+                est = cache_bytes(policy, latent_frames(frames))
+                row[f"bytes_{frames}"] = est["nbytes"]
+                row[f"bf16_{frames}"] = est["bf16_nbytes"]
+                row[f"bits_{frames}"] = est["bits_per_scalar"]
+            for gb in BUDGETS_GB:
+                row[f"fit_{gb}"] = frames_that_fit(policy, gb * 10**9 - weights)
+        except (CodecError, TypeError, ValueError) as exc:
+            row["error"] = str(exc).splitlines()[0][:120]
+        rows.append(row)
+    return rows, weights
+
+
+def markdown(rows: list[dict[str, Any]], weights: int, command: str) -> str:
+    import diffusers
+
+    from octopus_diffusers.eval.rd_report import _git_commit
+
+    gb = lambda n: f"{n / 1e9:.2f}"  # noqa: E731
+    lines = ["# KV-cache memory of Wan2.1-1.3B causal generation (Self-Forcing / CausVid)", "",
+             "Computed by the cache's own accounting (`octopus_diffusers.cache.estimate_cache_bytes`: the policy's "
+             "plan and each codec's packed bytes, tested equal to the bytes a `CompressedKVCache` stores). "
+             "30 blocks x 12 heads x 128, 1,560 tokens per latent frame (480x832), chunks of 3 latent frames, "
+             "512 text tokens, bf16 K/V, batch 1, full cache (no rolling window). Policy: first chunk (sink) and "
+             "newest chunk exact, text cross-attention K/V compressed with the same codec. Video frames F -> "
+             "latent frames 1 + (F-1)/4 rounded up to whole chunks (81 -> 21, 161 -> 42, 321 -> 81).", "",
+             f"*True bits/scalar* counts every byte held (exact chunks, text K/V, codes, norms). *Frames that fit*: "
+             f"the longest video whose cache plus the transformer's bf16 weights ({gb(weights)} GB) fit; "
+             "activations, the VAE and the text encoder are not counted, so real limits are lower. Self-Forcing "
+             "was trained on 21 latent frames: lengths past that are memory figures, not a quality claim.", "",
+             f"Command: `{command}`  ", f"Commit: {_git_commit()}; torch {torch.__version__}, diffusers "
+             f"{diffusers.__version__}, Python {platform.python_version()}.", "",
+             "| policy | codec | nominal bits | true bits/scalar (81 f) | GB at 81 f | GB at 161 f | GB at 321 f | x vs bf16 (321 f) "
+             "| frames in 24 GB | frames in 80 GB | frames in 141 GB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    failed = [r for r in rows if "error" in r]
+    for r in rows:
+        if "error" in r:
+            continue
+        lines.append(f"| {r['policy']} | {r['codec']} | {r['bits']:g} | {r['bits_81']:.3f} | {gb(r['bytes_81'])} | {gb(r['bytes_161'])} "
+                     f"| {gb(r['bytes_321'])} | {r['bf16_321'] / r['bytes_321']:.2f} | {r['fit_24']:,} | {r['fit_80']:,} "
+                     f"| {r['fit_141']:,} |")
+    if failed:
+        lines += ["", "Not in the table (the codec could not be built at this commit):", ""]
+        lines += sorted({f"- {r['codec']}: {r['error']}" for r in failed})
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Wan2.1-1.3B KV-cache bytes per codec at real size")
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file to write (default: print)")
+    parser.add_argument("--codecs", nargs="+", default=None)
+    args = parser.parse_args(argv)
+    rows, weights = table(args.codecs)
+    command = "python -m octopus_diffusers.cache.memory" + (f" --out {args.out}" if args.out else "") + \
+        (f" --codecs {' '.join(args.codecs)}" if args.codecs else "")
+    text = markdown(rows, weights, command)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
