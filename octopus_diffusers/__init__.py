@@ -1,25 +1,44 @@
-"""octopus-diffusers: OCTOPUS and peer KV codecs for diffusers video and audio transformers."""
+"""octopus-diffusers: OCTOPUS and peer KV codecs for diffusers video and audio transformers.
+
+The names below are the real objects of :mod:`.codecs` and :mod:`.processors`, imported on first
+access (PEP 562), so that ``import octopus_diffusers`` stays light and a broken optional stack (the
+audio one) cannot take down an unrelated path.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
-
-from .codecs import Codec, CodecError, PackedTensor, available_codecs, get_codec
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .processors import QuantizedAttentionHandle
+    from .codecs import Codec, CodecError, PackedTensor, available_codecs, get_codec
+    from .processors import QuantizedAttentionHandle, quantize_attention
+
+#: Public name -> the submodule that defines it.
+_EXPORTS: dict[str, str] = {
+    "quantize_attention": "processors", "QuantizedAttentionHandle": "processors",
+    "get_codec": "codecs", "available_codecs": "codecs", "Codec": "codecs", "CodecError": "codecs",
+    "PackedTensor": "codecs",
+}
+
+#: Subpackages reachable as attributes (``octopus_diffusers.codecs``), imported on first access.
+_SUBPACKAGES = ("codecs", "processors", "kernels", "pipelines", "eval")
+
+__all__ = ["quantize_attention", "QuantizedAttentionHandle", "get_codec", "available_codecs", "Codec", "CodecError",
+           "PackedTensor", "__version__"]
 
 
-def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float = 3, **kwargs: Any
-                       ) -> "QuantizedAttentionHandle":
-    """Quantize the attention K/V of a diffusers pipeline or transformer; see
-    :func:`octopus_diffusers.processors.quantize_attention`."""
-    from .processors import quantize_attention as _quantize_attention
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value  # later reads skip this function
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")  # the import binds the attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    return _quantize_attention(pipe_or_model, codec=codec, bits=bits, **kwargs)
 
-
-__all__ = ["Codec", "CodecError", "PackedTensor", "available_codecs", "get_codec", "quantize_attention",
-           "__version__"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBPACKAGES))

@@ -1,33 +1,57 @@
 """Quantized diffusers attention processors and :func:`quantize_attention`.
 
-Importing this package registers every family's processors (``diffusers processor class ->
-quantized class``); see :mod:`.base` for the one interception mechanism they share. A new family is
-a module defining a ``QuantizedAttnProcessorBase`` subclass decorated with
-``@register_quantized_processor``, imported here; :mod:`.streams` holds the adapters for processors
-whose attention calls do not map one-to-one onto streams.
+:mod:`.base` holds the one interception mechanism every family shares and the family registry
+(:data:`~.base.FAMILIES`, diffusers processor class name -> ``"module:Class"``). Family modules are
+imported on first use -- when a model running their processor is hooked, or when one of their classes
+is read from this package (``from octopus_diffusers.processors import QuantizedWanAttnProcessor``) --
+so that importing this package or hooking a video model imports no audio family. A new family is a
+module defining a ``QuantizedAttnProcessorBase`` subclass decorated with
+``@register_quantized_processor`` (and, for a built-in one, an entry in ``FAMILIES``);
+:mod:`.streams` holds the adapters for processors whose attention calls do not map one-to-one onto
+streams.
 """
 
 from __future__ import annotations
 
-from .api import QuantizedAttentionHandle, attention_modules, denoisers, quantize_attention
-from .audioldm2 import QuantizedAttnProcessor2_0
-from .base import (DirectSDPAProcessor, QuantizedAttnProcessorBase, quantized_processor_class,
-                   register_quantized_processor, registered_processors)
-from .cogvideox import QuantizedCogVideoXAttnProcessor
-from .hunyuan import QuantizedHunyuanVideoAttnProcessor
-from .kv import ForwardState, KVCodecSpec, KVQuantizer, KVStats, PromptKey, StreamSpec
-from .ltx import QuantizedLTXVideoAttnProcessor
-from .ltx2 import QuantizedLTX2AudioVideoAttnProcessor, QuantizedLTX2PerturbedAttnProcessor
-from .mochi import QuantizedMochiAttnProcessor
-from .stable_audio import QuantizedStableAudioAttnProcessor
-from .streams import JointSplit, StreamAdapter
-from .wan import QuantizedSkyReelsV2AttnProcessor, QuantizedWanAttnProcessor
+import importlib
+from typing import TYPE_CHECKING, Any
 
+from .api import QuantizedAttentionHandle, attention_modules, denoisers, quantize_attention
+from .base import (FAMILIES, DirectSDPAProcessor, QuantizedAttnProcessorBase, quantized_processor_class,
+                   register_quantized_processor, registered_processors, supported_processor_names)
+from .cache import ForwardState, PromptCache, StepCounter
+from .kv import KVCodecSpec, KVQuantizer, KVStats, StreamSpec
+from .streams import JointSplit, StreamAdapter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .audioldm2 import QuantizedAttnProcessor2_0
+    from .cogvideox import QuantizedCogVideoXAttnProcessor
+    from .hunyuan import QuantizedHunyuanVideoAttnProcessor
+    from .ltx import QuantizedLTXVideoAttnProcessor
+    from .ltx2 import QuantizedLTX2AudioVideoAttnProcessor, QuantizedLTX2PerturbedAttnProcessor
+    from .mochi import QuantizedMochiAttnProcessor
+    from .stable_audio import QuantizedStableAudioAttnProcessor
+    from .wan import QuantizedSkyReelsV2AttnProcessor, QuantizedWanAttnProcessor
+
+#: Family classes readable from this package: class name -> family module (imported on access).
+_FAMILY_CLASSES: dict[str, str] = {entry.split(":")[1]: entry.split(":")[0] for entry in FAMILIES.values()}
+
+
+def __getattr__(name: str) -> Any:
+    """PEP 562: import a family module when one of its classes is first read from this package."""
+    if name in _FAMILY_CLASSES:
+        value = getattr(importlib.import_module(f"{__name__}.{_FAMILY_CLASSES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FAMILY_CLASSES))
+
+
+# Family classes are left out of __all__ on purpose: `import *` would import every family.
 __all__ = ["quantize_attention", "QuantizedAttentionHandle", "QuantizedAttnProcessorBase", "DirectSDPAProcessor",
-           "StreamAdapter", "JointSplit", "KVQuantizer",
-           "KVCodecSpec", "KVStats", "StreamSpec", "PromptKey", "ForwardState", "register_quantized_processor",
-           "quantized_processor_class", "registered_processors", "attention_modules", "denoisers",
-           "QuantizedWanAttnProcessor", "QuantizedSkyReelsV2AttnProcessor", "QuantizedLTXVideoAttnProcessor",
-           "QuantizedLTX2AudioVideoAttnProcessor", "QuantizedLTX2PerturbedAttnProcessor",
-           "QuantizedHunyuanVideoAttnProcessor", "QuantizedCogVideoXAttnProcessor", "QuantizedMochiAttnProcessor",
-           "QuantizedStableAudioAttnProcessor", "QuantizedAttnProcessor2_0"]
+           "StreamAdapter", "JointSplit", "KVQuantizer", "KVCodecSpec", "KVStats", "StreamSpec", "ForwardState",
+           "PromptCache", "StepCounter", "FAMILIES", "register_quantized_processor", "quantized_processor_class",
+           "registered_processors", "supported_processor_names", "attention_modules", "denoisers"]

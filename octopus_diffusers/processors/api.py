@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import fnmatch
+import re
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
 
 from ..codecs import Codec, CodecError
-from .base import QuantizedAttnProcessorBase, quantized_processor_class, registered_processors
-from .kv import ForwardState, KVCodecSpec, KVQuantizer, KVStats, raise_if_nonfinite
+from .base import QuantizedAttnProcessorBase, quantized_processor_class, supported_processor_names
+from .cache import ForwardState, StepCounter
+from .kv import KVCodecSpec, KVQuantizer, KVStats, StreamSpec, check_flag, raise_if_nonfinite
 
-#: Pipeline components that hold the denoiser (Wan 2.2 has two transformers), in this order.
-DENOISER_COMPONENTS = ("transformer", "transformer_2", "unet")
+#: Pipeline components that hold a denoiser: ``transformer``, ``unet`` and their numbered siblings
+#: (Wan 2.2's ``transformer_2``), in the pipeline's component order.
+DENOISER_COMPONENT = re.compile(r"(transformer|unet)(_\d+)?")
 
-#: Marks an attention module whose processor a handle replaced (hooking twice is refused).
+#: Marks an attention module whose processor a handle replaced (a weak reference to that handle;
+#: hooking twice is refused).
 _HOOK_ATTRIBUTE = "_octopus_quantized_by"
 
 
@@ -42,16 +48,18 @@ class _Target:
 
 
 def denoisers(pipe_or_model: Any) -> list[tuple[str, torch.nn.Module]]:
-    """The models to hook: a pipeline's transformer(s)/UNet (never its VAE or text encoders), or the
-    model itself."""
+    """The models to hook: every denoiser of a pipeline (its ``transformer`` / ``unet`` components and
+    their numbered siblings, never its VAE or text encoders), or the model itself."""
     if isinstance(pipe_or_model, torch.nn.Module):
         return [(type(pipe_or_model).__name__, pipe_or_model)]
-    if hasattr(pipe_or_model, "components"):
-        found = [(n, getattr(pipe_or_model, n)) for n in DENOISER_COMPONENTS
-                 if isinstance(getattr(pipe_or_model, n, None), torch.nn.Module)]
+    components = getattr(pipe_or_model, "components", None)
+    if isinstance(components, dict):
+        found = [(n, m) for n, m in components.items()
+                 if DENOISER_COMPONENT.fullmatch(n) and isinstance(m, torch.nn.Module)]
         if not found:
-            raise ValueError(f"{type(pipe_or_model).__name__} has none of the denoiser components "
-                             f"{DENOISER_COMPONENTS}; pass the transformer itself")
+            raise ValueError(f"{type(pipe_or_model).__name__} has no denoiser component (transformer, unet, "
+                             f"transformer_2, ...; it has {', '.join(components) or 'none'}); pass the "
+                             "transformer itself")
         return found
     raise TypeError(f"quantize_attention takes a diffusers pipeline or a torch.nn.Module, got "
                     f"{type(pipe_or_model).__name__}")
@@ -114,20 +122,35 @@ class QuantizedAttentionHandle:
             s.reset()
 
     # ---- undo -------------------------------------------------------------------------------------
-    def restore(self) -> None:
-        """Put the original processor objects back (the same objects) and remove the hooks."""
+    def restore(self) -> dict[str, list[str]]:
+        """Put the original processor objects back (the same objects) and remove the forward hooks.
+
+        A module whose processor was replaced by hand after hooking keeps that processor: it is not
+        this handle's to undo. Such modules are named in a warning and in the returned summary
+        (``{"restored": [...], "left_in_place": [...]}``, report labels); the model is released either
+        way, so a new :func:`quantize_attention` can hook it."""
         if self.restored:
             raise RuntimeError("this QuantizedAttentionHandle was already restored")
+        restored, left = [], []
         for h in self._hooked:
-            if h.module.processor is not h.replacement:
-                raise RuntimeError(f"{h.name}: its processor was replaced after quantize_attention "
-                                   f"({type(h.module.processor).__name__}); not restoring over it")
-        for h in self._hooked:
-            _set_processor(h.module, h.original)
-            delattr(h.module, _HOOK_ATTRIBUTE)
+            current = h.module.processor
+            if current is h.replacement:
+                _set_processor(h.module, h.original)
+                restored.append(h.name)
+            elif current is h.original:  # put back by hand
+                restored.append(h.name)
+            else:
+                left.append(f"{h.name} ({type(current).__name__})")
+            marker = getattr(h.module, _HOOK_ATTRIBUTE, None)
+            if marker is not None and marker() is self:
+                delattr(h.module, _HOOK_ATTRIBUTE)
         for hook in self._hooks:
             hook.remove()
         self.restored = True
+        if left:
+            warnings.warn(f"restore(): {len(left)} attention module(s) had their processor replaced after "
+                          f"quantize_attention and keep it: {', '.join(left)}", RuntimeWarning, stacklevel=2)
+        return {"restored": restored, "left_in_place": left}
 
     def __enter__(self) -> "QuantizedAttentionHandle":
         return self
@@ -159,69 +182,133 @@ def block_index(name: str) -> int | None:
     return None
 
 
-def layer_selector(layers: Any) -> Callable[[str], bool]:
-    """``layers``: None (all), block indices, ``fnmatch`` patterns on module names, or a predicate."""
-    if layers is None:
-        return lambda name: True
-    if callable(layers):
-        return layers
-    if isinstance(layers, (int, str)):
-        layers = [layers]
-    items = list(layers)
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, str)):
-            raise TypeError(f"layers: expected block indices or name patterns, got {item!r}")
+class LayerSelection:
+    """``layers`` of :func:`quantize_attention`: None (all), block indices, ``fnmatch`` patterns on module
+    names, or a predicate on the name. Remembers which entries matched, so that an entry matching
+    nothing (``layers=[0, 99]``, a misspelled name) is an error rather than silently ignored."""
 
-    def select(name: str) -> bool:
+    def __init__(self, layers: Any) -> None:
+        self.predicate: Callable[[str], bool] | None = None
+        self.items: list[int | str] | None = None
+        if layers is None:
+            return
+        if callable(layers):
+            self.predicate = layers
+            return
+        if isinstance(layers, (int, str)):
+            layers = [layers]
+        try:
+            items = list(layers)
+        except TypeError:
+            raise TypeError(f"layers: expected block indices, name patterns or a predicate, got {layers!r}") from None
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, str)):
+                raise TypeError(f"layers: expected block indices or name patterns, got {item!r}")
+        if not items:
+            raise ValueError("layers is empty: pass None for every attention module")
+        self.items = items
+        self._matched: set[int] = set()
+
+    def __call__(self, name: str) -> bool:
+        if self.predicate is not None:
+            return bool(self.predicate(name))
+        if self.items is None:
+            return True
         index = block_index(name)
-        return any((isinstance(i, int) and i == index) or (isinstance(i, str) and fnmatch.fnmatchcase(name, i))
-                   for i in items)
-    return select
+        hits = [i for i, item in enumerate(self.items)
+                if (isinstance(item, int) and item == index) or (isinstance(item, str) and fnmatch.fnmatchcase(name, item))]
+        self._matched.update(hits)
+        return bool(hits)
+
+    def check_every_entry_matched(self, names: Iterable[str]) -> None:
+        """ValueError naming the entries that matched none of ``names`` (every module seen), with the valid
+        block indices and module names."""
+        if self.items is None:
+            return
+        unknown = [item for i, item in enumerate(self.items) if i not in self._matched]
+        if not unknown:
+            return
+        names = list(names)
+        indices = sorted({i for i in map(block_index, names) if i is not None})
+        patterns = sorted(dict.fromkeys(re.sub(r"(^|\.)\d+(?=\.|$)", r"\1*", n) for n in names))
+        raise ValueError(f"layers: {', '.join(map(repr, unknown))} match(es) no attention module; block indices are "
+                         f"{_ranges(indices) or 'none'}, module names {', '.join(patterns)} (* = block index)")
 
 
-def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float = 3, key_bits: float | None = None,
-                       value_bits: float | None = None, self_attention: bool = True, cross_attention: bool = True,
+def _ranges(values: list[int]) -> str:
+    """Sorted ints as runs: ``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float | None = None,
+                       key_bits: float | None = None, value_bits: float | None = None, self_attention: bool = True,
+                       cross_attention: bool = True,
                        layers: Iterable[int | str] | Callable[[str], bool] | int | str | None = None,
                        full_precision_steps: int = 0, seed: int = 0, cache_cross_attention: bool = True,
                        exact_gpu_codes: bool = False, **codec_options: Any) -> QuantizedAttentionHandle:
     """Quantize the attention K/V of a diffusers pipeline's denoiser(s) or of a transformer.
 
     K (after qk-norm and RoPE) and V are encoded with ``codec`` at ``key_bits`` / ``value_bits``
-    (default ``bits``) right before each attention call, which then runs as in diffusers.
-    ``self_attention`` governs self- and joint-attention streams, ``cross_attention`` the
-    cross-attention ones; ``layers`` selects block indices, ``fnmatch`` patterns on module names
-    (inside each denoiser), or takes a predicate on the name. Report labels are those module names,
-    prefixed with the pipeline component when a pipeline has several denoisers (Wan 2.2).
-    ``full_precision_steps`` leaves the first denoising steps unquantized. ``cache_cross_attention``
-    keeps step-invariant cross-attention K/V compressed and reuses them across steps (see
-    :mod:`octopus_diffusers.processors.kv` for the keying rule).
+    (default ``bits``; ``bits=None`` is the codec's default rate: 3 bits for OCTOPUS and TurboQuant,
+    the stored width for ``none`` and ``fp8``, see :func:`~.kv.default_bits`) right before each
+    attention call, which then runs as in diffusers. Every denoiser of a pipeline is hooked
+    (``transformer``, Wan 2.2's ``transformer_2``, ``unet``, ...). ``self_attention`` governs self- and
+    joint-attention streams, ``cross_attention`` the cross-attention ones; ``layers`` selects block
+    indices, ``fnmatch`` patterns on module names (inside each denoiser; an entry matching no module
+    is an error), or takes a predicate on the name. Report labels are those module names, prefixed
+    with the pipeline component when a pipeline has several denoisers (Wan 2.2).
+    ``full_precision_steps`` leaves the first denoising steps of each pipeline call unquantized,
+    counted over all its denoisers together (:mod:`~octopus_diffusers.processors.cache`).
+    ``cache_cross_attention`` keeps step-invariant cross-attention K/V compressed and reuses them
+    across steps while the conditioning is unchanged (compared by content, see the same module).
     ``exact_gpu_codes`` makes the CUDA encode repeat the reference's float32 arithmetic (codes equal
     the reference codec's run on the same device, about half the speed); by default fp16/bf16 K/V are
     encoded by the fused-rotation kernel, whose codes differ only at float near-ties
     (:meth:`KVQuantizer.fused_rotation <octopus_diffusers.processors.kv.KVQuantizer.fused_rotation>`).
-    Only the denoiser's attention modules are touched; nothing global is patched.
+    Only the denoisers' attention modules are touched; nothing global is patched. Every argument is
+    checked before any module is touched.
     """
-    if isinstance(full_precision_steps, bool) or not isinstance(full_precision_steps, int) or full_precision_steps < 0:
+    if isinstance(full_precision_steps, bool) or not isinstance(full_precision_steps, int):
+        raise TypeError(f"full_precision_steps must be an int >= 0, got {full_precision_steps!r}")
+    if full_precision_steps < 0:
         raise ValueError(f"full_precision_steps must be an int >= 0, got {full_precision_steps!r}")
-    if not isinstance(exact_gpu_codes, bool):
-        raise TypeError(f"exact_gpu_codes must be a bool, got {exact_gpu_codes!r}")
-    spec = KVCodecSpec(codec, bits if key_bits is None else key_bits, bits if value_bits is None else value_bits,
-                       int(seed), dict(codec_options), exact_gpu_codes)
+    for name, flag in (("self_attention", self_attention), ("cross_attention", cross_attention),
+                       ("cache_cross_attention", cache_cross_attention)):
+        check_flag(name, flag)
+    spec = KVCodecSpec.resolve(codec, bits, key_bits, value_bits, seed, codec_options, exact_gpu_codes)
     models = denoisers(pipe_or_model)
-    targets = _targets(models, layer_selector(layers))
+    selection = LayerSelection(layers)
+    targets = _targets(models, selection)
+
+    # Which streams are quantized, and which denoisers' pre-hooks have to give prompt ids / steps.
+    chosen: dict[int, list[StreamSpec | None]] = {}
+    cached_inputs: dict[int, dict[str, None]] = {id(model): {} for _, model in models}
+    for target in targets:
+        streams = [stream if (cross_attention if stream.kind == "cross" else self_attention) else None
+                   for stream in target.quantized_class.streams(target.module, target.name, target.model)]
+        chosen[id(target)] = streams
+        if cache_cross_attention and any(s is not None and s.cacheable for s in streams):
+            cached_inputs[id(target.model)].update(dict.fromkeys(target.quantized_class.prompt_inputs))
+    # One step counter for the whole pipeline: Wan 2.2's two transformers take turns within a call.
+    steps = StepCounter(None if isinstance(pipe_or_model, torch.nn.Module) else pipe_or_model) \
+        if full_precision_steps > 0 else None
+    states = {id(model): ForwardState(tuple(cached_inputs[id(model)]), steps) for _, model in models}
 
     # Build everything first, so that a bad codec/bits/head_dim leaves the model untouched.
-    states = {id(model): ForwardState(_prompt_inputs(model, targets), track_steps=full_precision_steps > 0)
-              for _, model in models}
     hooked: list[_Hooked] = []
     quantizers: list[KVQuantizer] = []
     by_model: dict[int, list[KVQuantizer]] = {}  # the quantizers of each denoiser, for its finite-check hook
-    needs_state: set[int] = set()  # models whose forward pre-hook some quantizer reads
     for target in targets:
         heads, kv_heads, head_dim = target.quantized_class.head_sizes(target.module)
         layer_quantizers: list[KVQuantizer | None] = []
-        for stream in target.quantized_class.streams(target.module, target.name, target.model):
-            if not (cross_attention if stream.kind == "cross" else self_attention):
+        for stream in chosen[id(target)]:
+            if stream is None:
                 layer_quantizers.append(None)
                 continue
             cache = cache_cross_attention and stream.cacheable
@@ -230,9 +317,7 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
                             *_codecs(spec, head_dim, len(quantizers), target.label),
                             state=states[id(target.model)] if uses_state else None,
                             full_precision_steps=full_precision_steps, cache=cache,
-                            exact_gpu_codes=exact_gpu_codes)
-            if uses_state:
-                needs_state.add(id(target.model))
+                            exact_gpu_codes=spec.exact_gpu_codes)
             layer_quantizers.append(q)
             quantizers.append(q)
             by_model.setdefault(id(target.model), []).append(q)
@@ -241,25 +326,30 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float =
         original = target.module.processor
         replacement = target.quantized_class(spec.codec, key_bits=spec.key_bits, value_bits=spec.value_bits,
                                              seed=spec.seed, original=original,
-                                             exact_gpu_codes=exact_gpu_codes, **spec.options)
+                                             exact_gpu_codes=spec.exact_gpu_codes, **spec.options)
         replacement.bind(target.module, layer_quantizers)
         hooked.append(_Hooked(target.label, target.module, original, replacement))
     if not hooked:
         raise ValueError("nothing to quantize: the self_attention / cross_attention / layers selection matched no "
                          "attention call")
 
-    hooks = [model.register_forward_pre_hook(states[id(model)].pre_hook, with_kwargs=True)
-             for _, model in models if id(model) in needs_state]
+    # Pre-hooks: on every denoiser when steps are counted (the counter must see every step), else where
+    # a cache needs prompt ids.
+    needs_state = [model for _, model in models
+                   if steps is not None or (states[id(model)].prompt_inputs and id(model) in by_model)]
+    hooks = [model.register_forward_pre_hook(states[id(model)].pre_hook, with_kwargs=True) for model in needs_state]
     for _, model in models:
         own = by_model.get(id(model), [])
         for q in own:
             q.defer_finite_check = True
         if own:
             hooks.append(model.register_forward_hook(_finite_check_hook(own)))
+    handle = QuantizedAttentionHandle(hooked, quantizers, hooks, [states[id(m)] for m in needs_state], spec)
+    marker = weakref.ref(handle)
     for h in hooked:
         _set_processor(h.module, h.replacement)
-        setattr(h.module, _HOOK_ATTRIBUTE, True)
-    return QuantizedAttentionHandle(hooked, quantizers, hooks, [states[k] for k in needs_state], spec)
+        setattr(h.module, _HOOK_ATTRIBUTE, marker)
+    return handle
 
 
 def _finite_check_hook(quantizers: list[KVQuantizer]) -> Callable[..., None]:
@@ -271,14 +361,16 @@ def _finite_check_hook(quantizers: list[KVQuantizer]) -> Callable[..., None]:
     return hook
 
 
-def _targets(models: list[tuple[str, torch.nn.Module]], select: Callable[[str], bool]) -> list[_Target]:
-    """The selected attention modules of every denoiser, after checking that each has a quantized
-    counterpart and none is hooked already."""
+def _targets(models: list[tuple[str, torch.nn.Module]], select: LayerSelection) -> list[_Target]:
+    """The selected attention modules of every denoiser, after checking that every ``layers`` entry
+    matched a module, each selected module has a quantized counterpart and none is hooked already."""
     targets: list[_Target] = []
+    every_name: list[str] = []
     for model_name, model in models:
         all_modules = attention_modules(model)
         if not all_modules:
             raise ValueError(f"{type(model).__name__} ({model_name}) has no attention modules to quantize")
+        every_name += [n for n, _ in all_modules]
         modules = [(n, m) for n, m in all_modules if select(n)]
         _check_supported(model, modules)
         for name, module in modules:
@@ -287,6 +379,7 @@ def _targets(models: list[tuple[str, torch.nn.Module]], select: Callable[[str], 
                                    "before hooking again")
             label = f"{model_name}.{name}" if len(models) > 1 else name
             targets.append(_Target(model, name, label, module, quantized_processor_class(type(module.processor))))
+    select.check_every_entry_matched(every_name)
     return targets
 
 
@@ -298,15 +391,10 @@ def _check_supported(model: torch.nn.Module, modules: list[tuple[str, torch.nn.M
                                                                                  QuantizedAttnProcessorBase):
             missing.setdefault(type(m.processor).__name__, n)
     if missing:
-        known = ", ".join(sorted(c.__name__ for c in registered_processors()))
+        known = ", ".join(supported_processor_names())
         found = ", ".join(f"{cls} (e.g. {n})" for cls, n in sorted(missing.items()))
         raise TypeError(f"cannot hook {type(model).__name__}: attention processor(s) {found} have no quantized "
                         f"counterpart; supported: {known}. Exclude those modules with `layers=`.")
-
-
-def _prompt_inputs(model: torch.nn.Module, targets: list[_Target]) -> tuple[str, ...]:
-    """The forward arguments of ``model`` that its hooked processors' cacheable K/V depend on."""
-    return tuple(dict.fromkeys(i for t in targets if t.model is model for i in t.quantized_class.prompt_inputs))
 
 
 def _codecs(spec: KVCodecSpec, head_dim: int, index: int, label: str) -> tuple[Codec, Codec]:
@@ -317,4 +405,4 @@ def _codecs(spec: KVCodecSpec, head_dim: int, index: int, label: str) -> tuple[C
         raise type(err)(f"{label}: {err}") from err
 
 
-__all__ = ["quantize_attention", "QuantizedAttentionHandle", "denoisers", "attention_modules"]
+__all__ = ["quantize_attention", "QuantizedAttentionHandle", "LayerSelection", "denoisers", "attention_modules"]

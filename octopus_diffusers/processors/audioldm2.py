@@ -10,16 +10,18 @@ embeddings, so they are the same at every step and are cached per prompt batch (
 ``AttnProcessor2_0`` is diffusers' generic processor, so registering this class also lets
 :func:`quantize_attention` hook other models that use it (e.g. HunyuanVideo's token refiner); their
 cross-attention is quantized but never cached, since only for the AudioLDM2 UNet is it known that
-the cross-attention context is the unmodified conditioning input.
+the cross-attention context is the unmodified conditioning input. That check never imports the
+AudioLDM2 model module (and the audio stack behind it): a model can only be an AudioLDM2 UNet once
+that module was imported.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import ClassVar
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
 
 from .base import DirectSDPAProcessor, register_quantized_processor
 from .kv import StreamSpec
@@ -36,7 +38,18 @@ class QuantizedAttnProcessor2_0(DirectSDPAProcessor, AttnProcessor2_0):
     def streams(cls, attn: torch.nn.Module, name: str | None, model: torch.nn.Module | None) -> tuple[StreamSpec, ...]:
         if not attn.is_cross_attention:
             return (StreamSpec("self", "self"),)
-        return (StreamSpec("text", "cross", cacheable=isinstance(model, AudioLDM2UNet2DConditionModel)),)
+        return (StreamSpec("text", "cross", cacheable=_is_audioldm2_unet(model)),)
+
+
+#: The diffusers module defining ``AudioLDM2UNet2DConditionModel``.
+_AUDIOLDM2_MODULE = "diffusers.pipelines.audioldm2.modeling_audioldm2"
+
+
+def _is_audioldm2_unet(model: torch.nn.Module | None) -> bool:
+    """Whether ``model`` is an AudioLDM2 UNet, without importing the AudioLDM2 module (if it was never
+    imported, no such model exists)."""
+    module = sys.modules.get(_AUDIOLDM2_MODULE)
+    return module is not None and isinstance(model, module.AudioLDM2UNet2DConditionModel)
 
 
 __all__ = ["QuantizedAttnProcessor2_0"]

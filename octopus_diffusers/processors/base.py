@@ -20,14 +20,18 @@ Concurrency: processors are re-entrant across modules and threads (no shared mut
 attention module runs one call at a time (its binding counts the attention calls of the running
 ``__call__``), as with diffusers' own hooks and cache contexts.
 
-Families register ``original processor class -> quantized class`` with
-:func:`register_quantized_processor`; :func:`quantize_attention` looks processors up there. A
-processor whose attention calls do not map one-to-one onto its streams returns a stream adapter from
+Registry: the built-in families are listed in :data:`FAMILIES` (diffusers processor class name ->
+``"module:Class"``) and imported on first lookup, like the codec registry, so that hooking a video
+model never imports an audio family (or the audio stack behind it). Other families register
+``original processor class -> quantized class`` with :func:`register_quantized_processor`;
+:func:`quantize_attention` looks processors up with :func:`quantized_processor_class`. A processor
+whose attention calls do not map one-to-one onto its streams returns a stream adapter from
 :meth:`QuantizedAttnProcessorBase.stream_adapter` (see :mod:`.streams`).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import types
 from typing import Any, Callable, ClassVar
@@ -38,7 +42,23 @@ import torch.nn.functional as F
 from .kv import AttentionArguments, KVCodecSpec, KVQuantizer, StreamSpec
 from .streams import StreamAdapter
 
-#: diffusers processor class -> quantized processor class. Extended by each family module.
+#: Built-in families: diffusers processor class name -> ``"module:Class"`` (in this package) of its
+#: quantized replacement. Imported on first lookup; the class found must replace exactly the
+#: processor class looked up (a user's subclass of the same name is not taken for it).
+FAMILIES: dict[str, str] = {
+    "WanAttnProcessor": "wan:QuantizedWanAttnProcessor",
+    "SkyReelsV2AttnProcessor": "wan:QuantizedSkyReelsV2AttnProcessor",
+    "LTXVideoAttnProcessor": "ltx:QuantizedLTXVideoAttnProcessor",
+    "LTX2AudioVideoAttnProcessor": "ltx2:QuantizedLTX2AudioVideoAttnProcessor",
+    "LTX2PerturbedAttnProcessor": "ltx2:QuantizedLTX2PerturbedAttnProcessor",
+    "HunyuanVideoAttnProcessor2_0": "hunyuan:QuantizedHunyuanVideoAttnProcessor",
+    "CogVideoXAttnProcessor2_0": "cogvideox:QuantizedCogVideoXAttnProcessor",
+    "MochiAttnProcessor2_0": "mochi:QuantizedMochiAttnProcessor",
+    "StableAudioAttnProcessor2_0": "stable_audio:QuantizedStableAudioAttnProcessor",
+    "AttnProcessor2_0": "audioldm2:QuantizedAttnProcessor2_0",
+}
+
+#: diffusers processor class -> quantized processor class, for every family imported so far.
 _REGISTRY: dict[type, type["QuantizedAttnProcessorBase"]] = {}
 
 
@@ -51,13 +71,34 @@ def register_quantized_processor(cls: type["QuantizedAttnProcessorBase"]) -> typ
     return cls
 
 
+def _import_family(entry: str) -> type["QuantizedAttnProcessorBase"]:
+    """The class named by a :data:`FAMILIES` entry (importing its module registers it)."""
+    module_name, class_name = entry.split(":")
+    try:
+        module = importlib.import_module(f"{__package__}.{module_name}")
+    except ImportError as err:
+        raise ImportError(f"the quantized processors of {__package__}.{module_name} cannot be imported "
+                          f"({type(err).__name__}: {err})") from err
+    return getattr(module, class_name)
+
+
 def quantized_processor_class(original: type) -> type["QuantizedAttnProcessorBase"] | None:
-    """The registered quantized class replacing processors of exactly class ``original``."""
+    """The quantized class replacing processors of exactly class ``original`` (imports its family
+    module on first use), or None."""
+    if original not in _REGISTRY and original.__name__ in FAMILIES:
+        _import_family(FAMILIES[original.__name__])
     return _REGISTRY.get(original)
 
 
+def supported_processor_names() -> list[str]:
+    """Names of the diffusers processor classes with a quantized counterpart (imports nothing)."""
+    return sorted(set(FAMILIES) | {c.__name__ for c in _REGISTRY})
+
+
 def registered_processors() -> dict[type, type["QuantizedAttnProcessorBase"]]:
-    """A copy of the registry: diffusers processor class -> quantized class."""
+    """diffusers processor class -> quantized class, for every family (imports all built-in ones)."""
+    for entry in FAMILIES.values():
+        _import_family(entry)
     return dict(_REGISTRY)
 
 
@@ -146,12 +187,11 @@ class QuantizedAttnProcessorBase:
         __call__.__qualname__ = f"{cls.__qualname__}.__call__"
         cls.__call__ = __call__  # type: ignore[method-assign]
 
-    def __init__(self, codec: str = "octopus", bits: float = 3, key_bits: float | None = None,
+    def __init__(self, codec: str = "octopus", bits: float | None = None, key_bits: float | None = None,
                  value_bits: float | None = None, seed: int = 0, *, original: Any = None,
                  exact_gpu_codes: bool = False, **codec_options: Any) -> None:
-        self.codec_spec = KVCodecSpec(codec, bits if key_bits is None else key_bits,
-                                      bits if value_bits is None else value_bits, seed, dict(codec_options),
-                                      exact_gpu_codes)
+        self.codec_spec = KVCodecSpec.resolve(codec, bits, key_bits, value_bits, seed, codec_options,
+                                              exact_gpu_codes)
         if original is not None:  # the processor this one replaces: carry its attention backend over
             if type(original) is not self.original_class:
                 raise TypeError(f"{type(self).__name__} replaces {self.original_class.__name__}, not "
@@ -292,5 +332,5 @@ class DirectSDPAProcessor(QuantizedAttnProcessorBase):
     _parallel_config = None
 
 
-__all__ = ["QuantizedAttnProcessorBase", "DirectSDPAProcessor", "register_quantized_processor",
-           "quantized_processor_class", "registered_processors"]
+__all__ = ["QuantizedAttnProcessorBase", "DirectSDPAProcessor", "FAMILIES", "register_quantized_processor",
+           "quantized_processor_class", "registered_processors", "supported_processor_names"]

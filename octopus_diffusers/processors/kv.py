@@ -24,44 +24,33 @@ paths the kernels' ops ``octopus_diffusers::encode`` / ``decode`` / ``attention`
 path ``octopus_diffusers::kv_roundtrip`` (:mod:`.ops`: encode + decode of any codec, NaN/Inf check
 included, raising at run time). Byte counters then come from the codec's packed bytes per vector
 times the vectors (:func:`packed_bytes_per_vector`, equal to ``PackedTensor.nbytes``), so they stay
-exact; a codec without a fixed size per vector (``uniform`` with ``axis="channel"``) is refused. The cross-attention cache holds ``PackedTensor`` objects
-keyed by tensor identity, which cannot be traced: under torch.compile it is bypassed (every call
-encodes; outputs are unchanged because the cache is exact) and ``full_precision_steps`` is refused.
+exact; a codec without a fixed size per vector (``uniform`` with ``axis="channel"``) is refused. The
+cross-attention cache compares conditioning tensors on the host, which cannot be traced: under
+torch.compile it is bypassed (every call encodes; outputs are unchanged because the cache is exact)
+and ``full_precision_steps`` is refused.
 Eager calls never take the op route, so eager results and counters are exactly as without compile.
 
 Layout rule: K/V are encoded as ``(B, H, S, D)`` so that a codec that groups along tokens (the
 KIVI-style ``uniform`` codec: keys per channel, values per token) sees tokens on dim ``-2``.
 
-Cross-attention cache rule: K/V of a cacheable cross-attention stream (the text or image branch of
-Wan / SkyReels-V2 / LTX-Video, LTX-2's text cross-attention without cross-attn adaLN) depend only on
-the transformer's conditioning inputs and its weights. A forward pre-hook on the transformer turns
-those inputs into a :class:`PromptKey` (tensor identity, version counter, storage pointer, shape,
-dtype, device, kept alive-checked through a weak reference); the packed K/V are stored under
-``(PromptKey)`` per stream and reused compressed while the same tensors, unmodified, come back (one
-entry per prompt and CFG branch). A tensor modified in place bumps its version and misses; a tensor
-that died drops its entries. The cache assumes the weights do not change while it is alive: call
-``QuantizedAttentionHandle.reset()`` after loading new weights or LoRAs.
-
-Step rule (for ``full_precision_steps``): processors never see the step, so the same pre-hook reads
-``timestep`` (its maximum, one host sync, only when ``full_precision_steps > 0``). An equal timestep
-is the same denoising step (a separate CFG pass), a smaller one the next step, a larger one the start
-of a new generation (step 0 again).
+Cross-attention cache and step rules: :mod:`.cache` (the denoiser's forward pre-hook gives each call
+a prompt id by content and the pipeline's step; a quantizer keeps packed K/V per prompt id).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
-import weakref
+import numbers
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
-from ..codecs import Codec, CodecError, PackedTensor, get_codec
+from ..codecs import Codec, CodecError, PackedTensor, available_codecs, get_codec
 from ..codecs.base import SUPPORTED_DTYPES, nonfinite_message
+from .cache import PROMPT_ENTRIES, ForwardState
 from .ops import register_codec
 
 if TYPE_CHECKING:
@@ -92,18 +81,70 @@ class StreamSpec:
             raise ValueError(f"only cross-attention streams can be cached, not {self.kind!r} ({self.name})")
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool; a TypeError naming the option otherwise (``"no"`` is not False)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _check_bits(name: str, bits: Any) -> float | None:
+    """``bits`` of the user's arguments: None (the codec's default) or a finite number > 0, named in
+    the error."""
+    if bits is None:
+        return None
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Real):
+        raise TypeError(f"{name} must be a number (or None for the codec's default), got {bits!r} "
+                        f"({type(bits).__name__})")
+    if not math.isfinite(bits) or bits <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {bits!r}")
+    return int(bits) if isinstance(bits, numbers.Integral) else float(bits)
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {seed!r} ({type(seed).__name__}); a fractional seed is "
+                        "not rounded")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return int(seed)
+
+
 @dataclass(frozen=True)
 class KVCodecSpec:
-    """Codec configuration shared by every hooked layer; builds the per-layer K and V codecs."""
+    """Codec configuration shared by every hooked layer; builds the per-layer K and V codecs.
+
+    ``key_bits`` / ``value_bits`` None: the codec's default rate (``get_codec(..., bits=None)``: 3 for
+    OCTOPUS and TurboQuant, the stored dtype for ``none``; codecs without a default ask for one). The
+    fields are checked when the spec is made, so a bad value is named before any model is touched;
+    codec options are checked by the codec itself (while every codec is built, also before)."""
 
     codec: str = "octopus"
-    key_bits: float = 3
-    value_bits: float = 3
+    key_bits: float | None = None
+    value_bits: float | None = None
     seed: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
     #: On CUDA, encode with the kernel that repeats the reference's float32 arithmetic (see
     #: :meth:`KVQuantizer.fused_rotation`) instead of the faster fused-rotation kernel.
     exact_gpu_codes: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.codec, str):
+            raise TypeError(f"codec must be a codec name (one of {', '.join(available_codecs())}), got "
+                            f"{self.codec!r}")
+        object.__setattr__(self, "key_bits", _check_bits("key_bits", self.key_bits))
+        object.__setattr__(self, "value_bits", _check_bits("value_bits", self.value_bits))
+        object.__setattr__(self, "seed", _check_seed(self.seed))
+        check_flag("exact_gpu_codes", self.exact_gpu_codes)
+
+    @classmethod
+    def resolve(cls, codec: str, bits: float | None = None, key_bits: float | None = None,
+                value_bits: float | None = None, seed: int = 0, options: Mapping[str, Any] | None = None,
+                exact_gpu_codes: bool = False) -> "KVCodecSpec":
+        """The spec of user arguments: ``key_bits`` / ``value_bits`` default to ``bits``."""
+        _check_bits("bits", bits)
+        return cls(codec, bits if key_bits is None else key_bits, bits if value_bits is None else value_bits,
+                   seed, dict(options or {}), exact_gpu_codes)
 
     def build(self, head_dim: int, index: int) -> tuple[Codec, Codec]:
         """Key and value codecs of the ``index``-th hooked stream.
@@ -158,92 +199,6 @@ class KVStats:
         out["compression"] = self.compression
         out["bits_per_scalar"] = self.bits_per_scalar
         return out
-
-
-# ---- prompt keys and the step tracker ---------------------------------------------------------------
-
-def _tensor_token(t: torch.Tensor) -> tuple:
-    """Identity of a conditioning tensor: object id, in-place version, storage, shape, dtype, device.
-
-    Inference-mode tensors keep no version counter; for them a content checksum (two float64
-    reductions) stands in for it.
-    """
-    try:
-        version: Any = t._version
-    except RuntimeError:
-        flat = t.detach().reshape(-1).to(torch.float64)
-        version = ("sum", float(flat.sum()), float((flat * torch.arange(1, flat.numel() + 1,
-                                                                        dtype=torch.float64,
-                                                                        device=flat.device)).sum()))
-    return (id(t), version, t.data_ptr(), tuple(t.shape), str(t.dtype), str(t.device))
-
-
-class PromptKey:
-    """Hashable key of the conditioning tensors of one transformer call (see the module docstring)."""
-
-    __slots__ = ("token", "_refs")
-
-    def __init__(self, tensors: Sequence[torch.Tensor | None]) -> None:
-        present = [t for t in tensors if isinstance(t, torch.Tensor)]
-        self.token = tuple(_tensor_token(t) if isinstance(t, torch.Tensor) else None for t in tensors)
-        self._refs = tuple(weakref.ref(t) for t in present)
-
-    def alive(self) -> bool:
-        """False once any keyed tensor was freed (its id may then be reused by another tensor)."""
-        return all(r() is not None for r in self._refs)
-
-    def __hash__(self) -> int:
-        return hash(self.token)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PromptKey) and other.token == self.token
-
-    def __repr__(self) -> str:
-        return f"PromptKey({len(self._refs)} tensors)"
-
-
-class ForwardState:
-    """What the transformer's forward pre-hook learns per call: the step index and the prompt key."""
-
-    def __init__(self, prompt_inputs: Sequence[str], track_steps: bool) -> None:
-        self.prompt_inputs = tuple(prompt_inputs)
-        self.track_steps = track_steps
-        self.step_index = 0
-        self.last_timestep: float | None = None
-        self.prompt_key: PromptKey | None = None
-        self._signature: inspect.Signature | None = None
-
-    def reset(self) -> None:
-        self.step_index, self.last_timestep, self.prompt_key = 0, None, None
-
-    def pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """``register_forward_pre_hook(..., with_kwargs=True)`` callback; never changes the inputs.
-
-        Under torch.compile the prompt key is not built (tensor identities cannot be traced): the
-        cross-attention cache is bypassed, and step tracking is refused."""
-        if torch.compiler.is_compiling():
-            if self.track_steps:
-                raise RuntimeError("full_precision_steps reads the timestep on the host and cannot run under "
-                                   "torch.compile; compile without it")
-            self.prompt_key = None
-            return
-        if self._signature is None:
-            self._signature = inspect.signature(module.forward)
-        bound = self._signature.bind_partial(*args, **kwargs).arguments
-        self.prompt_key = PromptKey([bound.get(n) for n in self.prompt_inputs]) if self.prompt_inputs else None
-        if self.track_steps:
-            self._advance(bound.get("timestep"))
-
-    def _advance(self, timestep: Any) -> None:
-        if timestep is None:
-            raise ValueError("full_precision_steps needs the transformer's `timestep` argument, which this "
-                             "call did not pass")
-        t = float(timestep.max()) if isinstance(timestep, torch.Tensor) else float(timestep)
-        if self.last_timestep is None or t > self.last_timestep:
-            self.step_index = 0
-        elif t < self.last_timestep:
-            self.step_index += 1
-        self.last_timestep = t
 
 
 # ---- packed size, attention arguments, path choice ---------------------------------------------------
@@ -377,7 +332,7 @@ class KVQuantizer:
 
     def __init__(self, layer: str, stream: StreamSpec, heads: int, kv_heads: int, head_dim: int,
                  key_codec: Codec, value_codec: Codec, *, state: ForwardState | None = None,
-                 full_precision_steps: int = 0, cache: bool = False, cache_entries: int = 4,
+                 full_precision_steps: int = 0, cache: bool = False, cache_entries: int = PROMPT_ENTRIES,
                  exact_gpu_codes: bool = False) -> None:
         if key_codec.head_dim != head_dim or value_codec.head_dim != head_dim:
             raise CodecError(f"{layer}: codecs built for head_dim {key_codec.head_dim}/{value_codec.head_dim}, "
@@ -401,7 +356,7 @@ class KVQuantizer:
         self.defer_finite_check = False
         self._nonfinite: torch.Tensor | None = None  # deferred NaN/Inf count of the packed norms, on device
         self.stats = KVStats()
-        self._cache: OrderedDict[PromptKey, tuple[PackedTensor, PackedTensor]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[PackedTensor, PackedTensor]] = OrderedDict()  # prompt id -> K/V
         # Everything compiled code reads is prepared here, eagerly: op keys, packed sizes, kernel specs.
         self._codec_keys = (register_codec(key_codec), register_codec(value_codec))
         self._bytes_per_vector = {dtype: (packed_bytes_per_vector(key_codec, dtype),
@@ -576,24 +531,24 @@ class KVQuantizer:
 
     # ---- cross-attention cache ----------------------------------------------------------------------
     def _cached(self) -> tuple[PackedTensor, PackedTensor] | None:
-        key = self.state.prompt_key if self.state is not None else None
-        if key is None:
+        """The packed K/V of the running call's prompt (see :mod:`.cache`), or None."""
+        state = self.state
+        if state is None or state.prompt_id is None:
             return None
-        for stale in [k for k in self._cache if not k.alive()]:
-            del self._cache[stale]
-        hit = self._cache.get(key)
+        for forgotten in [k for k in self._cache if not state.prompts.holds(k)]:
+            del self._cache[forgotten]
+        hit = self._cache.get(state.prompt_id)
         if hit is None:
             self.stats.cache_misses += 1
             return None
-        self._cache.move_to_end(key)
+        self._cache.move_to_end(state.prompt_id)
         self.stats.cache_hits += 1
         return hit
 
     def _store(self, packed: tuple[PackedTensor, PackedTensor]) -> None:
-        key = self.state.prompt_key if self.state is not None else None
-        if key is None:
+        if self.state is None or self.state.prompt_id is None:
             return
-        self._cache[key] = packed
+        self._cache[self.state.prompt_id] = packed
         while len(self._cache) > self.cache_entries:
             self._cache.popitem(last=False)
 

@@ -62,7 +62,7 @@ class TinyRuns:
         ref = self.reference(name)
         denoiser = self.pipeline(name).denoiser
         originals = processors(denoiser)
-        with quantize_attention(self.pipeline(name).pipe, codec="none", bits=16) as handle:
+        with quantize_attention(self.pipeline(name).pipe, codec="none") as handle:
             assert all(isinstance(p, processor_class) for p in processors(denoiser).values())
             assert torch.equal(self.output(name), ref)
             yield handle

@@ -10,8 +10,8 @@ import torch
 from diffusers import LTXVideoTransformer3DModel
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
-from octopus_diffusers.processors import (ForwardState, PromptKey, QuantizedWanAttnProcessor,
-                                          quantize_attention, registered_processors)
+from octopus_diffusers.processors import (QuantizedWanAttnProcessor, StepCounter, quantize_attention,
+                                          registered_processors)
 
 
 def _wan(tiny_runs):
@@ -43,7 +43,7 @@ def test_attention_backend_is_carried_in_and_set_through(tiny_runs):
     transformer.set_attention_backend("_native_math")
     try:
         math_ref = transformer(x, t, ehs, return_dict=False)[0]
-        with quantize_attention(transformer, codec="none", bits=16):
+        with quantize_attention(transformer, codec="none"):
             processors = list(transformer.attn_processors.values())
             assert {p._attention_backend.value for p in processors} == {"_native_math"}
             assert torch.equal(transformer(x, t, ehs, return_dict=False)[0], math_ref)
@@ -90,7 +90,7 @@ def test_context_manager_restores_when_the_body_raises(tiny_runs):
     pipe = _wan(tiny_runs).pipe
     originals = dict(pipe.transformer.attn_processors)
     with pytest.raises(KeyError):
-        with quantize_attention(pipe, codec="none", bits=16):
+        with quantize_attention(pipe, codec="none"):
             raise KeyError("boom")
     assert all(pipe.transformer.attn_processors[k] is v for k, v in originals.items())
 
@@ -126,48 +126,29 @@ def test_full_precision_steps(tiny_runs):
     assert not torch.equal(first_step, ref) and not torch.equal(first_step, none_fp)
 
 
-def test_step_rule_of_the_forward_state():
-    state = ForwardState((), track_steps=True)
-    steps = []
+def test_step_rule_of_the_step_counter():
+    steps = StepCounter()
+    seen = []
     for t in (900, 900, 500, 500, 100, 950, 950, 400):  # CFG passes repeat t; a larger t starts over
-        state._advance(torch.tensor([t]))
-        steps.append(state.step_index)
-    assert steps == [0, 0, 1, 1, 2, 0, 0, 1]
-
-
-def test_prompt_key_follows_identity_and_in_place_changes():
-    a = torch.randn(2, 3)
-    key = PromptKey([a, None])
-    assert PromptKey([a, None]) == key and hash(PromptKey([a, None])) == hash(key)
-    assert PromptKey([a.clone(), None]) != key
-    a.add_(1)
-    assert PromptKey([a, None]) != key
-    with torch.inference_mode():  # inference tensors keep no version counter: a checksum stands in
-        c = torch.randn(2, 3)
-        key = PromptKey([c])
-        assert PromptKey([c]) == key
-        c[0, 0] += 1
-        assert PromptKey([c]) != key
-    b = torch.randn(2, 3)
-    dead = PromptKey([b])
-    del b
-    assert not dead.alive()
+        steps.observe(torch.tensor([t]))
+        seen.append(steps.step_index)
+    assert seen == [0, 0, 1, 1, 2, 0, 0, 1]
 
 
 def test_layer_and_kind_selection(tiny_runs):
     pipe = _wan(tiny_runs).pipe
-    with quantize_attention(pipe, codec="none", bits=16, layers=[1]) as handle:
+    with quantize_attention(pipe, codec="none", layers=[1]) as handle:
         assert [r["layer"] for r in handle.report()] == ["blocks.1.attn1", "blocks.1.attn2:text"]
         untouched = pipe.transformer.blocks[0].attn1.processor
         assert not isinstance(untouched, QuantizedWanAttnProcessor)
-    with quantize_attention(pipe, codec="none", bits=16, self_attention=False) as handle:
+    with quantize_attention(pipe, codec="none", self_attention=False) as handle:
         assert {r["kind"] for r in handle.report()} == {"cross"}
-    with quantize_attention(pipe, codec="none", bits=16, layers="blocks.*.attn1") as handle:
+    with quantize_attention(pipe, codec="none", layers="blocks.*.attn1") as handle:
         assert [r["layer"] for r in handle.report()] == ["blocks.0.attn1", "blocks.1.attn1"]
-    with pytest.raises(ValueError, match="matched no attention call"):
-        quantize_attention(pipe, codec="none", bits=16, layers=[7])
+    with pytest.raises(ValueError, match="layers: 7 match"):
+        quantize_attention(pipe, codec="none", layers=[7])
     with pytest.raises(TypeError, match="layers"):
-        quantize_attention(pipe, codec="none", bits=16, layers=[1.5])
+        quantize_attention(pipe, codec="none", layers=[1.5])
 
 
 # ---- bad input -------------------------------------------------------------------------------------------
@@ -177,32 +158,124 @@ def test_bad_codec_or_bits_fail_before_touching_the_model(tiny_runs):
     originals = dict(pipe.transformer.attn_processors)
     with pytest.raises(CodecError, match="unknown codec 'nope'"):
         quantize_attention(pipe, codec="nope")
-    with pytest.raises(CodecError, match="blocks.0.attn1: none: bits must be 16 or 32"):
+    with pytest.raises(CodecError, match="blocks.0.attn1: none: bits must be"):
         quantize_attention(pipe, codec="none", bits=3)
     with pytest.raises(CodecError, match="octopus: bits"):
         quantize_attention(pipe, codec="octopus", bits=8)
     with pytest.raises(ValueError, match="full_precision_steps"):
-        quantize_attention(pipe, codec="none", bits=16, full_precision_steps=-1)
+        quantize_attention(pipe, codec="none", full_precision_steps=-1)
     assert all(pipe.transformer.attn_processors[k] is v for k, v in originals.items())
+
+
+def test_codec_none_needs_no_bits(tiny_runs):
+    ref = tiny_runs.reference("wan")
+    with quantize_attention(_wan(tiny_runs).pipe, codec="none") as handle:
+        assert torch.equal(tiny_runs.output("wan"), ref)
+        assert handle.spec.key_bits is None and handle.report()[0]["codec"] == "none"
+    assert QuantizedWanAttnProcessor(codec="none").codec_spec.value_bits is None
+
+
+def test_layers_that_match_nothing_are_named_with_the_valid_ones(tiny_runs):
+    pipe = _wan(tiny_runs).pipe
+    originals = dict(pipe.transformer.attn_processors)
+    with pytest.raises(ValueError, match=r"layers: 99 match\(es\) no attention module; block indices are 0-1"):
+        quantize_attention(pipe, codec="none", layers=[0, 99])
+    with pytest.raises(ValueError, match=r"'blocks\.\*\.atn2' match.* module names blocks\.\*\.attn1, blocks\.\*\.attn2"):
+        quantize_attention(pipe, codec="none", layers=["blocks.0.attn1", "blocks.*.atn2"])
+    with pytest.raises(ValueError, match="layers: '1' match"):  # an index given as a string is a name pattern
+        quantize_attention(pipe, codec="none", layers=["1"])
+    with pytest.raises(ValueError, match="layers is empty"):
+        quantize_attention(pipe, codec="none", layers=[])
+    assert all(pipe.transformer.attn_processors[k] is v for k, v in originals.items())
+
+
+@pytest.mark.parametrize("option", ["self_attention", "cross_attention", "cache_cross_attention", "exact_gpu_codes"])
+def test_flags_given_as_strings_are_refused(tiny_runs, option):
+    with pytest.raises(TypeError, match=f"{option} must be True or False, got 'no'"):
+        quantize_attention(_wan(tiny_runs).pipe, codec="none", **{option: "no"})
+
+
+def test_codec_flag_option_given_as_a_string_is_refused(tiny_runs):
+    pipe = _wan(tiny_runs).pipe
+    originals = dict(pipe.transformer.attn_processors)
+    with pytest.raises(TypeError, match="joint_rounding must be True or False, got 'no'"):
+        quantize_attention(pipe, codec="octopus", bits=3, joint_rounding="no")
+    assert all(pipe.transformer.attn_processors[k] is v for k, v in originals.items())
+
+
+@pytest.mark.parametrize("seed, error, message", [
+    (1.9, TypeError, "seed must be an int, got 1.9"), (True, TypeError, "seed must be an int, got True"),
+    ("3", TypeError, "seed must be an int, got '3'"), (-1, ValueError, "seed must be >= 0, got -1")])
+def test_bad_seeds_are_refused_and_named(tiny_runs, seed, error, message):
+    with pytest.raises(error, match=message):
+        quantize_attention(_wan(tiny_runs).pipe, codec="turboquant", bits=3, seed=seed)
+    with pytest.raises(error, match=message):
+        QuantizedWanAttnProcessor(codec="turboquant", bits=3, seed=seed)
+
+
+@pytest.mark.parametrize("option, value, error, message", [
+    ("bits", "3", TypeError, "bits must be a number .*got '3' \\(str\\)"),
+    ("bits", True, TypeError, "bits must be a number .*got True"),
+    ("bits", float("nan"), ValueError, "bits must be a finite number > 0, got nan"),
+    ("key_bits", 0, ValueError, "key_bits must be a finite number > 0, got 0"),
+    ("value_bits", -2.5, ValueError, "value_bits must be a finite number > 0, got -2.5")])
+def test_bad_bits_are_named(tiny_runs, option, value, error, message):
+    with pytest.raises(error, match=message):
+        quantize_attention(_wan(tiny_runs).pipe, codec="turboquant", **{option: value})
 
 
 def test_model_without_attention_and_non_models_are_refused():
     with pytest.raises(ValueError, match="Sequential .* has no attention modules"):
-        quantize_attention(torch.nn.Sequential(torch.nn.Linear(4, 4)), codec="none", bits=16)
+        quantize_attention(torch.nn.Sequential(torch.nn.Linear(4, 4)), codec="none")
     with pytest.raises(TypeError, match="diffusers pipeline or a torch.nn.Module"):
-        quantize_attention("transformer", codec="none", bits=16)
+        quantize_attention("transformer", codec="none")
 
 
 def test_hooking_twice_and_restoring_twice_are_errors(tiny_runs):
     pipe = _wan(tiny_runs).pipe
-    handle = quantize_attention(pipe, codec="none", bits=16)
+    handle = quantize_attention(pipe, codec="none")
     try:
         with pytest.raises(RuntimeError, match="already quantized"):
-            quantize_attention(pipe.transformer, codec="none", bits=16)
+            quantize_attention(pipe.transformer, codec="none")
     finally:
         handle.restore()
     with pytest.raises(RuntimeError, match="already restored"):
         handle.restore()
+
+
+def test_restore_after_processors_were_replaced_by_hand(tiny_runs):
+    """A processor replaced by hand is left in place and reported; the rest is restored, our forward
+    hooks are gone, and the model can be hooked again."""
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    transformer = _wan(tiny_runs).denoiser
+    originals = dict(transformer.attn_processors)
+    pre_hooks, hooks = dict(transformer._forward_pre_hooks), dict(transformer._forward_hooks)
+    mine = WanAttnProcessor()
+    handle = quantize_attention(transformer, codec="turboquant", bits=3, full_precision_steps=1)
+    transformer.blocks[0].attn1.set_processor(mine)  # by hand, after hooking
+    transformer.blocks[1].attn2.set_processor(originals["blocks.1.attn2.processor"])  # the original, by hand
+    with pytest.raises(RuntimeError, match="already quantized"):
+        quantize_attention(transformer, codec="none")
+    with pytest.warns(RuntimeWarning, match=r"blocks\.0\.attn1 \(WanAttnProcessor\)"):
+        summary = handle.restore()
+    assert summary == {"restored": ["blocks.0.attn2", "blocks.1.attn1", "blocks.1.attn2"],
+                       "left_in_place": ["blocks.0.attn1 (WanAttnProcessor)"]}
+    after = transformer.attn_processors
+    assert after["blocks.0.attn1.processor"] is mine
+    assert all(after[k] is v for k, v in originals.items() if k != "blocks.0.attn1.processor")
+    assert dict(transformer._forward_pre_hooks) == pre_hooks and dict(transformer._forward_hooks) == hooks
+    with quantize_attention(transformer, codec="none") as again:  # hooks every module again
+        assert len(again.report()) == 4
+    assert transformer.attn_processors["blocks.0.attn1.processor"] is mine
+    transformer.set_attn_processor(originals)
+
+
+def test_restore_reports_nothing_when_all_is_ours(tiny_runs, recwarn):
+    with quantize_attention(_wan(tiny_runs).pipe, codec="none") as handle:
+        pass
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert handle.restored
 
 
 def test_unsupported_model_family_is_named():
@@ -217,7 +290,7 @@ def test_unsupported_model_family_is_named():
             self.attn = Attention(query_dim=8, heads=2, dim_head=4, processor=CustomProcessor())
 
     with pytest.raises(TypeError, match=r"cannot hook Model: attention processor\(s\) CustomProcessor \(e.g. attn\)"):
-        quantize_attention(Model(), codec="none", bits=16)
+        quantize_attention(Model(), codec="none")
 
 
 def _ltx_head_dim_8() -> LTXVideoTransformer3DModel:
@@ -237,7 +310,7 @@ def test_codec_that_cannot_take_the_head_dim_is_named_with_the_layer():
 @torch.no_grad()
 def test_processor_of_another_family_is_refused():
     ltx = _ltx_head_dim_8()
-    ltx.set_attn_processor(QuantizedWanAttnProcessor(codec="none", bits=16))
+    ltx.set_attn_processor(QuantizedWanAttnProcessor(codec="none"))
     with pytest.raises(TypeError, match="QuantizedWanAttnProcessor replaces WanAttnProcessor .* LTXAttention"):
         ltx(torch.randn(1, 8, 8), torch.randn(1, 4, 16), torch.tensor([10]),
             encoder_attention_mask=torch.ones(1, 4), num_frames=2, height=2, width=2)

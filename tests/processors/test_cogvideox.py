@@ -52,7 +52,7 @@ def test_direct_use_with_set_attn_processor(tiny_runs):
     transformer = tiny_runs.pipeline(NAME).denoiser
     originals = transformer.attn_processors
     try:
-        exact = QuantizedCogVideoXAttnProcessor(codec="none", bits=16)
+        exact = QuantizedCogVideoXAttnProcessor(codec="none")
         transformer.set_attn_processor(exact)
         assert torch.equal(tiny_runs.output(NAME), ref)
         assert len(exact.bound_quantizers()) == 2 * LAYERS  # text and video per layer
@@ -69,7 +69,7 @@ def test_processor_on_another_family_is_a_clear_error():
     module = MochiAttention(query_dim=32, added_kv_proj_dim=32, processor=None, heads=2, dim_head=16,
                             out_dim=32, out_context_dim=32)
     with pytest.raises(TypeError, match="MochiAttention"):
-        QuantizedCogVideoXAttnProcessor(codec="none", bits=16)(module, torch.randn(1, 4, 32), torch.randn(1, 3, 32))
+        QuantizedCogVideoXAttnProcessor(codec="none")(module, torch.randn(1, 4, 32), torch.randn(1, 3, 32))
 
 
 def test_joint_split_rejects_a_split_beyond_the_sequence():

@@ -38,7 +38,7 @@ def test_rotary_embeddings_are_not_dropped(tiny_runs, args_kwargs_wrapper, name)
     try:
         transformer.set_attn_processor(args_kwargs_wrapper(original)())
         assert not torch.equal(tiny_runs.output(name), ref)
-        transformer.set_attn_processor(quantized_processor_class(original)(codec="none", bits=16))
+        transformer.set_attn_processor(quantized_processor_class(original)(codec="none"))
         assert torch.equal(tiny_runs.output(name), ref)
     finally:
         transformer.set_attn_processor(originals)

@@ -16,7 +16,7 @@ JOINT_BLOCKS = ["transformer_blocks.*", "single_transformer_blocks.*"]
 def test_hunyuan_none_is_bit_identical_with_the_boolean_mask(tiny_runs, attention_mask_spy):
     ref = tiny_runs.reference("hunyuan-video")
     seen = attention_mask_spy(transformer_hunyuan_video)
-    with quantize_attention(tiny_runs.pipeline("hunyuan-video").pipe, codec="none", bits=16,
+    with quantize_attention(tiny_runs.pipeline("hunyuan-video").pipe, codec="none",
                             layers=JOINT_BLOCKS) as handle:
         out = tiny_runs.output("hunyuan-video")
         rows = handle.report()
@@ -29,7 +29,7 @@ def test_hunyuan_none_is_bit_identical_with_the_boolean_mask(tiny_runs, attentio
 
 def test_hunyuan_default_hook_includes_the_token_refiner(tiny_runs):
     ref = tiny_runs.reference("hunyuan-video")
-    with quantize_attention(tiny_runs.pipeline("hunyuan-video").pipe, codec="none", bits=16) as handle:
+    with quantize_attention(tiny_runs.pipeline("hunyuan-video").pipe, codec="none") as handle:
         assert torch.equal(tiny_runs.output("hunyuan-video"), ref)
         kinds = {r["layer"]: r["kind"] for r in handle.report()}
     assert kinds == {"context_embedder.token_refiner.refiner_blocks.0.attn": "self",
@@ -53,5 +53,5 @@ def test_rotary_embeddings_are_not_dropped(tiny_runs, args_kwargs_wrapper):
     finally:
         for n, m in joint.items():
             m.set_processor(originals[n])
-    with quantize_attention(transformer, codec="none", bits=16, layers=JOINT_BLOCKS):
+    with quantize_attention(transformer, codec="none", layers=JOINT_BLOCKS):
         assert torch.equal(tiny_runs.output("hunyuan-video"), ref)

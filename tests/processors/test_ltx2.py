@@ -48,7 +48,7 @@ def _rmse(out, ref) -> float:
 @torch.no_grad()
 def test_ltx2_hooks_all_six_attentions_and_none_is_bit_identical(ltx2):
     model, inputs, ref = ltx2
-    with quantize_attention(model, codec="none", bits=16) as handle:
+    with quantize_attention(model, codec="none") as handle:
         assert all(isinstance(p, QuantizedLTX2AudioVideoAttnProcessor) for p in model.attn_processors.values())
         out = model(**inputs)
         rows = {r["layer"]: (r["kind"], r["cached"]) for r in handle.report() if r["layer"].startswith(
@@ -99,7 +99,7 @@ def test_ltx2_perturbed_processor_passes_the_perturbation_through():
     perturbed = dict(inputs, spatio_temporal_guidance_blocks=[0], perturbation_mask=torch.zeros(1, 1, 1))
     ref, ref_perturbed = model(**inputs), model(**perturbed)
     assert not all(torch.equal(a, b) for a, b in zip(ref, ref_perturbed))
-    with quantize_attention(model, codec="none", bits=16) as handle:
+    with quantize_attention(model, codec="none") as handle:
         assert all(torch.equal(a, b) for a, b in zip(model(**inputs), ref))
         calls = handle.stats()["total"]["calls"]
         assert all(torch.equal(a, b) for a, b in zip(model(**perturbed), ref_perturbed))

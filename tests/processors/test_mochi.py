@@ -48,7 +48,7 @@ def test_direct_assignment(tiny_runs):
     ref = tiny_runs.reference(NAME)
     transformer = tiny_runs.pipeline(NAME).denoiser
     originals = [block.attn1.processor for block in transformer.transformer_blocks]
-    shared = QuantizedMochiAttnProcessor(codec="none", bits=16)
+    shared = QuantizedMochiAttnProcessor(codec="none")
     try:
         for block in transformer.transformer_blocks:
             block.attn1.processor = shared
@@ -64,5 +64,5 @@ def test_direct_assignment(tiny_runs):
 def test_processor_on_another_family_is_a_clear_error():
     module = Attention(query_dim=32, heads=2, dim_head=16)
     with pytest.raises(TypeError, match="QuantizedMochiAttnProcessor .* called from a Attention"):
-        QuantizedMochiAttnProcessor(codec="none", bits=16)(module, torch.randn(1, 4, 32), torch.randn(1, 3, 32),
+        QuantizedMochiAttnProcessor(codec="none")(module, torch.randn(1, 4, 32), torch.randn(1, 3, 32),
                                                           torch.ones(1, 3))

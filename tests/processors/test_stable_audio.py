@@ -48,7 +48,7 @@ def test_only_cross_attention(tiny_runs):
     assert not torch.equal(out, ref)
 
 
-def _grouped(codec: str = "none", bits: float = 16) -> GroupedKV:
+def _grouped(codec: str = "none", bits: float | None = None) -> GroupedKV:
     key_codec, value_codec = get_codec(codec, HEAD_DIM, bits), get_codec(codec, HEAD_DIM, bits, seed=1)
     return GroupedKV(KVQuantizer("attn2", StreamSpec("text", "cross"), HEADS, KV_HEADS, HEAD_DIM, key_codec,
                                  value_codec))
@@ -74,6 +74,6 @@ def test_grouped_kv_refuses_heads_that_are_not_copies():
 
 
 def test_grouped_kv_needs_whole_groups():
-    codec = get_codec("none", HEAD_DIM, 16)
+    codec = get_codec("none", HEAD_DIM)
     with pytest.raises(ValueError, match="not a multiple"):
         GroupedKV(KVQuantizer("attn2", StreamSpec("text", "cross"), 3, 2, HEAD_DIM, codec, codec))

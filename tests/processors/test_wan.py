@@ -28,7 +28,7 @@ def test_wan_cross_attention_cache_is_exact_and_encodes_once_per_prompt(tiny_run
 
 def test_wan_i2v_quantizes_the_image_branch(tiny_runs):
     ref = tiny_runs.reference("wan-i2v")
-    with quantize_attention(tiny_runs.pipeline("wan-i2v").pipe, codec="none", bits=16) as handle:
+    with quantize_attention(tiny_runs.pipeline("wan-i2v").pipe, codec="none") as handle:
         assert torch.equal(tiny_runs.output("wan-i2v"), ref)
         rows = {r["layer"]: r["kind"] for r in handle.report()}
         stats = handle.stats()["layers"]
@@ -44,7 +44,7 @@ def test_wan_i2v_quantizes_the_image_branch(tiny_runs):
 def test_skyreels_block_causal_mask_reaches_attention(tiny_runs, attention_mask_spy):
     ref = tiny_runs.reference("skyreels-v2")
     seen = attention_mask_spy(transformer_skyreels_v2)
-    with quantize_attention(tiny_runs.pipeline("skyreels-v2").pipe, codec="none", bits=16) as handle:
+    with quantize_attention(tiny_runs.pipeline("skyreels-v2").pipe, codec="none") as handle:
         assert all(isinstance(p, QuantizedSkyReelsV2AttnProcessor)
                    for p in tiny_runs.pipeline("skyreels-v2").denoiser.attn_processors.values())
         out = tiny_runs.output("skyreels-v2")
@@ -76,7 +76,7 @@ def test_wan22_hooks_both_transformers(tiny_runs):
 
     with torch.no_grad():
         ref = generate()
-        with quantize_attention(pipe, codec="none", bits=16) as handle:
+        with quantize_attention(pipe, codec="none") as handle:
             assert torch.equal(generate(), ref)
             layers = [r["layer"] for r in handle.report()]
             assert layers[:2] == ["transformer.blocks.0.attn1", "transformer.blocks.0.attn2:text"]
