@@ -48,9 +48,10 @@ def video_frames(latent: int) -> int:
 
 def weight_bytes() -> int:
     """bf16 bytes of the Wan2.1-1.3B transformer's parameters (counted on the meta device)."""
+    from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
-    with torch.device("meta"):
+    with init_empty_weights():  # parameters on the meta device, no initialisation (fast)
         model = WanTransformer3DModel(**WAN_1_3B_CONFIG)
     return 2 * sum(p.numel() for p in model.parameters())
 
