@@ -537,6 +537,10 @@ def _message(err: BaseException, code: ExitCode) -> str:
     if code == ExitCode.INTERRUPTED:
         return "interrupted; folders being written were removed, existing run folders are unchanged"
     text = " ".join(str(err).split()) or type(err).__name__  # one line
+    if code == ExitCode.OUT_OF_MEMORY and "--cpu-offload" not in text:
+        from octopus_diffusers.pipelines.runner import OOM_HINT
+
+        return f"{text}; {OOM_HINT}"
     if code == ExitCode.INTERNAL:
         return f"internal error ({type(err).__name__}: {text}); rerun with --traceback and report it"
     return text

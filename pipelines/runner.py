@@ -407,9 +407,9 @@ def _device_info(device: str) -> dict[str, Any]:
 def _quantize(model: LoadedModel, config: RunConfig, variant: Variant) -> Any:
     from octopus_diffusers import quantize_attention
 
-    # ``none`` stores K/V in their own dtype: leave its width to the codec's default.
-    width = {} if variant.codec == "none" else {"bits": variant.bits}
-    return quantize_attention(model.pipe, codec=variant.codec, **width, self_attention=config.self_attention,
+    # ``none`` stores K/V in their own dtype: bits=None, the codec's "whatever width comes in".
+    bits = None if variant.codec == "none" else variant.bits
+    return quantize_attention(model.pipe, codec=variant.codec, bits=bits, self_attention=config.self_attention,
                               cross_attention=config.cross_attention, full_precision_steps=config.full_precision_steps,
                               seed=config.seed, **variant.options)
 

@@ -1,5 +1,5 @@
-"""The ``octopus-diffusers`` command: the offline demo end to end (every file opened and checked), the help
-of every option, and clear errors for unknown models and codecs and bad bit widths."""
+"""The ``octopus-diffusers`` command: the offline demo end to end at matched true rates (every file opened and
+checked), the help of every option, and clear errors for unknown models and codecs and bad bit widths."""
 
 import argparse
 import csv
@@ -17,17 +17,15 @@ from octopus_diffusers.pipelines.run_folder import read_json
 from octopus_diffusers.pipelines.tiny import build_tiny_pipeline
 
 CODECS = ("none", "octopus", "uniform")
-#: Far-apart widths: on the tiny Wan (12 video tokens) the output error is not monotone between adjacent
-#: widths such as 3 and 4, but it is between 2 and 6 for every codec here.
-BITS = (2, 6)
-QUANTIZED = [f"{c}-{b}b" for c in CODECS[1:] for b in BITS]
-VARIANTS = ["baseline", "none-16b", *QUANTIZED]
+#: Far-apart true rates: on the tiny Wan (12 video tokens) the output error is not monotone between close
+#: rates, but it is between 3 and 5 bits per scalar for every codec here.
+RATES = (3, 5)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    argv = ["demo", "--out", str(out), "--codecs", ",".join(CODECS), "--bits", ",".join(map(str, BITS)), "--quiet"]
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    argv = ["demo", "--out", str(out), "--codecs", ",".join(CODECS), "--rates", ",".join(map(str, RATES)), "--quiet"]
     assert main(argv) == 0
     return out
 
@@ -36,18 +34,47 @@ def _variant(metrics, name):
     return next(v for v in metrics["variants"] if v["name"] == name)
 
 
+def _at_rate(metrics, codec, rate):
+    """The variant of ``codec`` matched to true rate ``rate``."""
+    return next(v for v in metrics["variants"] if v["codec"] == codec and v["target_rate"] == rate)
+
+
+def _names(run):
+    return [v["name"] for v in read_json(run / "manifest.json")["variants"]]
+
+
+def test_demo_compares_at_matched_true_rate(demo):
+    for media in ("video", "audio"):
+        manifest = read_json(demo / media / "manifest.json")
+        assert manifest["rate_matching"]["head_dim"] == 16 and manifest["rate_matching"]["unmatched"] == []
+        assert _names(demo / media)[:2] == ["baseline", "none-fp32"]
+        none = _variant(manifest, "none-fp32")
+        assert none["bits"] == 32 and none["bits_per_scalar"] == 32.0  # fp32 K/V stored as they are
+        for codec in CODECS[1:]:
+            for rate in RATES:
+                v = _at_rate(manifest, codec, rate)
+                assert v["bits_per_scalar"] == pytest.approx(rate), (media, v["name"])  # measured from the bytes
+        # the nominal widths behind one true rate differ between codecs
+        assert _at_rate(manifest, "octopus", 3)["options"]["allocation"] != [2, 2, 2]
+        report = (demo / media / "report.md").read_text()
+        rates = [float(line.split("|")[1]) for line in report.splitlines()
+                 if line.startswith("| ") and line.split("|")[1].strip()[:1].isdigit()]
+        assert rates == sorted(rates) and len(rates) == len(_names(demo / media)) - 1
+        assert "matched true rates 3, 5 bits/scalar" in report
+
+
 def test_demo_writes_every_file(demo):
     for media in ("video", "audio"):
         run = demo / media
         for name in ("manifest.json", "metrics.json", "metrics.csv", "report.md"):
             assert (run / name).is_file(), f"{media}/{name}"
         manifest = read_json(run / "manifest.json")
-        assert [v["name"] for v in manifest["variants"]] == VARIANTS
+        assert len(manifest["variants"]) == 2 + 2 * len(RATES)
         for v in manifest["variants"]:
             for output in v["outputs"]:
                 assert (run / output[media]).is_file()
         report = (run / "report.md").read_text()
-        for name in VARIANTS:
+        for name in _names(run):
             assert f"| {name} |" in report
         for link in [line.split("](")[1].rstrip(")") for line in report.splitlines() if "](" in line]:
             assert (run / link).is_file(), link
@@ -58,7 +85,9 @@ def test_demo_video_frames_and_mp4s(demo):
     tiny = build_tiny_pipeline("wan").inputs
     frames = load_file(str(run / "outputs/baseline/prompt0.video.safetensors"))["frames"]
     assert tuple(frames.shape) == (tiny["num_frames"], 3, tiny["height"], tiny["width"])
-    for bits, tiles in [(f"{b}b", 3) for b in BITS] + [("16b", 2)]:
+    assert sorted(p.name for p in (run / "renders").iterdir()) == sorted(
+        [f"compare_{r}bps_prompt0.mp4" for r in (*RATES, 32)] + ["index.json"])
+    for bits, tiles in [(f"{b}bps", 3) for b in RATES] + [("32bps", 2)]:
         video = iio.imread(run / f"renders/compare_{bits}_prompt0.mp4", plugin="FFMPEG")
         scale = math.ceil(192 / tiny["height"])
         tile_w, tile_h = tiny["width"] * scale, tiny["height"] * scale + 18
@@ -70,16 +99,16 @@ def test_demo_video_frames_and_mp4s(demo):
 
 def test_demo_video_metrics(demo):
     metrics = read_json(demo / "video/metrics.json")
-    for exact in ("baseline", "none-16b"):
+    for exact in ("baseline", "none-fp32"):
         summary = _variant(metrics, exact)["metrics"]["video"]["summary"]
         assert math.isinf(summary["psnr"]["mean"]) and summary["l1"]["mean"] == 0
     for codec in CODECS[1:]:
-        low, high = (_variant(metrics, f"{codec}-{b}b")["metrics"]["video"]["summary"]["psnr"]["mean"] for b in BITS)
+        low, high = (_at_rate(metrics, codec, r)["metrics"]["video"]["summary"]["psnr"]["mean"] for r in RATES)
         assert math.isfinite(low) and low < high, codec
-        per_frame = _variant(metrics, f"{codec}-2b")["metrics"]["video"]["per_prompt"][0]["per_frame"]["psnr"]
+        per_frame = _at_rate(metrics, codec, RATES[0])["metrics"]["video"]["per_prompt"][0]["per_frame"]["psnr"]
         assert len(per_frame) == build_tiny_pipeline("wan").inputs["num_frames"]
     rows = list(csv.DictReader(open(demo / "video/metrics.csv")))
-    assert {r["variant"] for r in rows} == set(VARIANTS)
+    assert {r["variant"] for r in rows} == set(_names(demo / "video"))
     assert {r["metric"] for r in rows} >= {"psnr", "ssim", "l1"}
 
 
@@ -87,10 +116,10 @@ def test_demo_audio_wavs_and_renders(demo):
     run = demo / "audio"
     tiny = build_tiny_pipeline("stable-audio")
     expected = tiny.generate(seed=0)["audio"][0]  # (C, T)
-    for name in VARIANTS:
+    for name in _names(run):
         data, rate = sf.read(run / f"outputs/{name}/prompt0.wav", always_2d=True)
         assert rate == tiny.sample_rate and data.shape == (expected.shape[1], expected.shape[0])
-    for bits in (f"{b}b" for b in BITS):
+    for bits in (f"{b}bps" for b in RATES):
         assert iio.imread(run / f"renders/spectrograms_{bits}_prompt0.png").ndim == 3
         info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i",
                                str(run / f"renders/listen_{bits}_prompt0.mp4")], capture_output=True, text=True).stderr
@@ -99,11 +128,11 @@ def test_demo_audio_wavs_and_renders(demo):
 
 def test_demo_audio_metrics(demo):
     metrics = read_json(demo / "audio/metrics.json")
-    for exact in ("baseline", "none-16b"):
+    for exact in ("baseline", "none-fp32"):
         summary = _variant(metrics, exact)["metrics"]["audio"]["summary"]
         assert summary["mrstft"] == 0 and summary["log_mel"] == 0
     for codec in CODECS[1:]:
-        low, high = (_variant(metrics, f"{codec}-{b}b")["metrics"]["audio"]["summary"] for b in BITS)
+        low, high = (_at_rate(metrics, codec, r)["metrics"]["audio"]["summary"] for r in RATES)
         assert low["si_sdr"] < high["si_sdr"] and low["log_mel"] > high["log_mel"], codec
 
 
@@ -134,18 +163,20 @@ def test_help_exits_cleanly(command, capsys):
     (["demo", "--codecs", "octopus,zip"], "unknown codec(s) 'zip'; available: octopus"),
     (["demo", "--bits", "two"], "bit widths must be numbers"),
     (["demo", "--bits", "0"], "bit widths must lie in (0, 32]"),
+    (["demo", "--rates", "nan"], "target rates must lie in (0, 32]"),
 ])
 def test_command_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_errors_from_the_run_are_one_line(tmp_path, capsys):
     code = main(["run", "--model", "wan2.1-t2v-1.3b", "--weights", str(tmp_path / "missing"), "--out",
                  str(tmp_path / "o"), "--device", "cpu"])
-    assert code == 2
+    assert code == 3  # a missing input folder
     err = capsys.readouterr().err
     assert "octopus-diffusers run: error: weights folder" in err and "does not exist" in err
     code = main(["run", "--model", "wan2.1-t2v-1.3b", "--tiny", "--device", "cpu", "--dtype", "float32",
@@ -162,16 +193,16 @@ def test_eval_and_render_redo_a_run_folder(demo, tmp_path):
     out = tmp_path / "eval"
     assert main(["eval", str(demo / "video"), "--out", str(out), "--lpips", "off", "--quiet"]) == 0
     metrics = read_json(out / "metrics.json")
-    assert _variant(metrics, "octopus-2b")["metrics"]["video"]["skipped"]["lpips"] == "disabled"
+    assert _at_rate(metrics, "octopus", 3)["metrics"]["video"]["skipped"]["lpips"] == "disabled"
     assert (out / "report.md").is_file() and (out / "plots/video_psnr_vs_bits.png").is_file()
     assert main(["render", str(demo / "video"), "--out", str(tmp_path / "r"), "--no-diff", "--quiet"]) == 0
-    one_row = iio.imread(tmp_path / "r/compare_2b_prompt0.mp4", plugin="FFMPEG")
-    two_rows = iio.imread(demo / "video/renders/compare_2b_prompt0.mp4", plugin="FFMPEG")
+    one_row = iio.imread(tmp_path / "r/compare_3bps_prompt0.mp4", plugin="FFMPEG")
+    two_rows = iio.imread(demo / "video/renders/compare_3bps_prompt0.mp4", plugin="FFMPEG")
     assert one_row.shape[0] == two_rows.shape[0] and one_row.shape[1] < two_rows.shape[1]
 
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
-    assert main(["eval", str(tmp_path)]) == 2
+    assert main(["eval", str(tmp_path)]) == 3
     assert "no manifest.json" in capsys.readouterr().err
 
 
@@ -194,12 +225,12 @@ def test_run_loads_a_locally_saved_pipeline_by_path(tmp_path):
     argv = ["run", "--model", "wan2.1-t2v-1.3b", "--weights", str(tmp_path / "weights"), "--prompt-embeds",
             str(tmp_path / "embeds.st"), "--steps", "2", "--frames", str(tiny.inputs["num_frames"]), "--height",
             str(tiny.inputs["height"]), "--width", str(tiny.inputs["width"]), "--dtype", "float32", "--device", "cpu",
-            "--frame-dtype", "float32", "--codecs", "none,octopus", "--bits", "3", "--skip-render", "--quiet",
+            "--frame-dtype", "float32", "--codecs", "none,octopus", "--rates", "3", "--skip-render", "--quiet",
             "--out", str(tmp_path / "run")]
     assert main(argv) == 0
     metrics = read_json(tmp_path / "run/metrics.json")
     assert metrics["run"]["model"]["source"] == str(tmp_path / "weights")
-    assert math.isinf(_variant(metrics, "none-16b")["metrics"]["video"]["summary"]["psnr"]["mean"])
-    assert math.isfinite(_variant(metrics, "octopus-3b")["metrics"]["video"]["summary"]["psnr"]["mean"])
+    assert math.isinf(_variant(metrics, "none-fp32")["metrics"]["video"]["summary"]["psnr"]["mean"])
+    assert math.isfinite(_at_rate(metrics, "octopus", 3)["metrics"]["video"]["summary"]["psnr"]["mean"])
     frames = load_file(str(tmp_path / "run/outputs/baseline/prompt0.video.safetensors"))["frames"]
     assert torch.equal(frames, tiny.generate(seed=0)["video"][0])
