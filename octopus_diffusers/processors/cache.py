@@ -31,7 +31,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -103,7 +103,12 @@ class StepCounter:
     module docstring). ``pipeline``: whose ``scheduler.timesteps`` marks a new call (weakly held)."""
 
     def __init__(self, pipeline: Any = None) -> None:
-        self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
+        self._pipeline: Callable[[], Any] | None = None
+        if pipeline is not None:
+            try:
+                self._pipeline = weakref.ref(pipeline)
+            except TypeError:  # an object without weak references: hold it (the hooks go on restore())
+                self._pipeline = lambda: pipeline
         self.step_index = 0
         self.last_timestep: float | None = None
         self._schedule: Any = None  # the schedule of the running call (held, so its id is never reused)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers.models.transformers import transformer_skyreels_v2
 
@@ -56,9 +57,11 @@ def test_skyreels_block_causal_mask_reaches_attention(tiny_runs, attention_mask_
     assert mask.dtype == torch.bool and not bool(mask.all())  # some tokens are hidden
 
 
-def test_wan22_hooks_both_transformers(tiny_runs):
-    """Wan 2.2 runs a high-noise and a low-noise transformer: both are denoisers, each with its own
-    pre-hook state, and the step counter of each sees only its own steps."""
+@pytest.fixture(scope="module")
+def wan22(tiny_runs):
+    """A tiny Wan 2.2 pipeline: the tiny Wan transformer for high noise and a scaled copy for low noise
+    (``boundary_ratio=0.5``: with 2 steps, step 0 runs ``transformer``, step 1 ``transformer_2``), and
+    a function generating with the tiny Wan inputs."""
     from diffusers import WanPipeline
 
     from octopus_diffusers.pipelines import tiny
@@ -70,22 +73,85 @@ def test_wan22_hooks_both_transformers(tiny_runs):
             p.mul_(0.9)
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=wan.pipe.vae, transformer=wan.pipe.transformer,
                        scheduler=wan.pipe.scheduler, transformer_2=second, boundary_ratio=0.5)
+    pipe.set_progress_bar_config(disable=True)
 
+    @torch.no_grad()
     def generate() -> torch.Tensor:
         return pipe(**wan.call_kwargs(seed=0)).frames
 
-    with torch.no_grad():
-        ref = generate()
-        with quantize_attention(pipe, codec="none") as handle:
-            assert torch.equal(generate(), ref)
-            layers = [r["layer"] for r in handle.report()]
-            assert layers[:2] == ["transformer.blocks.0.attn1", "transformer.blocks.0.attn2:text"]
-            assert layers[4:6] == ["transformer_2.blocks.0.attn1", "transformer_2.blocks.0.attn2:text"]
-            assert len(handle.stats()["layers"]) == len(layers) == 8
-        assert isinstance(second.blocks[0].attn1.processor, type(wan.pipe.transformer.blocks[0].attn1.processor))
-        quantized = quantize_attention(pipe, codec="turboquant", bits=2)
-        with quantized:
-            out = generate()
-        assert not torch.equal(out, ref)
-        calls = [q.stats.calls for q in quantized.quantizers]
-        assert calls[:4] != [0] * 4 and calls[4:] != [0] * 4  # both transformers ran quantized
+    return pipe, generate
+
+
+def test_wan22_hooks_both_transformers(wan22):
+    """Wan 2.2 runs a high-noise and a low-noise transformer: both are denoisers, hooked and reported
+    with their component names."""
+    pipe, generate = wan22
+    ref = generate()
+    with quantize_attention(pipe, codec="none") as handle:
+        assert torch.equal(generate(), ref)
+        layers = [r["layer"] for r in handle.report()]
+        assert layers[:2] == ["transformer.blocks.0.attn1", "transformer.blocks.0.attn2:text"]
+        assert layers[4:6] == ["transformer_2.blocks.0.attn1", "transformer_2.blocks.0.attn2:text"]
+        assert len(handle.stats()["layers"]) == len(layers) == 8
+    assert isinstance(pipe.transformer_2.blocks[0].attn1.processor, type(pipe.transformer.blocks[0].attn1.processor))
+    quantized = quantize_attention(pipe, codec="turboquant", bits=2)
+    with quantized:
+        out = generate()
+    assert not torch.equal(out, ref)
+    calls = [q.stats.calls for q in quantized.quantizers]
+    assert calls[:4] != [0] * 4 and calls[4:] != [0] * 4  # both transformers ran quantized
+
+
+def _full_precision_calls(handle, component: str) -> tuple[int, int]:
+    mine = [q.stats for q in handle.quantizers if q.name.startswith(component + ".")]
+    return sum(s.full_precision_calls for s in mine), sum(s.calls for s in mine)
+
+
+def test_wan22_full_precision_steps_count_steps_of_the_pipeline_call(wan22):
+    """``full_precision_steps=1`` keeps exactly the first step of each pipeline call in full precision,
+    whichever transformer runs it: step 0 (``transformer``, 4 streams x 2 CFG passes) is exact, step 1
+    (``transformer_2``) quantized; the count starts over with the next call."""
+    pipe, generate = wan22
+    ref = generate()
+    with quantize_attention(pipe, codec="turboquant", bits=2, full_precision_steps=1) as handle:
+        first = generate()
+        assert _full_precision_calls(handle, "transformer") == (8, 8)
+        assert _full_precision_calls(handle, "transformer_2") == (0, 8)
+        assert torch.equal(generate(), first)  # the second call counts from step 0 again
+        assert _full_precision_calls(handle, "transformer") == (16, 16)
+        assert _full_precision_calls(handle, "transformer_2") == (0, 16)
+    assert not torch.equal(first, ref)
+    with quantize_attention(pipe, codec="turboquant", bits=2, full_precision_steps=2) as handle:
+        assert torch.equal(generate(), ref)
+        assert _full_precision_calls(handle, "transformer_2") == (8, 8)
+
+
+def test_denoisers_are_every_transformer_and_unet_component():
+    from octopus_diffusers.processors import denoisers
+
+    modules = {n: torch.nn.Linear(1, 1) for n in ("vae", "transformer", "text_encoder", "transformer_2", "unet_3",
+                                                   "image_transformer")}
+
+    class Pipe:
+        components = {**modules, "transformer_3": None, "scheduler": object()}
+
+    assert [n for n, _ in denoisers(Pipe())] == ["transformer", "transformer_2", "unet_3"]
+
+
+def test_a_new_schedule_starts_the_count_over():
+    """A pipeline call sets a new timestep schedule first: the counter starts over even when the new
+    call's first timestep is below the last one seen (an interrupted call, then a partial-strength one)."""
+    from types import SimpleNamespace
+
+    from octopus_diffusers.processors import StepCounter
+
+    pipe = SimpleNamespace(scheduler=SimpleNamespace(timesteps=torch.tensor([900.0, 500.0, 100.0])))
+    steps = StepCounter(pipe)
+    for t in (900, 900, 500):
+        steps.observe(torch.tensor([t]))
+    assert steps.step_index == 1
+    pipe.scheduler.timesteps = torch.tensor([300.0, 100.0])
+    steps.observe(torch.tensor([300]))
+    assert steps.step_index == 0
+    steps.observe(torch.tensor([100]))
+    assert steps.step_index == 1
