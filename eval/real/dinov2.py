@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from octopus_diffusers.codecs import CodecError
+
 from .codec_grid import CodecConfig, codec_grid, environment, markdown_table, write_csv, write_json
 from .models import Asset, MissingRealPackage, asset_path
 
@@ -285,11 +287,16 @@ def run(out: Path, *, quick: bool, num_images: int | None = None, seed: int = 0)
     pixels, names = load_images(num_images or (2 if quick else 4))
     ort_diff = check_against_onnxruntime(model, pixels[:1])
     reference = features(model, pixels)
-    rows, per_image = [], []
+    rows, per_image, skipped = [], [], []
     for cfg in tqdm(codec_grid(HEAD_DIM, quick), desc="DINOv2 codecs", unit="cfg"):
         start = time.perf_counter()
-        with kv_codec_hooks(model, cfg, seed) as counters:
-            test = features(model, pixels)
+        try:
+            with kv_codec_hooks(model, cfg, seed) as counters:
+                test = features(model, pixels)
+        except CodecError as error:  # a codec refusing this model's K/V: recorded, not fatal
+            skipped.append({"config": cfg.label, "message": str(error)})
+            tqdm.write(f"vision: {cfg.label} skipped: {error}")
+            continue
         seconds = time.perf_counter() - start
         m = cosine_metrics(reference, test)
         rows.append({"codec_label": _family(cfg), "config": cfg.label, "codec": cfg.codec,
@@ -309,7 +316,7 @@ def run(out: Path, *, quick: bool, num_images: int | None = None, seed: int = 0)
                                           "ONNX fp32 weights mapped onto transformers Dinov2Model)",
                "quick": quick, "images": names, "image_size": IMAGE_SIZE, "seed": seed, "head_dim": HEAD_DIM,
                "onnxruntime_max_abs_diff": ort_diff, "onnxruntime_tolerance": ORT_TOLERANCE,
-               "environment": environment(), "rows": rows, "per_image": per_image,
+               "environment": environment(), "rows": rows, "skipped": skipped, "per_image": per_image,
                "files": {"plot": _plot(tmp / "cosine.png", rows).name}}
     write_json(tmp / "results.json", results)
     write_csv(tmp / "results.csv", rows)
@@ -346,5 +353,6 @@ def markdown(results: dict[str, Any]) -> str:
                                 [[o["bits_per_scalar"], o["cos_cls_mean"], t["cos_cls_mean"],
                                   o["cos_patch_tokens_mean"], t["cos_patch_tokens_mean"]] for o, t in matched],
                                 digits=6)
+    lines += [f"- skipped {s['config']}: {s['message']}" for s in results.get("skipped", [])]
     lines += ["", f"![cosine]({results['files']['plot']})"]
     return "\n".join(lines) + "\n"

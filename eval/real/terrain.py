@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from octopus_diffusers.codecs import CodecError
+
 from .codec_grid import CodecConfig, codec_grid, environment, markdown_table, write_csv, write_json
 
 SIZE = 128
@@ -186,9 +188,14 @@ def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Seque
 
     reference, ref_info = run_config(None, noises, sigmas, difficulty)
     ref_unit = to_unit(reference)
-    rows, per_sample, images = [], [], {}
+    rows, per_sample, images, skipped = [], [], {}, []
     for cfg in tqdm(configs, desc="terrain UNet codecs", unit="cfg"):
-        heights, info = run_config(cfg, noises, sigmas, difficulty, seed)
+        try:
+            heights, info = run_config(cfg, noises, sigmas, difficulty, seed)
+        except CodecError as error:  # a codec refusing this model's K/V: recorded, not fatal
+            skipped.append({"config": cfg.label, "message": str(error)})
+            tqdm.write(f"terrain: {cfg.label} skipped: {error}")
+            continue
         if info["head_dims"] != [head_dim]:
             raise RuntimeError(f"terrain UNet head_dims {info['head_dims']}, expected [{head_dim}]")
         unit = to_unit(heights)
@@ -213,6 +220,7 @@ def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Seque
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     grids = []
+    configs = [c for c in configs if c.label in images]
     octopus_rate = {c.bits: c.bits_per_scalar(head_dim) for c in configs if c.codec == "octopus"}
     for b in sorted({c.bits for c in configs if c.codec not in ("none", "fp8") and "@" not in c.label}):
         matched = f"turboquant@{octopus_rate[b]:g}" if b in octopus_rate else None
@@ -224,7 +232,7 @@ def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Seque
                                            "ONNX fp32 weights via onnx2torch)",
                "quick": quick, "num_samples": num_samples, "sigmas": list(sigmas), "seed": seed,
                "head_dim": head_dim, "attention_sites": 28, "reference_seconds": ref_info["seconds"],
-               "environment": environment(), "rows": rows, "per_sample": per_sample,
+               "environment": environment(), "rows": rows, "skipped": skipped, "per_sample": per_sample,
                "files": {"grids": grids, "plot": plot}}
     write_json(tmp / "results.json", results)
     write_csv(tmp / "results.csv", rows)
@@ -261,6 +269,7 @@ def markdown(results: dict[str, Any]) -> str:
                                  "TurboQuant SSIM"],
                                 [[o["bits_per_scalar"], o["psnr_mean"], t["psnr_mean"], o["ssim_mean"],
                                   t["ssim_mean"]] for o, t in matched])
+    lines += [f"- skipped {s['config']}: {s['message']}" for s in results.get("skipped", [])]
     lines += ["", f"![metrics]({results['files']['plot']})", ""]
     lines += [f"![{g}]({g})" for g in results["files"]["grids"]]
     return "\n".join(lines) + "\n"
