@@ -141,3 +141,16 @@ def test_terrain_capture(tmp_path) -> None:
     again = capture_real_kv(["terrain"], cache_dir=tmp_path)["terrain"]  # from the cache file
     assert all(torch.equal(again[k], got[k]) for k in got)
     assert (tmp_path / "terrain_qkv_v1.safetensors").is_file()
+
+
+def test_codec_grid_matches_true_rates() -> None:
+    from octopus_diffusers.eval.real.codec_grid import codec_grid
+
+    grid = {c.label: c for c in codec_grid(32, quick=True)}
+    assert list(grid)[0] == "none" and {"octopus-3", "turboquant-3", "polarquant-3"} <= set(grid)
+    octopus_rate = grid["octopus-3"].bits_per_scalar(32)
+    assert grid[f"turboquant@{octopus_rate:g}"].bits_per_scalar(32) == pytest.approx(octopus_rate)
+    full = codec_grid(64, quick=False)
+    assert {c.bits for c in full if c.codec == "octopus"} == {2, 3, 4}
+    uniform = next(c for c in full if c.codec == "uniform")
+    assert uniform.key_options == {"axis": "channel"} and uniform.value_options == {"axis": "token"}
