@@ -399,10 +399,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sink-chunks", type=int, default=1)
     parser.add_argument("--keep-newest", type=int, default=1)
     parser.add_argument("--local-attn-size", type=int, default=None)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="transformer dtype (default: float32 for tiny, bfloat16 for real models)")
     args = parser.parse_args(argv)
     path = run_causal(args.out_dir, codecs=args.codecs, model=args.model, weights=args.weights,
                       num_chunks=args.num_chunks, seed=args.seed, device=args.device, sink_chunks=args.sink_chunks,
-                      keep_newest=args.keep_newest, local_attn_size=args.local_attn_size)
+                      keep_newest=args.keep_newest, local_attn_size=args.local_attn_size,
+                      dtype=getattr(torch, args.dtype) if args.dtype else None)
     print(f"wrote {path}")
     return 0
 

@@ -34,6 +34,9 @@ VIDEO_FRAMES = (81, 161, 321)
 BUDGETS_GB = (24, 80, 141)
 BITS = (2, 3, 4)
 TEXT_TOKENS = 512
+#: Wan's rotary table covers 1,024 latent frames (``rope_max_seq_len``): 4,093 video frames.
+ROPE_LATENT_FRAMES = 1024
+ROPE_VIDEO_FRAMES = 4 * (ROPE_LATENT_FRAMES - 1) + 1
 
 
 def latent_frames(video_frames: int, chunk_frames: int = 3) -> int:
@@ -132,9 +135,11 @@ def markdown(rows: list[dict[str, Any]], weights: int, command: str) -> str:
     for r in rows:
         if "error" in r:
             continue
+        fits = " | ".join(f"{r[f'fit_{b}']:,}" + ("*" if r[f"fit_{b}"] > ROPE_VIDEO_FRAMES else "") for b in BUDGETS_GB)
         lines.append(f"| {r['policy']} | {r['codec']} | {r['bits']:g} | {r['bits_81']:.3f} | {gb(r['bytes_81'])} | {gb(r['bytes_161'])} "
-                     f"| {gb(r['bytes_321'])} | {r['bf16_321'] / r['bytes_321']:.2f} | {r['fit_24']:,} | {r['fit_80']:,} "
-                     f"| {r['fit_141']:,} |")
+                     f"| {gb(r['bytes_321'])} | {r['bf16_321'] / r['bytes_321']:.2f} | {fits} |")
+    lines += ["", f"\\* past {ROPE_VIDEO_FRAMES:,} video frames ({ROPE_LATENT_FRAMES:,} latent frames) Wan's RoPE table "
+              "(`rope_max_seq_len=1024`) ends and the causal processors refuse the positions: memory-only figures."]
     if failed:
         lines += ["", "Not in the table (the codec could not be built at this commit):", ""]
         lines += sorted({f"- {r['codec']}: {r['error']}" for r in failed})
