@@ -41,7 +41,7 @@ from octopus_diffusers.codecs import get_codec
 from octopus_diffusers.kernels import decode as full_decode
 from octopus_diffusers.kernels.attention.decoded import (BACKEND_PRIORITY, basis_permutation, decode_rotated,
                                                          decoded_attention)
-from octopus_diffusers.kernels.attention.fused import fused_attention
+from octopus_diffusers.kernels.attention.fused_launch import fused_attention
 from octopus_diffusers.kernels.dispatch import choose_method
 from octopus_diffusers.kernels.octopus.encode import octopus_encode
 from octopus_diffusers.kernels.spec import kernel_spec

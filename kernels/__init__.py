@@ -11,14 +11,16 @@ torch.compile does not break the graph; CUDA runs the Triton kernels, CPU the re
 Layout (one folder per op, jit code beside its launcher; fla's ``ops/<op>/`` pattern):
 
 * :mod:`.api` the entry points above, :mod:`.ops` the ``torch.library`` ops and the codec registry;
-* :mod:`.spec` what a kernel needs to know about a codec (``OctopusSpec`` / ``TurboQuantSpec``),
-  :mod:`.launch` the host steps every codec launcher shares;
+* :mod:`.spec` what a kernel needs to know about a codec (``OctopusSpec`` / ``TurboQuantSpec``, each
+  carrying its own derived tables, freed with it), :mod:`.launch` the host steps every codec launcher
+  shares;
 * :mod:`.reference` the plain-PyTorch meaning of what the kernels compute beyond the codecs
   (rotated-basis decode and attention, OCTOPUS planes, split merge); every kernel test checks
   against it or the codec;
 * :mod:`.octopus` and :mod:`.turboquant`: ``encode`` and ``decode`` kernels per codec;
-* :mod:`.attention`: ``decoded`` (decode, then SDPA) and ``fused`` (decode inside the loop);
-  :mod:`.dispatch` picks one from measured crossover data;
+* :mod:`.attention`: ``decoded`` (decode, then SDPA) and ``fused`` (TurboQuant codes decoded inside
+  the loop; host side and tile table in ``fused_launch``; OCTOPUS planes in the experimental
+  ``fused_planes``); :mod:`.dispatch` picks one from measured crossover data;
 * :mod:`.tl`: Triton building blocks (``helpers``, ``exact``).
 
 ``octopus_diffusers.eval.kernel_benchmark`` measures everything on a GPU (docs/kernels/benchmark.md).

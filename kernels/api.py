@@ -18,8 +18,14 @@ from .dispatch import choose_method  # noqa: E402
 def supports(codec: Codec) -> bool:
     """Whether the kernels implement ``codec`` (OCTOPUS / TurboQuant-mse, head_dim 64 or 128).
 
-    Also builds and caches the codec's kernel spec: call it once per codec outside any
-    ``torch.compile`` region (e.g. when installing processors); compiled code then only reads the cache.
+    Also builds the codec's kernel spec and registers it with the ops: call it once per codec outside
+    any ``torch.compile`` region (e.g. when installing processors), so compiled code only reads caches.
+
+    Args:
+        codec: a reference codec (``octopus_diffusers.codecs.get_codec``).
+
+    Returns:
+        True when :func:`encode`, :func:`decode` and :func:`attention` run Triton kernels for it on CUDA.
     """
     try:
         kernel_spec(codec)
@@ -30,10 +36,21 @@ def supports(codec: Codec) -> bool:
 
 
 def encode(codec: Codec, x: torch.Tensor, fused_rotation: bool = False, check_finite: bool = True) -> PackedTensor:
-    """``codec.encode(x)`` on the GPU. ``fused_rotation=True`` rotates inside the kernel (fastest; codes
-    may differ from the reference at float near-ties), the default is bit-exact with the reference.
-    ``check_finite=False`` skips the NaN/Inf check of the norms (a host sync) for callers that check
-    :meth:`Codec.count_nonfinite_side_info` themselves later; the CPU path always checks."""
+    """``codec.encode(x)`` by the Triton kernels on CUDA (the reference codec on the CPU).
+
+    Args:
+        codec: a codec :func:`supports`.
+        x: ``(..., head_dim)``; a ``(B, H, S, D)`` view of a contiguous ``(B, S, H, D)`` tensor is
+            encoded in place (the codes come back as the same kind of view).
+        fused_rotation: rotate inside the kernel (fastest; half-precision input and a Hadamard
+            rotation; codes may differ from the reference at float near-ties). The default is
+            bit-exact with the reference.
+        check_finite: raise :class:`CodecError` on NaN/Inf norms (a host sync); False leaves it to a
+            later :meth:`Codec.count_nonfinite_side_info` (the CPU path always checks).
+
+    Returns:
+        The :class:`PackedTensor` ``codec.encode(x)`` returns.
+    """
     codec.check_input(x, finite=False)  # NaN/Inf input shows in the norms, checked after the kernel
     key = ops.register_codec(codec)
     swapped = not x.is_contiguous() and x.dim() == 4 and x.transpose(1, 2).is_contiguous()
@@ -48,7 +65,15 @@ def encode(codec: Codec, x: torch.Tensor, fused_rotation: bool = False, check_fi
 
 
 def decode(codec: Codec, packed: PackedTensor) -> torch.Tensor:
-    """``codec.decode(packed)`` on the GPU (same dtype, shape and values)."""
+    """``codec.decode(packed)`` by the Triton kernels on CUDA (the reference codec on the CPU).
+
+    Args:
+        codec: a codec :func:`supports`.
+        packed: what :func:`encode` or ``codec.encode`` returned for this codec configuration.
+
+    Returns:
+        The reconstruction in ``packed``'s dtype and shape, equal to ``codec.decode(packed)``.
+    """
     check_packed(codec, packed, kernel_spec(codec))
     key = ops.register_codec(codec)
     return torch.ops.octopus_diffusers.decode(packed.fields["codes"], packed.fields["norms"], key, packed.dtype)
@@ -57,13 +82,24 @@ def decode(codec: Codec, packed: PackedTensor) -> torch.Tensor:
 def attention(q: torch.Tensor, k_packed: PackedTensor, v_packed: PackedTensor, codec_k: Codec, codec_v: Codec,
               attn_mask: torch.Tensor | None = None, scale: float | None = None, layout: str = "BHSD",
               method: str = "auto") -> torch.Tensor:
-    """Attention of ``q`` over compressed K/V.
+    """Softmax attention of ``q`` over compressed K/V, never materialising fp16 K/V in HBM (fused) or
+    decoding them once in the rotated basis (decoded), whichever is faster for the shape.
 
-    ``q``: ``(B, Hq, Nq, D)`` (``layout="BHSD"``) or ``(B, Nq, Hq, D)`` (``"BSHD"``), fp16/bf16 (fp32
-    accepted); ``k_packed``/``v_packed``: encoded from ``(B, Hkv, Nkv, D)`` (same layout), ``Hq`` a
-    multiple of ``Hkv`` (GQA, no repeat). ``attn_mask``: bool (True = attend) or additive float,
-    broadcastable to ``(B, Hq, Nq, Nkv)``. ``scale`` defaults to ``1/sqrt(D)``. ``method``: ``"auto"``
-    (:func:`.dispatch.choose_method`), ``"fused"`` or ``"decoded"``. Returns ``q``'s shape and dtype.
+    Args:
+        q: ``(B, Hq, Nq, D)`` (``layout="BHSD"``) or ``(B, Nq, Hq, D)`` (``"BSHD"``), fp16/bf16 (fp32
+            accepted).
+        k_packed, v_packed: encoded from ``(B, Hkv, Nkv, D)`` tensors of the same layout, ``Hq`` a
+            multiple of ``Hkv`` (GQA, no repeat).
+        codec_k, codec_v: their codecs.
+        attn_mask: bool (True = attend) or additive float, broadcastable to ``(B, Hq, Nq, Nkv)``.
+        scale: softmax scale, default ``1/sqrt(D)``.
+        layout: ``"BHSD"`` or ``"BSHD"``.
+        method: ``"auto"`` (:func:`.dispatch.choose_method`: the measured crossover), ``"fused"`` or
+            ``"decoded"``.
+
+    Returns:
+        The output in ``q``'s shape, layout and dtype; on the CPU the reference
+        (:func:`.reference.packed_attention`).
     """
     if layout not in ("BHSD", "BSHD"):
         raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .spec import KernelSpec, OctopusSpec
+from .spec import KernelSpec
 
 #: (codec kind, head_dim) -> largest measured query-rows-per-KV-head at which the fused kernel was
 #: faster than decode-then-attend. Source: docs/kernels/results.csv, section ``crossover``, commit
@@ -27,9 +27,8 @@ from .spec import KernelSpec, OctopusSpec
 #: | OCTOPUS fused      | 0.616 (0.378) | 0.499 (0.386) | 0.793 (0.757) | 0.848 (0.807) | 1.449 (1.394) |
 #: | OCTOPUS decoded    | 0.510 (0.237) | 0.312 (0.239) | 0.363 (0.252) | 0.337 (0.331) | 0.573 (0.575) |
 #:
-#: so TurboQuant 128 (the few-query pass's run F2 agrees: fused 0.253 vs decoded 0.295 ms at 128 rows,
-#: docs/kernels/fewq_pass.md) and OCTOPUS 0: its decode-then-attend is ahead from 16 rows on since the
-#: codec pass's faster decode. head_dim 64 was not measured: DEFAULT_CROSSOVER.
+#: so TurboQuant 128 (docs/kernels/fewq_pass.md agrees) and OCTOPUS 0: its decode-then-attend is ahead
+#: from 16 rows on. head_dim 64 was not measured: DEFAULT_CROSSOVER.
 CROSSOVER: dict[tuple[str, int], int] = {("octopus", 128): 0, ("turboquant", 128): 128}
 
 #: Used for a (kind, head_dim) that was not measured: never pick the fused kernel blindly.
@@ -37,8 +36,8 @@ DEFAULT_CROSSOVER = 0
 
 
 def crossover(spec: KernelSpec) -> int:
-    kind = "octopus" if isinstance(spec, OctopusSpec) else "turboquant"
-    return CROSSOVER.get((kind, spec.head_dim), DEFAULT_CROSSOVER)
+    """Largest query-rows-per-KV-head at which ``spec``'s codes go to the fused kernel."""
+    return CROSSOVER.get((spec.kind, spec.head_dim), DEFAULT_CROSSOVER)
 
 
 def choose_method(q_rows_per_kv_head: int, k_spec: KernelSpec, v_spec: KernelSpec, device: torch.device) -> str:

@@ -15,12 +15,15 @@ Ops (CUDA: Triton kernels; CPU: the PyTorch reference codecs, so one call works 
 
 from __future__ import annotations
 
+import itertools
+import weakref
+
 import torch
 
 from octopus_diffusers.codecs import Codec, CodecError, PackedTensor
 
 from .attention.decoded import decoded_attention
-from .attention.fused import fused_attention
+from .attention.fused_launch import fused_attention
 from .octopus.decode import octopus_decode
 from .octopus.encode import octopus_encode
 from .reference import packed_attention
@@ -28,21 +31,40 @@ from .spec import kernel_spec, nbytes_of, packed_meta
 from .turboquant.decode import tq_decode
 from .turboquant.encode import tq_encode
 
-_CODECS: dict[str, Codec] = {}
+#: The codec registry, weak both ways: a key lives exactly as long as its codec. Whoever passes a key to
+#: an op (a processor handle, an ``api`` caller) holds the codec itself, so a restored handle, once
+#: dropped, frees its codecs and their kernel specs. Keys are serial numbers, not ``id()``: a freed
+#: codec's key is never reused for another codec.
+_KEYS: "weakref.WeakKeyDictionary[Codec, str]" = weakref.WeakKeyDictionary()
+_CODECS: "weakref.WeakValueDictionary[str, Codec]" = weakref.WeakValueDictionary()
+_SERIAL = itertools.count()
 
 
 def register_codec(codec: Codec) -> str:
-    """The string key of ``codec`` (its identity; the registry keeps the codec alive) by which the ops
-    find it. Plain string formatting and a dict store, so torch.compile traces it without a break."""
-    key = f"{codec.name}@{id(codec):x}"
-    _CODECS[key] = codec
+    """The string key by which the ops find ``codec`` (the same key for the same codec object). The
+    registry does not keep the codec alive (see ``_CODECS``). A registered codec's key is one dict
+    read, which torch.compile traces without a break; register outside compiled code first
+    (:func:`.api.supports`)."""
+    key = _KEYS.get(codec)
+    if key is None:
+        key = f"{codec.name}#{next(_SERIAL)}"
+        _KEYS[codec] = key
+        _CODECS[key] = codec
     return key
 
 
 def codec_for(key: str) -> Codec:
-    if key not in _CODECS:
-        raise CodecError(f"kernels: no codec registered under {key!r}; call register_codec first")
-    return _CODECS[key]
+    """The codec registered under ``key``; :class:`CodecError` if it was never registered or is freed."""
+    codec = _CODECS.get(key)
+    if codec is None:
+        raise CodecError(f"kernels: no codec registered under {key!r} (never registered, or freed since: "
+                         "keep the codec alive while its key is in use); call register_codec first")
+    return codec
+
+
+#: The GPU encode / decode launcher of each kernel spec kind.
+_ENCODE = {"octopus": octopus_encode, "turboquant": tq_encode}
+_DECODE = {"octopus": octopus_decode, "turboquant": tq_decode}
 
 
 def _packed(codec: Codec, codes: torch.Tensor, norms: torch.Tensor, dtype: torch.dtype) -> PackedTensor:
@@ -56,8 +78,7 @@ def encode_op(x: torch.Tensor, key: str, fused_rotation: bool,
               check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     codec = codec_for(key)
     if x.is_cuda:
-        enc = octopus_encode if codec.name == "octopus" else tq_encode
-        p = enc(codec, x, fused_rotation=fused_rotation, check_finite=check_finite)
+        p = _ENCODE[kernel_spec(codec).kind](codec, x, fused_rotation=fused_rotation, check_finite=check_finite)
     else:
         p = codec.encode(x)
     return p.fields["codes"], p.fields["norms"]
@@ -77,7 +98,7 @@ def decode_op(codes: torch.Tensor, norms: torch.Tensor, key: str, dtype: torch.d
     codec = codec_for(key)
     packed = _packed(codec, codes, norms, dtype)
     if codes.is_cuda:
-        return (octopus_decode if codec.name == "octopus" else tq_decode)(codec, packed)
+        return _DECODE[kernel_spec(codec).kind](codec, packed)
     return codec.decode(packed)
 
 

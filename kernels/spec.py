@@ -10,7 +10,9 @@ PyTorch reference codecs.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -35,8 +37,49 @@ def _codebook(values: torch.Tensor | object, bits: int, what: str) -> torch.Tens
     return cb.contiguous()
 
 
+class _SpecTables:
+    """Tables derived from a spec (device codebooks, sign and rotation matrices), each built once per
+    key on first use and stored on the spec itself, so they are freed with it (a spec lives as long
+    as its codec, :func:`kernel_spec`)."""
+
+    head_dim: int
+    rotation: torch.Tensor
+
+    def cached(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """``build()`` the first time ``key`` is asked for, the stored result after."""
+        tables = self.__dict__.get("_tables")
+        if tables is None:
+            tables = {}
+            object.__setattr__(self, "_tables", tables)  # frozen dataclass: the table dict is the one mutable part
+        if key not in tables:
+            tables[key] = build()
+        return tables[key]
+
+    @property
+    def codebook_list(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def codebooks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:attr:`codebook_list` on ``device`` (no host copy per call)."""
+        return self.cached(("codebooks", device), lambda: tuple(c.to(device) for c in self.codebook_list))
+
+    def hadamard_signs(self) -> torch.Tensor | None:
+        """``sqrt(d) * R`` in float64 with entries exactly +-1 when the rotation is a signed Hadamard
+        matrix ``H diag(s) / sqrt(d)`` (the fused-rotation kernels and half-precision rotations need
+        it), else None."""
+
+        def build() -> torch.Tensor | None:
+            d = self.head_dim
+            signs = (self.rotation.double() * d ** 0.5).round()
+            exact = bool(signs.abs().eq(1).all()) and torch.allclose(signs / d ** 0.5, self.rotation.double(),
+                                                                      rtol=1e-6, atol=0)
+            return signs if exact else None
+
+        return self.cached("hadamard_signs", build)
+
+
 @dataclass(frozen=True, eq=False)
-class TurboQuantSpec:
+class TurboQuantSpec(_SpecTables):
     """TurboQuant-mse: channels ``[0, n_high)`` use ``bits_hi`` bits, the rest ``bits_lo`` (equal for an
     integer rate)."""
 
@@ -53,9 +96,36 @@ class TurboQuantSpec:
     def nbytes(self) -> int:
         return (self.n_high * self.bits_hi + (self.head_dim - self.n_high) * self.bits_lo + 7) // 8
 
+    @property
+    def single_width(self) -> bool:
+        """One width for every channel (an integer rate)."""
+        return self.bits_hi == self.bits_lo
+
+    @property
+    def kernel_bits(self) -> tuple[int, int, int]:
+        """The three integers the kernels take with :attr:`codebook_list`: ``(bits_hi, bits_lo, n_high)``."""
+        return self.bits_hi, self.bits_lo, self.n_high
+
+    @property
+    def codebook_list(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(hi, lo, hi)``: three codebooks as the kernels take them (the third unused)."""
+        return self.codebook_hi, self.codebook_lo, self.codebook_hi
+
+    def basis_permutation(self) -> torch.Tensor | None:
+        """TurboQuant decodes in the codec's coordinate order: None."""
+        return None
+
+    def query_matrix(self, device: torch.device) -> torch.Tensor:
+        """``(d, d)`` float32 ``R.T``: ``q @ R.T`` is the query in the keys' rotated basis."""
+        return self.cached(("q", device), lambda: self.rotation.to(torch.float32).T.contiguous().to(device))
+
+    def output_matrix(self, device: torch.device) -> torch.Tensor:
+        """``(d, d)`` float32 ``R``: ``o_rot @ R`` takes the rotated output back."""
+        return self.cached(("o", device), lambda: self.rotation.to(torch.float32).contiguous().to(device))
+
 
 @dataclass(frozen=True, eq=False)
-class OctopusSpec:
+class OctopusSpec(_SpecTables):
     """OCTOPUS: triplets of (xi, eta, rho) indices with widths (bx, be, br)."""
 
     head_dim: int
@@ -81,11 +151,42 @@ class OctopusSpec:
     def nbytes(self) -> int:
         return (self.n_triplets * self.width + 7) // 8
 
+    @property
+    def single_width(self) -> bool:
+        return False
+
+    @property
+    def kernel_bits(self) -> tuple[int, int, int]:
+        """The three field widths ``(bx, be, br)``."""
+        return self.bx, self.be, self.br
+
+    @property
+    def codebook_list(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(xi, eta, rho)`` codebooks."""
+        return self.xi_codebook, self.eta_codebook, self.rho_codebook
+
+    def basis_permutation(self) -> torch.Tensor:
+        """The x/y/z plane order decode-then-attend decodes OCTOPUS vectors in (whole-row stores):
+        coordinates ``0, 3, 6, ...`` (all x), then ``1, 4, ...`` (y), then ``2, 5, ...`` (z)."""
+        return plane_permutation(self.head_dim)
+
+    def query_matrix(self, device: torch.device) -> torch.Tensor:
+        """``(d, 3 TP)`` float32: ``q @ M`` is ``q @ R.T`` in plane layout (:func:`.reference.to_planes`)."""
+        from .reference import to_planes
+
+        return self.cached(("q", device), lambda: to_planes(self.rotation.to(torch.float32).T).contiguous().to(device))
+
+    def output_matrix(self, device: torch.device) -> torch.Tensor:
+        """``(3 TP, d)`` float32: ``o_planes @ M`` is ``o_rot @ R`` (zero rows for the padding)."""
+        from .reference import to_planes
+
+        return self.cached(("o", device),
+                           lambda: to_planes(self.rotation.to(torch.float32).T).T.contiguous().to(device))
+
 
 KernelSpec = TurboQuantSpec | OctopusSpec
 
-#: Specs per codec object (weak: a spec lives as long as its codec). Specs compare by identity, so the
-#: launchers' per-spec caches key on the spec object itself.
+#: Specs per codec object (weak: a spec, and the tables it caches, live as long as its codec).
 _SPEC_CACHE: "weakref.WeakKeyDictionary[Codec, KernelSpec]" = weakref.WeakKeyDictionary()
 
 
@@ -132,36 +233,11 @@ def _octopus_spec(codec: Codec) -> OctopusSpec:
                        joint_rounding=bool(codec.joint_rounding))
 
 
-def hadamard_signs(spec: KernelSpec) -> torch.Tensor | None:
-    """``sqrt(d) * R`` in float64 with entries exactly +-1 when the spec's rotation is a signed Hadamard
-    matrix ``H diag(s) / sqrt(d)`` (the fused-rotation kernels and half-precision rotations need it),
-    else None."""
-    d = spec.head_dim
-    signs = (spec.rotation.double() * d ** 0.5).round()
-    exact = bool(signs.abs().eq(1).all()) and torch.allclose(signs / d ** 0.5, spec.rotation.double(), rtol=1e-6,
-                                                              atol=0)
-    return signs if exact else None
-
-
 def midpoints(codebook: torch.Tensor) -> torch.Tensor:
     """Decision thresholds of a sorted codebook, float32 as the reference's ``nearest_index`` (one zero
     for a one-entry codebook, so a kernel always has a table to point at)."""
     t = 0.5 * (codebook[1:] + codebook[:-1])
     return t if t.numel() else torch.zeros(1)
-
-
-_DEVICE_CODEBOOKS: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-
-def device_codebooks(spec: KernelSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The spec's codebooks on ``device``, cached (no host copy per call): OCTOPUS (xi, eta, rho),
-    TurboQuant (hi, lo, hi)."""
-    key = (spec, device)
-    if key not in _DEVICE_CODEBOOKS:
-        books = ((spec.xi_codebook, spec.eta_codebook, spec.rho_codebook) if isinstance(spec, OctopusSpec)
-                 else (spec.codebook_hi, spec.codebook_lo, spec.codebook_hi))
-        _DEVICE_CODEBOOKS[key] = tuple(c.to(device) for c in books)  # type: ignore[assignment]
-    return _DEVICE_CODEBOOKS[key]
 
 
 def nbytes_of(codec: Codec) -> int:
@@ -189,6 +265,12 @@ def check_packed(codec: Codec, packed: PackedTensor, spec: KernelSpec) -> None:
     if codes.dtype != torch.uint8 or codes.shape[-1] != spec.nbytes or packed.shape[-1] != spec.head_dim:
         raise CodecError(f"kernels: codes {codes.dtype} {tuple(codes.shape)} do not match the codec "
                          f"({spec.nbytes} bytes per vector, head_dim {spec.head_dim})")
+
+
+def plane_permutation(head_dim: int) -> torch.Tensor:
+    """int64 permutation of OCTOPUS plane order: coordinates ``0, 3, 6, ...``, then ``1, 4, ...``, then
+    ``2, 5, ...``."""
+    return torch.cat([torch.arange(c, head_dim, 3) for c in range(3)])
 
 
 def plane_width(head_dim: int) -> int:

@@ -21,15 +21,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
-from ..octopus.decode import octopus_decode_rows, plane_permutation
-from ..spec import KernelSpec, OctopusSpec, hadamard_signs
+from ..octopus.decode import octopus_decode_rows
+from ..spec import KernelSpec, OctopusSpec
 from ..tl.helpers import LOOKUP_GATHER, LOOKUP_LOAD
 from ..turboquant.decode import tq_decode_rows
 
 #: SDPA backends in the order tried; SDPA falls through to the next one that supports the inputs.
-#: Measured on the H100 (docs/kernels, run 1): cuDNN is fastest with many queries (Wan-14B self 37.6 vs
-#: 60.0 ms for flash; 1,560 queries vs 32,760 keys 0.858 vs 1.505 ms) and flash with few
-#: (16 queries: 0.092 vs 0.419 ms). FEW_QUERIES is the switch point between the measured 16 and 1,560.
+#: cuDNN is fastest with many queries (Wan-14B self 37.6 vs 60.0 ms for flash) and flash with few (16
+#: queries: 0.092 vs 0.419 ms); FEW_QUERIES lies between the measured 16 and 1,560 (H100,
+#: docs/kernels/benchmark.md, attention).
 BACKEND_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                     SDPBackend.MATH]
 FEW_QUERIES_PRIORITY = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
@@ -42,60 +42,56 @@ def backend_priority(n_q: int) -> list[SDPBackend]:
     return FEW_QUERIES_PRIORITY if n_q <= FEW_QUERIES else BACKEND_PRIORITY
 
 
-#: Codebook reads of the decode pass per codec kind (``tl.helpers.LOOKUP_*``), measured on the H100
-#: (docs/kernels/codec_pass.md, run 3): OCTOPUS table loads (4 bits 1,079 vs 692 GB/s for select chains,
-#: equal at 2-3 bits), TurboQuant ``tl.gather`` on byte groups (92-95 % of copy bandwidth).
+#: Codebook reads of the decode pass per codec kind (``tl.helpers.LOOKUP_*``): OCTOPUS table loads (4 bits
+#: 1,079 vs 692 GB/s for select chains), TurboQuant ``tl.gather`` on byte groups (92-95 % of copy
+#: bandwidth). Source: H100, docs/kernels/codec_pass.md.
 DECODE_LOOKUP = {"octopus": LOOKUP_LOAD, "turboquant": LOOKUP_GATHER}
 
 
 def basis_permutation(spec: KernelSpec) -> torch.Tensor | None:
-    """The coordinate order decode-then-attend decodes ``spec``'s vectors in: OCTOPUS x/y/z planes
-    (:func:`..octopus.decode.plane_permutation`: whole-row stores, 0.39 -> 0.23 ms per 1.31 M vectors,
-    codec_pass.md run 3), which the rotations of Q and the output follow; None for TurboQuant."""
-    return plane_permutation(spec.head_dim) if isinstance(spec, OctopusSpec) else None
+    """The coordinate order decode-then-attend decodes ``spec``'s vectors in, which the rotations of Q
+    and the output follow: OCTOPUS x/y/z planes (whole-row stores: measured faster, see
+    docs/kernels/codec_pass.md), None (the codec's order) for TurboQuant."""
+    return spec.basis_permutation()
 
 
 def decode_rotated(packed: PackedTensor, spec: KernelSpec, out_dtype: torch.dtype,
-                   select_lookup: bool | int | None = None, plane_order: bool = False) -> torch.Tensor:
+                   lookup: int | None = None, plane_order: bool = False) -> torch.Tensor:
     """``gamma * y_hat`` (rotated basis) of every vector of ``packed``, same shape, ``out_dtype``;
     ``plane_order`` (OCTOPUS only): coordinates in :func:`basis_permutation`'s order."""
-    mode = DECODE_LOOKUP[spec.kind] if select_lookup is None else select_lookup
+    mode = DECODE_LOOKUP[spec.kind] if lookup is None else lookup
     if isinstance(spec, OctopusSpec):
         return octopus_decode_rows(packed.fields["codes"], packed.fields["norms"], spec, out_dtype=out_dtype,
-                                   scale_by_norm=True, exact=False, select_lookup=mode, plane_order=plane_order)
+                                   scale_by_norm=True, exact=False, lookup=mode, plane_order=plane_order)
     if plane_order:
         raise CodecError("decode: plane order exists only for OCTOPUS codes")
     return tq_decode_rows(packed.fields["codes"], packed.fields["norms"], spec, out_dtype=out_dtype,
-                          scale_by_norm=True, select_lookup=mode)
-
-
-_SIGNS: dict[tuple, torch.Tensor | None] = {}
+                          scale_by_norm=True, lookup=mode)
 
 
 def sign_matrix(spec: KernelSpec, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
     """``sqrt(d) * R`` (entries exactly +-1) in ``dtype`` for a Hadamard rotation and a half-precision
-    ``dtype``; None otherwise (the caller then rotates in float32)."""
-    key = (spec, device, dtype)
-    if key not in _SIGNS:
-        signs = hadamard_signs(spec) if dtype in (torch.float16, torch.bfloat16) else None
-        _SIGNS[key] = signs.to(device=device, dtype=dtype) if signs is not None else None
-    return _SIGNS[key]
+    ``dtype``; None otherwise (the caller then rotates in float32). Cached on the spec."""
+
+    def build() -> torch.Tensor | None:
+        signs = spec.hadamard_signs() if dtype in (torch.float16, torch.bfloat16) else None
+        return signs.to(device=device, dtype=dtype) if signs is not None else None
+
+    return spec.cached(("signs", device, dtype), build)
 
 
 def _rotation_rows(spec: KernelSpec, device: torch.device, dtype: torch.dtype
                    ) -> tuple[torch.Tensor, float]:
     """``(M, alpha)`` with ``R = alpha * M``, rows in :func:`basis_permutation`'s order: the +-1 sign
-    matrix for a Hadamard rotation in half precision, else float32 ``R``."""
-    key = (spec, device, dtype)
-    if key not in _ROWS:
+    matrix for a Hadamard rotation in half precision, else float32 ``R``. Cached on the spec."""
+
+    def build() -> tuple[torch.Tensor, float]:
         signs = sign_matrix(spec, device, dtype)
         m, alpha = (signs, spec.head_dim ** -0.5) if signs is not None else (spec.rotation.to(device), 1.0)
         perm = basis_permutation(spec)
-        _ROWS[key] = (m if perm is None else m[perm.to(device)].contiguous(), alpha)
-    return _ROWS[key]
+        return (m if perm is None else m[perm.to(device)].contiguous(), alpha)
 
-
-_ROWS: dict[tuple, tuple[torch.Tensor, float]] = {}
+    return spec.cached(("rotation_rows", device, dtype), build)
 
 
 def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,

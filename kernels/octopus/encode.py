@@ -26,7 +26,7 @@ import triton.language as tl
 from octopus_diffusers.codecs import PackedTensor
 
 from ..launch import EncodeConfig, default_config, encode_epilogue, encode_prologue
-from ..spec import OctopusSpec, device_codebooks, hadamard_signs, kernel_spec, midpoints, plane_width
+from ..spec import OctopusSpec, kernel_spec, midpoints, plane_width
 from ..tl.exact import norm3
 from ..tl.helpers import (codebook_for, lookup_any, nearest_count, octahedral_unfold, pack_fields_to_bytes,
                           pack_groups8, sign_nonzero)
@@ -151,31 +151,27 @@ def _octopus_encode_kernel(X, s_x, GAMMA, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt
         pack_fields_to_bytes(v, out_rows, r_mask[:, None], T, T, BX + BE + BR, BX + BE + BR, NBYTES, NBYTES_PAD)
 
 
-_TABLES: dict[tuple, tuple[torch.Tensor, ...]] = {}
-
-
 def _tables(spec: OctopusSpec, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Codebooks, their midpoints and the plane sign matrix (zeros for a non-Hadamard rotation), and
-    whether the rotation is Hadamard."""
-    key = (spec, device)
-    if key not in _TABLES:
+    whether the rotation is Hadamard (cached on the spec)."""
+
+    def build() -> tuple:
         d, tp = spec.head_dim, plane_width(spec.head_dim)
-        signs = hadamard_signs(spec)  # H diag(s): entries exactly +-1
+        signs = spec.hadamard_signs()  # H diag(s): entries exactly +-1
         planes = torch.zeros(d, 3 * tp)
         if signs is not None:
             for c in range(3):
                 idx = torch.arange(c, d, 3)
                 planes[:, c * tp: c * tp + idx.numel()] = signs.T[:, idx].float()
-        cbx, cbe, _ = device_codebooks(spec, device)
-        _TABLES[key] = (cbx, cbe) + tuple(midpoints(c).to(device) for c in (
+        cbx, cbe, _ = spec.codebooks(device)
+        return (cbx, cbe) + tuple(midpoints(c).to(device) for c in (
             spec.xi_codebook, spec.eta_codebook, spec.rho_codebook)) + (planes.to(device), signs is not None)
-    return _TABLES[key]
+
+    return spec.cached(("encode", device), build)
 
 
-#: The GPU launch, measured on the H100 (docs/kernels/codec_pass.md, run 3, 3 bits): 16 rows, gather
-#: lookups, gather-free packing: 3.38 ms against 3.71 with the tl.gather packing (which spilled 58
-#: registers); compare-select lookups with 8 warps: 3.68. Earlier (run 4): 16 rows 10.2 ms, 32 rows 14.1,
-#: 64 rows 27.8 (register spills).
+#: GPU launch: 16 rows, gather lookups, gather-free packing. Source: H100, docs/kernels/codec_pass.md
+#: (3 bits: 3.38 ms vs 3.71 with tl.gather packing, which spills; more rows per program spill too).
 GPU_CONFIG = EncodeConfig(pack8=True)
 
 

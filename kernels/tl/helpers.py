@@ -113,30 +113,30 @@ def lookup_select(cb_ptr, idx, SIZE: tl.constexpr):
     return val
 
 
-#: Codebook read modes of :func:`lookup_any` (its ``SELECT`` argument; ``False``/``True`` keep meaning
+#: Codebook read modes of :func:`lookup_any` (its ``MODE`` argument; ``False``/``True`` keep meaning
 #: gather/select for older callers).
 LOOKUP_GATHER = 0
 LOOKUP_SELECT = 1
 LOOKUP_LOAD = 2
 
 
-def lookup_mode(select_lookup: bool | int) -> int:
-    """``tl.helpers.LOOKUP_*`` of a ``select_lookup`` argument (False: gather, True: select, or a mode)."""
-    mode = int(select_lookup)
+def lookup_mode(lookup: bool | int) -> int:
+    """``tl.helpers.LOOKUP_*`` of a ``lookup`` argument (False: gather, True: select, or a mode)."""
+    mode = int(lookup)
     if mode not in (LOOKUP_GATHER, LOOKUP_SELECT, LOOKUP_LOAD):
-        raise CodecError(f"decode: unknown lookup mode {select_lookup!r} (False/True or a tl.helpers.LOOKUP_*)")
+        raise CodecError(f"decode: unknown lookup mode {lookup!r} (False/True or a tl.helpers.LOOKUP_*)")
     return mode
 
 
 @triton.jit
-def lookup_any(cb, idx, SIZE: tl.constexpr, SELECT: tl.constexpr):
-    """``codebook[idx]`` by mode ``SELECT``: ``LOOKUP_LOAD`` (``cb`` a pointer: one global load per
+def lookup_any(cb, idx, SIZE: tl.constexpr, MODE: tl.constexpr):
+    """``codebook[idx]`` by mode ``MODE``: ``LOOKUP_LOAD`` (``cb`` a pointer: one global load per
     element from the L1-resident table), ``LOOKUP_SELECT`` (``cb`` a pointer: :func:`lookup_select`) or
     ``LOOKUP_GATHER`` (``cb`` from :func:`load_codebook`: :func:`lookup`). All give identical values."""
     # if/else, not an early return: the compiler visits code after a constexpr-if's return.
-    if SELECT == 2:
+    if MODE == 2:
         val = tl.load(cb + idx)
-    elif SELECT:
+    elif MODE:
         val = lookup_select(cb, idx, SIZE)
     else:
         val = lookup(cb, idx)

@@ -19,7 +19,7 @@ import triton.language as tl
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
 from ..launch import EncodeConfig, default_config, encode_epilogue, encode_prologue
-from ..spec import TurboQuantSpec, device_codebooks, hadamard_signs, kernel_spec, midpoints
+from ..spec import TurboQuantSpec, kernel_spec, midpoints
 from ..tl.helpers import LOOKUP_GATHER, nearest_count, pack_fields_to_bytes, pack_groups8
 
 
@@ -50,20 +50,19 @@ def _tq_encode_kernel(X, s_x, NORMS_OUT, CODES, s_c, SIGNS, inv_sqrt_d, THR_HI, 
     else:
         pack_fields_to_bytes(idx, out_rows, r_mask[:, None], D, N_HI, B_HI, B_LO, NBYTES, NBYTES_PAD)
 
-_TABLES: dict[tuple, tuple] = {}
-
-
 def _tables(spec: TurboQuantSpec, device: torch.device) -> tuple:
     """Codebooks, midpoints, the +-1 sign matrix ``(H diag(s)).T`` (float32; rounded for a non-Hadamard
-    rotation, which fused rotation refuses) and whether the rotation is Hadamard."""
-    key = (spec, device)
-    if key not in _TABLES:
-        signs = hadamard_signs(spec)
+    rotation, which fused rotation refuses) and whether the rotation is Hadamard (cached on the spec)."""
+
+    def build() -> tuple:
+        signs = spec.hadamard_signs()
         matrix = (signs if signs is not None else (spec.rotation.double() * spec.head_dim ** 0.5).round())
-        cb_hi, cb_lo, _ = device_codebooks(spec, device)
-        _TABLES[key] = (cb_hi, cb_lo, midpoints(spec.codebook_hi).to(device), midpoints(spec.codebook_lo).to(device),
-                        matrix.T.contiguous().float().to(device), signs is not None)
-    return _TABLES[key]
+        cb_hi, cb_lo, _ = spec.codebooks(device)
+        return (cb_hi, cb_lo, midpoints(spec.codebook_hi).to(device), midpoints(spec.codebook_lo).to(device),
+                matrix.T.contiguous().float().to(device), signs is not None)
+
+    return spec.cached(("encode", device), build)
+
 
 #: Encode launch, measured on the H100 (docs/kernels/codec_pass.md): 32 rows, gather-free packing (3 bits
 #: 1.38 ms against 1.88 for 16 rows with tl.gather packing; 2 bits 1.37 against 1.53).

@@ -1,4 +1,9 @@
-"""Both attention kernels against float32 attention on the reference-decoded K/V.
+"""Both attention kernels against ``kernels.reference``: float32 attention on the reference-decoded
+K/V (``attention_on_decoded``) and, before the output rotation, ``rotated_attention``.
+
+Launch variants (tiles, splits, lookups, code reads, epilogue) go through the private
+``FusedVariant`` entry and must match the production launch to float rounding. OCTOPUS cases run the
+experimental plane kernel (``attention/fused_planes.py``, never dispatched).
 
 Tolerance: relative RMS error <= 1e-3 (the kernels' operands are fp16: the rotated, pre-scaled
 queries, the decoded unit vectors and the probabilities; accumulation is fp32). The fused kernel is
@@ -16,17 +21,20 @@ from kernel_checks import DEVICE, TOL, assert_close, attention_case, masks, to_b
 
 from octopus_diffusers.codecs import CodecError
 from octopus_diffusers.kernels.attention.decoded import decoded_attention
-from octopus_diffusers.kernels.attention.fused import (
+from octopus_diffusers.kernels.attention.fused_launch import (
+    FusedVariant,
+    _fused_attention_rotated,
+    _fused_attention_variant,
     _Launch,
     _word_codes,
     fused_attention,
-    fused_attention_rotated,
     merge_splits,
     prmt_tables,
 )
 from octopus_diffusers.kernels.reference import (attention_on_decoded, combine_splits, from_planes,
                                                  reference_rotated, rotated_attention)
 from octopus_diffusers.kernels.spec import kernel_spec
+from octopus_diffusers.kernels.tl.helpers import LOOKUP_SELECT
 
 #: Two kernel variants that decode the same fp16 values (code reads, codebook lookups) may still sum
 #: the score and output products in another order on the GPU (other operand layouts): far below TOL.
@@ -34,6 +42,12 @@ SAME_VALUES = 1e-5
 #: The in-kernel query/output rotations (tf32x3 products) against torch's float32 GEMMs: the rotated
 #: queries are rounded to fp16 afterwards, so a few elements may land one fp16 ulp apart.
 SAME_ROTATION = 1e-4
+
+
+def variant(q, kp, vp, ck, cv, attn_mask=None, *, scale=None, layout="BHSD", out_dtype=None, **switches):
+    """The fused kernel with comparison switches (``FusedVariant``: splits, tiles, lookups, code reads)."""
+    return _fused_attention_variant(q, kp, vp, kernel_spec(ck), kernel_spec(cv), attn_mask, scale, layout,
+                                    out_dtype, FusedVariant(**switches))
 
 
 @pytest.mark.parametrize("name,bits", [("octopus", 3), ("turboquant", 3), ("turboquant", 2.5)])
@@ -54,8 +68,7 @@ def test_fused_head_dim_128_dtypes_and_split_kv(name, dtype):
     q, kp, vp, ck, cv, k_hat, v_hat = attention_case(name, 128, 3, dtype, hq=2, hkv=1, nq=16, nkv=48)
     ref = attention_on_decoded(q, k_hat, v_hat, scale=0.05)
     for splits in (1, 3):
-        out = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), scale=0.05, out_dtype=torch.float32,
-                              splits=splits)
+        out = variant(q, kp, vp, ck, cv, scale=0.05, out_dtype=torch.float32, splits=splits)
         assert_close(f"out {splits}", ref, out)
     assert fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), scale=0.05).dtype == dtype
     # Decode-then-attend in the input dtype (half-precision rotations): output rounding included.
@@ -68,7 +81,7 @@ def test_fused_head_dim_128_dtypes_and_split_kv(name, dtype):
 def test_fused_select_lookup_matches_reference(name, bits):
     q, kp, vp, ck, cv, k_hat, v_hat = attention_case(name, 64, bits, torch.float16, nq=16, nkv=24)
     ref = attention_on_decoded(q, k_hat, v_hat)
-    out = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32, select_lookup=True)
+    out = variant(q, kp, vp, ck, cv, out_dtype=torch.float32, lookup=LOOKUP_SELECT)
     assert_close("out", ref, out)
 
 
@@ -80,9 +93,11 @@ def test_rotated_output_is_the_reference_rotated_attention_and_fully_written(nam
     ref = rotated_attention(q.cpu(), reference_rotated(ck, kp.to("cpu")), reference_rotated(cv, vp.to("cpu")),
                             kernel_spec(ck).rotation)
     for splits in (1, 2):
-        probe, lse = fused_attention_rotated(q, kp, vp, kernel_spec(ck), kernel_spec(cv), splits=splits)
+        split_variant = FusedVariant(splits=splits)
+        probe, lse = _fused_attention_rotated(q, kp, vp, kernel_spec(ck), kernel_spec(cv), variant=split_variant)
         canary = torch.full_like(probe, float("nan"))
-        out, lse = fused_attention_rotated(q, kp, vp, kernel_spec(ck), kernel_spec(cv), splits=splits, out=canary)
+        out, lse = _fused_attention_rotated(q, kp, vp, kernel_spec(ck), kernel_spec(cv), variant=split_variant,
+                                            out=canary)
         assert out.data_ptr() == canary.data_ptr() and not out.isnan().any()
         merged = combine_splits(out, lse) if lse is not None else out[0]
         merged = from_planes(merged, 64) if name == "octopus" else merged
@@ -118,8 +133,7 @@ def test_grouped_unpack_matches_per_field_reads(bits):
     q, kp, vp, ck, cv, k_hat, v_hat = attention_case("turboquant", 64, bits, torch.float16, nq=16, nkv=24)
     ref = attention_on_decoded(q, k_hat, v_hat)
     grouped = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32)
-    per_field = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32,
-                                grouped_unpack=False)
+    per_field = variant(q, kp, vp, ck, cv, out_dtype=torch.float32, grouped_unpack=False)
     assert_close("grouped", ref, grouped)
     assert_close("grouped vs per-field reads", per_field, grouped, SAME_VALUES)
 
@@ -137,8 +151,8 @@ def test_prefetching_loop_matches_plain_loop(splits):
     mask = masks(16, 100)["bool"]
     ref = attention_on_decoded(q, k_hat, v_hat, mask)
     kw = {"out_dtype": torch.float32, "splits": splits, "blocks": FEW_QUERY_BLOCKS}
-    ahead = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, **kw)
-    plain = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, prefetch=False, **kw)
+    ahead = variant(q, kp, vp, ck, cv, mask, **kw)
+    plain = variant(q, kp, vp, ck, cv, mask, prefetch=False, **kw)
     assert_close("ahead", ref, ahead)
     assert_close("prefetching vs plain loop", plain, ahead, SAME_VALUES)
 
@@ -162,27 +176,27 @@ def test_fused_epilogue_matches_torch_epilogue(layout):
         kp, vp = to_bshd(kp), to_bshd(vp)
     for splits in (1, 3):
         kw = {"layout": layout, "out_dtype": torch.float32, "splits": splits, "blocks": FEW_QUERY_BLOCKS}
-        fused = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, **kw)
-        torch_path = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), mask, fused_epilogue=False, **kw)
+        fused = variant(q, kp, vp, ck, cv, mask, **kw)
+        torch_path = variant(q, kp, vp, ck, cv, mask, fused_epilogue=False, **kw)
         assert fused.shape == q.shape
         assert_close(f"fused vs torch epilogue, {splits} splits", torch_path, fused, SAME_ROTATION)
         assert_close(f"fused epilogue, {splits} splits", ref, fused if layout == "BHSD" else fused.transpose(1, 2))
 
 
-def test_octopus_keeps_the_torch_epilogue():
-    """OCTOPUS never takes the fused epilogue (wrong / NaN output on the H100, MAX_FUSED_EPILOGUE_ROWS);
-    mixed TurboQuant / OCTOPUS K and V still attend correctly."""
+def test_experimental_octopus_plane_kernel_attends_mixed_pairs_with_the_torch_epilogue():
+    """EXPERIMENTAL kernel (attention/fused_planes.py, never dispatched): OCTOPUS never takes the fused
+    epilogue (wrong / NaN output on the H100, fewq_pass.md); OCTOPUS pairs and mixed TurboQuant /
+    OCTOPUS K and V attend correctly; TurboQuant pairs keep the few-query path."""
     q, kp, vp, ck, cv, k_oct, v_oct = attention_case("octopus", 128, 3, torch.float16, nq=16, nkv=40)
     _, tq_kp, tq_vp, tq_ck, tq_cv, k_tq, v_tq = attention_case("turboquant", 128, 3, torch.float16, nq=16, nkv=40)
     for k_pair, v_pair, k_hat, v_hat in (((kp, ck), (vp, cv), k_oct, v_oct), ((tq_kp, tq_ck), (vp, cv), k_tq, v_oct),
                                          ((kp, ck), (tq_vp, tq_cv), k_oct, v_tq)):
-        launch = _Launch(q, k_pair[0], v_pair[0], kernel_spec(k_pair[1]), kernel_spec(v_pair[1]), "BHSD",
-                         None, None, True, True)
+        launch = _Launch(q, k_pair[0], v_pair[0], kernel_spec(k_pair[1]), kernel_spec(v_pair[1]), "BHSD")
         assert not launch.small_tiles and not launch.words
         out = fused_attention(q, k_pair[0], v_pair[0], kernel_spec(k_pair[1]), kernel_spec(v_pair[1]),
                               out_dtype=torch.float32)
         assert_close("out", attention_on_decoded(q, k_hat, v_hat), out)
-    launch = _Launch(q, tq_kp, tq_vp, kernel_spec(tq_ck), kernel_spec(tq_cv), "BHSD", None, None, True, True)
+    launch = _Launch(q, tq_kp, tq_vp, kernel_spec(tq_ck), kernel_spec(tq_cv), "BHSD")
     assert launch.small_tiles and launch.words
 
 
@@ -235,10 +249,10 @@ def test_prmt_tables_hold_the_fp16_codebook():
 @pytest.mark.parametrize("bits", [1, 2, 3])
 def test_prmt_lookup_equals_gather_lookup(bits):
     """GPU only (inline PTX): the byte-permute codebook read against the gather. The two compiled
-    kernels agreed to a relative 0.9-1.6e-5 on the H100 (run F3; origin not isolated: the word- and
-    byte-read kernels agreed exactly), far below TOL."""
+    kernels agreed to a relative 0.9-1.6e-5 on the H100 (docs/kernels/fewq_pass.md; origin not
+    isolated: the word- and byte-read kernels agreed exactly), far below TOL."""
     q, kp, vp, ck, cv, _, _ = attention_case("turboquant", 128, bits, torch.float16, hq=12, hkv=4, nq=16, nkv=700)
     kw = {"out_dtype": torch.float32}
-    prmt = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), prmt_lookup=True, **kw)
-    gather = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), prmt_lookup=False, **kw)
+    prmt = variant(q, kp, vp, ck, cv, prmt_lookup=True, **kw)
+    gather = variant(q, kp, vp, ck, cv, prmt_lookup=False, **kw)
     assert_close("prmt vs gather lookup", gather, prmt, SAME_ROTATION)

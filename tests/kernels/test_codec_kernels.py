@@ -20,10 +20,10 @@ from kernel_checks import DEVICE, assert_close
 from octopus_diffusers.codecs import CodecError, get_codec
 from octopus_diffusers.kernels.attention.decoded import decode_rotated
 from octopus_diffusers.kernels.launch import EncodeConfig
-from octopus_diffusers.kernels.octopus.decode import DecodeConfig, octopus_decode, octopus_decode_rows, plane_permutation
+from octopus_diffusers.kernels.octopus.decode import DecodeConfig, octopus_decode, octopus_decode_rows
 from octopus_diffusers.kernels.octopus.encode import octopus_encode
 from octopus_diffusers.kernels.reference import reference_rotated
-from octopus_diffusers.kernels.spec import kernel_spec
+from octopus_diffusers.kernels.spec import kernel_spec, plane_permutation
 from octopus_diffusers.kernels.tl.helpers import LOOKUP_GATHER, LOOKUP_LOAD, LOOKUP_SELECT
 from octopus_diffusers.kernels.turboquant.decode import tq_decode, tq_decode_rows
 from octopus_diffusers.kernels.turboquant.encode import tq_encode
@@ -134,12 +134,12 @@ def test_unsupported_configurations_are_refused():
 
 
 @pytest.mark.parametrize("name,head_dim,bits,options", [CASES[0], CASES[7]], ids=[IDS[0], IDS[7]])
-@pytest.mark.parametrize("select", [False, True])
+@pytest.mark.parametrize("select", [LOOKUP_GATHER, LOOKUP_SELECT])
 def test_fast_rotated_decode_for_attention(name, head_dim, bits, options, select):
     """The decode pass of decode-then-attend: fast arithmetic, either codebook read, fp16 output."""
     codec = get_codec(name, head_dim, bits, seed=4, **options)
     packed = codec.encode(_data(head_dim, torch.float16))
-    got = decode_rotated(packed, kernel_spec(codec), torch.float16, select_lookup=select)
+    got = decode_rotated(packed, kernel_spec(codec), torch.float16, lookup=select)
     ref = reference_rotated(codec, packed.to("cpu"))
     assert_close("rotated decode", ref, got, rel_rms=2e-3, max_abs=2e-3 * (1 + ref.abs().max().item()))
 
@@ -174,7 +174,7 @@ def test_encode_variants_give_identical_codes(name, head_dim, bits, options, var
         assert torch.equal(got.fields["norms"], base.fields["norms"])
 
 
-DECODE_VARIANTS = [("row-select", True, DecodeConfig(block=8)), ("row-load", LOOKUP_LOAD, DecodeConfig(block=8)),
+DECODE_VARIANTS = [("row-select", LOOKUP_SELECT, DecodeConfig(block=8)), ("row-load", LOOKUP_LOAD, DecodeConfig(block=8)),
                    ("row-load-grouped", LOOKUP_LOAD, DecodeConfig(block=8, grouped=True)),
                    ("flat-select", LOOKUP_SELECT, DecodeConfig(flat=True, block=128)),
                    ("flat-load", LOOKUP_LOAD, DecodeConfig(flat=True, block=256))]
@@ -189,10 +189,10 @@ def test_octopus_fast_decode_variants_agree(label, mode, config, head_dim, bits)
     spec = kernel_spec(codec)
     codes, norms = packed.fields["codes"], packed.fields["norms"]
     base = octopus_decode_rows(codes, norms, spec, torch.float16, scale_by_norm=True, exact=False,
-                               select_lookup=LOOKUP_GATHER, config=DecodeConfig(block=16))
+                               lookup=LOOKUP_GATHER, config=DecodeConfig(block=16))
     out = torch.full((codes.numel() // spec.nbytes, head_dim), float("nan"), device=DEVICE, dtype=torch.float16)
     got = octopus_decode_rows(codes, norms, spec, torch.float16, scale_by_norm=True, exact=False,
-                              select_lookup=mode, config=config, out=out)
+                              lookup=mode, config=config, out=out)
     assert torch.equal(got, base)
 
 
@@ -202,8 +202,8 @@ def test_octopus_plane_order_is_the_permuted_decode(config, head_dim):
     codec = get_codec("octopus", head_dim, 3, seed=8)
     packed = codec.encode(_data(head_dim, torch.float16, rows=10))
     args = (packed.fields["codes"], packed.fields["norms"], kernel_spec(codec), torch.float16, True)
-    inter = octopus_decode_rows(*args, exact=False, select_lookup=LOOKUP_LOAD, config=config)
-    planes = octopus_decode_rows(*args, exact=False, select_lookup=LOOKUP_LOAD, config=config, plane_order=True)
+    inter = octopus_decode_rows(*args, exact=False, lookup=LOOKUP_LOAD, config=config)
+    planes = octopus_decode_rows(*args, exact=False, lookup=LOOKUP_LOAD, config=config, plane_order=True)
     perm = plane_permutation(head_dim)
     assert sorted(perm.tolist()) == list(range(head_dim))
     assert torch.equal(planes, inter[..., perm.to(inter.device)])
@@ -217,8 +217,8 @@ def test_turboquant_decode_variants_agree(mode, grouped, bits):
     packed = codec.encode(_data(64, torch.float16, rows=20))
     spec = kernel_spec(codec)
     args = (packed.fields["codes"], packed.fields["norms"], spec, torch.float16, True)
-    base = tq_decode_rows(*args, select_lookup=LOOKUP_GATHER)
-    assert torch.equal(tq_decode_rows(*args, select_lookup=mode, grouped=grouped, block_rows=8), base)
+    base = tq_decode_rows(*args, lookup=LOOKUP_GATHER)
+    assert torch.equal(tq_decode_rows(*args, lookup=mode, grouped=grouped, block_rows=8), base)
 
 
 def test_unknown_lookup_mode_is_refused():
@@ -226,4 +226,4 @@ def test_unknown_lookup_mode_is_refused():
     packed = codec.encode(_data(64))
     with pytest.raises(CodecError, match="lookup mode"):
         octopus_decode_rows(packed.fields["codes"], packed.fields["norms"], kernel_spec(codec), exact=False,
-                            select_lookup=7)
+                            lookup=7)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
-from kernel_checks import assert_close
+from kernel_checks import DEVICE, assert_close
 
 import octopus_diffusers.kernels as kernels
 from octopus_diffusers.codecs import CodecError, get_codec
@@ -28,6 +31,43 @@ def test_cpu_entry_points_are_the_reference():
     q = torch.randn(2, 6, 5, 64)
     out = kernels.attention(q, packed, packed, codec, codec)
     assert torch.equal(out, packed_attention(q, packed, packed, codec, codec, None, None, "BHSD"))
+
+
+def test_a_freed_codec_leaves_the_registry_with_its_spec_and_tables():
+    """The codec registry and the spec caches are weak: once the last user drops a codec (a restored
+    handle), its key no longer resolves and its kernel spec, with the tables filled on the spec, is
+    freed too. While the codec lives, its key is stable."""
+    from octopus_diffusers.kernels.attention.decoded import decode_rotated
+
+    codec = get_codec("turboquant", 64, 3)
+    key = kernels.ops.register_codec(codec)
+    assert kernels.ops.register_codec(codec) == key and kernels.ops.codec_for(key) is codec
+    spec = kernels.kernel_spec(codec)
+    decode_rotated(_packed(codec, (1, 1, 2, 64)).to(DEVICE), spec, torch.float16)  # fills the spec's tables
+    codec_ref, spec_ref = weakref.ref(codec), weakref.ref(spec)
+    del codec, spec
+    gc.collect()
+    assert codec_ref() is None and spec_ref() is None
+    with pytest.raises(CodecError, match="no codec registered"):
+        kernels.ops.codec_for(key)
+    assert kernels.ops.register_codec(get_codec("turboquant", 64, 3)) != key  # keys are never reused
+
+
+def test_stray_top_level_sub_packages_stay_inert():
+    """From a checkout's root, ``kernels`` and its sub-packages are importable under a stray top-level
+    name (transformers probes for Hugging Face's ``kernels``): that copy must load nothing, so the
+    ops and their codec registry exist once, under ``octopus_diffusers.kernels``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, kernels, kernels.attention, kernels.octopus, kernels.turboquant, kernels.tl\n"
+            "assert not hasattr(kernels, 'encode'), 'stray kernels loaded the api'\n"
+            "loaded = sorted(m for m in sys.modules if m.startswith('kernels.') or m in ('torch', 'triton'))\n"
+            "assert loaded == ['kernels.attention', 'kernels.octopus', 'kernels.tl', 'kernels.turboquant'], loaded\n")
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_encode_of_a_transposed_bshd_view_is_not_copied():
