@@ -12,6 +12,8 @@ _REGISTRY: dict[str, str] = {
     "octopus": "octopus:OctopusCodec",
     "turboquant": "turboquant:TurboQuantMSECodec",
     "turboquant_prod": "turboquant:TurboQuantProdCodec",
+    "turboquant_mr": "turboquant_mr:TurboQuantMRCodec",
+    "triplet_vq": "triplet_vq:TripletVQCodec",
     "polarquant": "polarquant:PolarQuantCodec",
     "qjl": "qjl:QJLCodec",
     "uniform": "uniform:UniformCodec",

@@ -158,9 +158,10 @@ def unpack_mixed_radix(packed: torch.Tensor, radices: Sequence[int]) -> torch.Te
 class Segment:
     """``count`` consecutive groups of ``k`` coordinates sharing one codebook.
 
-    ``sign_symmetric``: ``codebook`` holds ``n`` codewords ``(n, k)`` of the positive orthant and the
-    group index is ``i * 2^k + signs`` (radix ``n * 2^k``); else ``codebook`` is a sorted scalar
-    codebook ``(L,)`` (``k == 1``, radix ``L``).
+    ``sign_symmetric``: the codebook holds ``n = levels`` codewords ``(n, k)`` of the positive orthant
+    and the group index is ``i * 2^k + signs`` (radix ``n * 2^k``); else it holds ``levels`` codewords
+    ``(levels, k)`` (nearest by search), or is a sorted scalar codebook ``(levels,)`` (nearest by
+    bucketize), radix ``levels``.
     """
 
     k: int
@@ -186,9 +187,9 @@ class MixedRadixCodec(NormSplitRotationCodec):
     segments: tuple[Segment, ...]
 
     def __init__(self, head_dim: int, bits: float, seed: int = 0,
-                 norm_dtype: torch.dtype = torch.float16) -> None:
+                 norm_dtype: torch.dtype | str = torch.float16) -> None:
         super().__init__(head_dim, bits, seed, norm_dtype, qjl_residual=False)
-        norm_bits = 8 * torch.empty(0, dtype=norm_dtype).element_size()
+        norm_bits = 8 * torch.empty(0, dtype=self.norm_dtype).element_size()
         #: Code bits per vector available at the target rate (whole bytes, norm excluded).
         self.code_budget = 8 * int(math.floor(bits * head_dim / 8 + 1e-9)) - norm_bits
 
@@ -226,8 +227,10 @@ class MixedRadixCodec(NormSplitRotationCodec):
             if s.sign_symmetric:
                 signs = ((t < 0).to(torch.int64) << torch.arange(s.k, device=y.device)).sum(-1)
                 idx = (nearest_codeword(t.abs(), books[s.key]).to(y.device) << s.k) | signs
-            else:
+            elif books[s.key].dim() == 1:  # sorted scalar codebook
                 idx = nearest_index(t[:, 0].contiguous(), books[s.key])
+            else:
+                idx = nearest_codeword(t, books[s.key]).to(y.device)
             out.append(idx.reshape(*lead, s.count))
         return torch.cat(out, -1)
 
@@ -241,8 +244,10 @@ class MixedRadixCodec(NormSplitRotationCodec):
             if s.sign_symmetric:
                 bits = (i[..., None] >> torch.arange(s.k, device=idx.device)) & 1
                 vals = books[s.key][i >> s.k] * (1 - 2 * bits).to(torch.float32)
-            else:
+            elif books[s.key].dim() == 1:
                 vals = books[s.key][i][..., None]
+            else:
+                vals = books[s.key][i]
             out.append(vals.reshape(*lead, s.k * s.count))
         return torch.cat(out, -1)
 
