@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import math
 import shlex
 import sys
 import time
@@ -56,6 +58,10 @@ class BenchSize:
     turboquant_curve: tuple[float, ...]
     repro_vectors: int
     repro_head_dims: tuple[int, ...]
+    #: Matched-rate grid: every whole number of bytes per vector, every ``grid_step_bytes``-th one,
+    #: whose true rate lies in ``grid_rates`` (bits per scalar).
+    grid_step_bytes: int = 1
+    grid_rates: tuple[float, float] = (1.5, 5.0)
 
 
 SIZES: dict[str, BenchSize] = {
@@ -63,7 +69,7 @@ SIZES: dict[str, BenchSize] = {
                        n_attn_problems=1, n_attn_keys=256, n_attn_queries=16, minilm_paragraphs=2,
                        minilm_heads=12, sweep_vectors=256, sweep_bits=(2, 3), sweep_rho_bits=(0, 1, 2),
                        sweep_targets=(2.5, 3.5), turboquant_curve=(1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0),
-                       repro_vectors=1024, repro_head_dims=(128,)),
+                       repro_vectors=1024, repro_head_dims=(128,), grid_step_bytes=8),
     "full": BenchSize(head_dims=(64, 128), rates=(1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0),
                       n_ip_queries=64, n_attn_problems=4, n_attn_keys=1024,
                       n_attn_queries=64, minilm_paragraphs=10, minilm_heads=24, sweep_vectors=2048,
@@ -363,6 +369,257 @@ def matched_rows(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
+# ---- the matched-rate grid (headline) ----------------------------------------------------------
+#: Codecs on the matched-rate grid besides TurboQuant-mse (the reference), in table order.
+GRID_CODECS = ("triplet_vq", "turboquant_mr", "octopus")
+#: Norm bits every grid codec stores per vector (float16).
+GRID_NORM_BITS = 16
+
+
+def grid_rates(head_dim: int, size: BenchSize) -> list[float]:
+    """True rates of whole bytes per vector (every ``grid_step_bytes``-th) within ``size.grid_rates``."""
+    lo, hi = size.grid_rates
+    first, last = math.ceil(lo * head_dim / 8 - 1e-9), math.floor(hi * head_dim / 8 + 1e-9)
+    return [8 * n / head_dim for n in range(first, last + 1, size.grid_step_bytes)]
+
+
+def octopus_frontier(head_dim: int, size: BenchSize, seed: int, device: str,
+                     sweep: dict[str, Any] | None) -> list[dict]:
+    """Pareto frontier of OCTOPUS allocations (joint rounding) on unit vectors at ``head_dim``: from the
+    allocation sweep when it covered this head_dim, else measured here over the same allocations."""
+    points = [p for p in (sweep or {}).get("allocations", []) if p["head_dim"] == head_dim and p["joint_rounding"]]
+    if not points:
+        u = _unit_vectors(size.sweep_vectors, head_dim, seed)
+        for alloc in sweep_allocations(size):
+            try:
+                codec = get_codec("octopus", head_dim, (sum(alloc) - 1) / 3, seed=seed, allocation=alloc)
+            except CodecError:
+                continue
+            points.append({"head_dim": head_dim, "allocation": list(alloc), "joint_rounding": True,
+                           **_unit_point(codec, u, device)})
+    return analysis.pareto_frontier(points)
+
+
+def matched_grid(datasets: Sequence[RDDataset], size: BenchSize, seed: int, device: str,
+                 sweep: dict[str, Any] | None, codecs: Sequence[str]) -> list[dict]:
+    """Every grid codec at every grid rate on every dataset, against TurboQuant-mse and
+    TurboQuant-mixed-radix measured at the same true rate.
+
+    TurboQuant-mse is measured at exactly each grid rate (nominal bits = rate − 16/d: whole bytes of
+    code). ``triplet_vq`` and ``turboquant_mr`` take the grid rate as their target true rate (they may
+    store fewer bytes when they cannot fill the last one; their real rate is reported). OCTOPUS is the
+    best allocation of its unit-vector frontier whose true rate is within the grid rate (its triplet
+    and byte granularity counted against it). ``ratio_*`` = codec distortion / reference distortion at
+    the grid rate (< 1: the codec wins).
+    """
+    wanted = [c for c in GRID_CODECS if c in codecs]
+    rows: list[dict] = []
+    cache: dict[tuple, dict] = {}
+
+    def run(ds: RDDataset, variant: Variant, bits: float) -> dict | None:
+        key = (ds.label, variant.label, json.dumps(variant.options, sort_keys=True), bits)
+        if key not in cache:
+            try:
+                cache[key] = measure(ds, variant, bits, seed, device)
+            except CodecError as err:
+                cache[key] = {"refused": str(err)}
+        return None if "refused" in cache[key] else cache[key]
+
+    jobs = [(ds, r) for ds in datasets for r in grid_rates(ds.head_dim, size)]
+    frontiers = {d: octopus_frontier(d, size, seed, device, sweep) for d in {ds.head_dim for ds in datasets}} \
+        if "octopus" in wanted else {}
+    for ds, rate in tqdm(jobs, desc="matched-rate grid", unit="rate", leave=False):
+        d = ds.head_dim
+        tq = run(ds, Variant("turboquant", "turboquant"), round(rate - GRID_NORM_BITS / d, 12))
+        if tq is None:
+            continue
+        measured = {}
+        for name in wanted:
+            if name == "octopus":
+                best = analysis.best_under_budget(frontiers[d], rate)
+                if best is None:
+                    continue
+                alloc = tuple(best["allocation"])
+                row = run(ds, Variant("octopus", "octopus", {"allocation": alloc}), (sum(alloc) - 1) / 3)
+                if row is not None:
+                    row = {**row, "allocation": list(alloc)}
+            else:
+                row = run(ds, Variant(name, name), rate)
+            if row is not None:
+                measured[name] = row
+        refs = {"turboquant": tq, "turboquant_mr": measured.get("turboquant_mr")}
+        for name, row in [("turboquant", tq)] + list(measured.items()):
+            out = {"dataset": ds.label, "head_dim": d, "grid_rate": rate, "codec": name,
+                   "bits_per_scalar": row["bits_per_scalar"], "measured_bits_key": row["measured_bits_key"],
+                   "distortion": row["distortion"], "attn_rel_err": row["attn_rel_err"],
+                   "ip_rel_mse": row["ip_rel_mse"], "allocation": row.get("allocation"),
+                   "codec_seconds": row["codec_seconds"]}
+            for ref_name, ref in refs.items():
+                for metric, tag in (("distortion", ""), ("attn_rel_err", "attn_")):
+                    out[f"{tag}ratio_vs_{ref_name}"] = (None if ref is None or ref[metric] <= 0
+                                                        else row[metric] / ref[metric])
+            rows.append(out)
+    return rows
+
+
+def grid_summary(grid: Sequence[dict]) -> list[dict]:
+    """Per (dataset, codec): wins, losses and the range / geometric mean of the distortion ratios."""
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in grid):
+        for codec in dict.fromkeys(r["codec"] for r in grid if r["dataset"] == dataset):
+            if codec == "turboquant":
+                continue
+            mine = [r for r in grid if r["dataset"] == dataset and r["codec"] == codec]
+            entry: dict[str, Any] = {"dataset": dataset, "codec": codec, "points": len(mine),
+                                     "rate_min": min(r["grid_rate"] for r in mine),
+                                     "rate_max": max(r["grid_rate"] for r in mine)}
+            for ref in ("turboquant", "turboquant_mr"):
+                for tag in ("", "attn_"):
+                    ratios = [r[f"{tag}ratio_vs_{ref}"] for r in mine if r[f"{tag}ratio_vs_{ref}"] is not None]
+                    if not ratios or (codec == ref):
+                        continue
+                    entry[f"{tag}wins_vs_{ref}"] = sum(x < 1 for x in ratios)
+                    entry[f"{tag}compared_vs_{ref}"] = len(ratios)
+                    entry[f"{tag}ratio_min_vs_{ref}"] = min(ratios)
+                    entry[f"{tag}ratio_max_vs_{ref}"] = max(ratios)
+                    entry[f"{tag}ratio_geomean_vs_{ref}"] = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+            # TurboQuant-mse's own integer widths b (true rate b + 16/d) inside the grid
+            entry["at_turboquant_integer_rates"] = {
+                f"{r['grid_rate']:g}": r["ratio_vs_turboquant"] for r in mine
+                if abs((r["grid_rate"] - GRID_NORM_BITS / r["head_dim"]) % 1) < 1e-9
+                and r["ratio_vs_turboquant"] is not None}
+            out.append(entry)
+    return out
+
+
+# ---- peers side by side (external packages and the lattice peer) -----------------------------
+#: Steps of the lattice peer (in units of the rotated unit vector's coordinates) measured per head_dim;
+#: they span about 1.5 to 5 bits per scalar at d = 32..128.
+#: Datasets the peers table runs on (the real K/V and the uniform reference).
+PEER_DATASETS = ("minilm", "unit")
+LATTICE_STEPS = (0.18, 0.12, 0.08, 0.055, 0.04, 0.028, 0.02, 0.014)
+
+
+@dataclass
+class Peer:
+    """One peer configuration: how to encode a ``(N, d)`` tensor, decode it, and count its bytes."""
+
+    label: str
+    config: str
+    source: str
+    encode: Any
+    decode: Any
+    nbytes: Any
+
+
+def _package_peer(name: str, head_dim: int, bits: float, seed: int, **options: Any) -> Peer:
+    codec = get_codec(name, head_dim, bits, seed=seed, **options)
+    return Peer(name, f"bits={bits:g}" + "".join(f", {k}={v}" for k, v in options.items()),
+                "octopus-diffusers", codec.encode, codec.decode, lambda p: p.nbytes)
+
+
+def external_peers(head_dim: int, seed: int) -> tuple[list[Peer], list[dict]]:
+    """Peers from other packages that run on the CPU here (their own encode/decode, their own
+    stored tensors counted), and the notes of those that do not."""
+    peers, notes = [], []
+    try:
+        from fused_turboquant.core.quantizer import TurboQuantMSE
+    except ImportError as err:
+        notes.append({"peer": "fused-turboquant", "status": f"not importable: {err}"})
+    else:
+        for b in (2, 3, 4):
+            try:
+                q = TurboQuantMSE(head_dim, b, seed=seed, device="cpu")
+            except ValueError as err:
+                notes.append({"peer": "fused-turboquant", "status": f"bits={b}, d={head_dim}: {err}"})
+                continue
+            peers.append(Peer("fused-turboquant", f"bits={b} (fp32 norm)", "fused-turboquant 0.1.0",
+                              q.encode, lambda c, q=q: q.decode(c),
+                              lambda c: c.indices.numel() * c.indices.element_size()
+                              + c.norms.numel() * c.norms.element_size()))
+    try:
+        from polarengine_vllm.kv_cache.cache import PolarKVQuantizer
+    except ImportError as err:
+        notes.append({"peer": "polarquant", "status": f"not importable: {err}"})
+    else:
+        for b in (2, 3, 4):
+            try:
+                q = PolarKVQuantizer(head_dim, b, device="cpu")
+            except (ValueError, AssertionError) as err:
+                notes.append({"peer": "polarquant", "status": f"nbits={b}, d={head_dim}: {err}"})
+                continue
+            peers.append(Peer("polarquant (PolarKVQuantizer)", f"nbits={b} (bf16 norm)", "polarquant 0.6.0",
+                              lambda x, q=q: (q.quantize(x), x.shape),
+                              lambda e, q=q: q.dequantize(e[0][0], e[0][1], e[1]).float(),
+                              lambda e: e[0][0].numel() * e[0][0].element_size()
+                              + e[0][1].numel() * e[0][1].element_size()))
+    return peers, notes
+
+
+def lattice_peers(head_dim: int, seed: int) -> list[Peer]:
+    """The HyperQuant-style lattice peer (:mod:`octopus_diffusers.codecs.lattice_rice`) at every step."""
+    from octopus_diffusers.codecs.lattice_rice import LATTICES, LatticeRiceQuantizer
+
+    out = []
+    for lattice in LATTICES:
+        if head_dim % LATTICES[lattice]:
+            continue
+        for step in LATTICE_STEPS:
+            q = LatticeRiceQuantizer(head_dim, step, lattice, seed)
+            out.append(Peer(f"lattice-{lattice}-rice", f"step={step:g}", "octopus-diffusers (HyperQuant-style)",
+                            q.encode, q.decode, lambda e: e.bits / 8))
+    return out
+
+
+def _time_peer(peer: Peer, x: torch.Tensor) -> tuple[torch.Tensor, float, float, float]:
+    """(decoded float32 of x's shape, stored bytes, encode seconds, decode seconds) on the CPU."""
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    t0 = time.perf_counter()
+    enc = peer.encode(flat)
+    t1 = time.perf_counter()
+    dec = peer.decode(enc)
+    t2 = time.perf_counter()
+    return dec.float().reshape(x.shape), float(peer.nbytes(enc)), t1 - t0, t2 - t1
+
+
+def peer_comparison(datasets: Sequence[RDDataset], seed: int) -> tuple[list[dict], list[dict]]:
+    """Every peer on the same K and V of each dataset (CPU): stored bytes, true rate, relative MSE,
+    attention-output error and encode/decode seconds, and ``triplet_vq`` at a true rate not above the
+    peer's (its distortion ratio, < 1: ``triplet_vq`` wins)."""
+    rows, notes = [], []
+    for ds in datasets:
+        d = ds.head_dim
+        ext, ext_notes = external_peers(d, seed)
+        notes += [{**n, "dataset": ds.label} for n in ext_notes]
+        ours = []
+        for bits in (2, 3, 4):
+            ours.append(_package_peer("turboquant", d, bits, seed))
+            ours.append(_package_peer("octopus", d, bits, seed))
+        for bits in (2.0, 2.5, 3.0, 3.5, 4.0):
+            ours += [_package_peer("triplet_vq", d, bits, seed), _package_peer("turboquant_mr", d, bits, seed)]
+        for peer in tqdm(ours + ext + lattice_peers(d, seed), desc=f"peers {ds.label}", unit="cfg", leave=False):
+            k_hat, k_bytes, k_enc, k_dec = _time_peer(peer, ds.keys)
+            v_hat, v_bytes, v_enc, v_dec = _time_peer(peer, ds.values)
+            rate = 8 * (k_bytes + v_bytes) / (ds.keys.numel() + ds.values.numel())
+            row = {"dataset": ds.label, "head_dim": d, "peer": peer.label, "config": peer.config,
+                   "source": peer.source, "bytes": k_bytes + v_bytes, "bits_per_scalar": rate,
+                   "distortion": (relative_mse(ds.keys, k_hat) + relative_mse(ds.values, v_hat)) / 2,
+                   "attn_rel_err": attention_relative_error(ds.attn_q, ds.attn_k, ds.attn_v, k_hat, v_hat),
+                   "encode_s": k_enc + v_enc, "decode_s": k_dec + v_dec,
+                   "vectors": int((ds.keys.numel() + ds.values.numel()) // d)}
+            try:
+                vq = get_codec("triplet_vq", d, rate, seed=seed)
+                vk, vv = vq.roundtrip(ds.keys.float()), vq.roundtrip(ds.values.float())
+                vq_dist = (relative_mse(ds.keys, vk) + relative_mse(ds.values, vv)) / 2
+                row.update({"triplet_vq_bits": vq.bits_per_scalar, "triplet_vq_distortion": vq_dist,
+                            "ratio_triplet_vq_vs_peer": vq_dist / row["distortion"]})
+            except CodecError as err:
+                row.update({"triplet_vq_bits": None, "triplet_vq_distortion": None,
+                            "ratio_triplet_vq_vs_peer": None, "triplet_vq_refused": str(err)})
+            rows.append(row)
+    return rows, notes
+
+
 # ---- command line ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -377,6 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="datasets to run (default all)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the OCTOPUS allocation sweep")
     parser.add_argument("--no-reproduction", action="store_true", help="skip the codecs.md §4 check")
+    parser.add_argument("--peers", action="store_true",
+                        help="also run the peers side by side (external packages that install, the lattice "
+                             "peer) on the same K/V, with CPU encode/decode times")
+    parser.add_argument("--no-grid", action="store_true",
+                        help="skip the matched-rate grid (every codec at every whole-byte true rate 1.5-5)")
     parser.add_argument("--cache-dir", type=str, default=None,
                         help="folder to cache captured MiniLM Q/K/V as safetensors (default: no cache)")
     parser.add_argument("--device", default="cpu", help="torch device the codecs run on (default cpu)")
@@ -399,6 +661,10 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                  if {"octopus", "turboquant"} <= names and not args.no_sweep else None)
         repro = (reproduction(size, args.seed, args.device, sorted(names))
                  if names & {"octopus", "turboquant"} and not args.no_reproduction else None)
+        peers = (peer_comparison([ds for ds in datasets if ds.name in PEER_DATASETS], args.seed)
+                 if args.peers else None)
+        grid = (matched_grid(datasets, size, args.seed, args.device, sweep, sorted(names))
+                if "turboquant" in names and names & set(GRID_CODECS) and not args.no_grid else None)
     results = {
         "command": command, "size": size_name, "size_config": asdict(size), "seed": args.seed,
         "environment": environment(args.device), "seconds": time.perf_counter() - start,
@@ -409,7 +675,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                       "attention_problems": int(ds.attn_k.numel() // (ds.attn_k.shape[-2] * ds.head_dim))}
                      for ds in datasets],
         "rows": rows, "skipped": skipped, "matched": matched_rows(rows), "sweep": sweep,
-        "reproduction": repro,
+        "reproduction": repro, "grid": grid, "grid_summary": grid_summary(grid) if grid else None,
+        "peers": None if peers is None else peers[0], "peer_notes": None if peers is None else peers[1],
     }
     write_outputs(results, Path(args.out))
     return results

@@ -85,8 +85,17 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     _write_csv(out / "matched.csv", results["matched"])
     if results["sweep"] is not None:
         _write_csv(out / "sweep.csv", results["sweep"]["allocations"] + results["sweep"]["turboquant"])
-    plots = [plot_dataset(results["rows"], label, out / f"rd_{label}.png")
-             for label in dict.fromkeys(r["dataset"] for r in results["rows"])]
+    grid = results.get("grid")
+    if results.get("peers"):
+        _write_csv(out / "peers.csv", results["peers"])
+    plots = []
+    if grid:
+        _write_csv(out / "matched_grid.csv", grid)
+        _write_csv(out / "matched_grid_summary.csv", results["grid_summary"])
+        plots += [plot_grid(grid, label, out / f"matched_{label}.png")
+                  for label in dict.fromkeys(r["dataset"] for r in grid)]
+    plots += [plot_dataset(results["rows"], label, out / f"rd_{label}.png")
+              for label in dict.fromkeys(r["dataset"] for r in results["rows"])]
     if results["sweep"] is not None:
         plots += [plot_sweep(results["sweep"], d, out / f"sweep_d{d}.png")
                   for d in dict.fromkeys(p["head_dim"] for p in results["sweep"]["allocations"])]
@@ -141,6 +150,29 @@ def plot_dataset(rows: Sequence[dict], dataset: str, path: Path) -> Path:
         _lower_bound(ax, [r["bits_per_scalar"] for r in mine])
     ax.legend(fontsize=8)
     ax_attn.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_grid(grid: Sequence[dict], dataset: str, path: Path) -> Path:
+    """Matched-rate grid of one dataset: each codec's distortion (left) and attention-output error
+    (right) divided by TurboQuant-mse's at the same true rate; below 1 the codec wins."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    mine = [r for r in grid if r["dataset"] == dataset]
+    for ax, key, what in ((axes[0], "ratio_vs_turboquant", "relative MSE"),
+                          (axes[1], "attn_ratio_vs_turboquant", "attention-output error")):
+        ax.set_title(f"{what} / TurboQuant-mse's at the same true rate, {dataset}")
+        ax.set_xlabel("grid true bits per scalar (whole bytes per vector, 16-bit norm included)")
+        ax.set_ylabel(f"{what} ratio (< 1: better than TurboQuant-mse)")
+        ax.grid(True, alpha=0.3)
+        ax.axhline(1.0, color="k", lw=1, label="TurboQuant-mse")
+        for codec in dict.fromkeys(r["codec"] for r in mine if r["codec"] != "turboquant"):
+            pts = sorted((r["grid_rate"], r[key]) for r in mine if r["codec"] == codec and r[key] is not None)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=codec)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -216,9 +248,52 @@ def _verdict(sweep: dict) -> list[str]:
     return lines + [""]
 
 
+def _grid_lines(summary: Sequence[dict]) -> list[str]:
+    """One sentence per (dataset, codec) of the matched-rate grid, from its summary."""
+    lines = []
+    for e in summary:
+        parts = []
+        for ref, name in (("turboquant", "TurboQuant-mse"), ("turboquant_mr", "TurboQuant-mixed-radix")):
+            if f"wins_vs_{ref}" not in e:
+                continue
+            parts.append(f"vs {name}: lower MSE at {e[f'wins_vs_{ref}']} of {e[f'compared_vs_{ref}']} rates, "
+                         f"MSE ratio {e[f'ratio_min_vs_{ref}']:.3f}–{e[f'ratio_max_vs_{ref}']:.3f} "
+                         f"(geometric mean {e[f'ratio_geomean_vs_{ref}']:.3f}); attention-output error lower "
+                         f"at {e[f'attn_wins_vs_{ref}']} of {e[f'attn_compared_vs_{ref}']}")
+        at_int = e.get("at_turboquant_integer_rates") or {}
+        if at_int:
+            parts.append("at TurboQuant-mse's integer widths: " + ", ".join(
+                f"{100 * (ratio - 1):+.1f} % at {rate}" for rate, ratio in at_int.items()))
+        if parts:
+            lines.append(f"- {e['dataset']}, **{e['codec']}** ({e['rate_min']:.3g}–{e['rate_max']:.3g} bits/scalar): "
+                         + "; ".join(parts) + ".")
+    return lines
+
+
+def _grid_losses(grid: Sequence[dict], codec: str) -> list[str]:
+    """Where ``codec`` is not at or below both TurboQuant-mse and TurboQuant-mixed-radix."""
+    mine = [r for r in grid if r["codec"] == codec and r["ratio_vs_turboquant"] is not None]
+    if not mine:
+        return []
+    refs = ("ratio_vs_turboquant", "ratio_vs_turboquant_mr")
+    losses = [r for r in mine if any((r[k] or 0) > 1 for k in refs)]
+    line = (f"- **{codec} is at or below both TurboQuant-mse and TurboQuant-mixed-radix in relative MSE at "
+            f"{len(mine) - len(losses)} of {len(mine)} (dataset, rate) grid points**")
+    if losses:
+        line += "; above at: " + ", ".join(
+            f"{r['dataset']} {r['grid_rate']:.4g} ({100 * (r['ratio_vs_turboquant'] - 1):+.1f} % vs TQ, "
+            f"{100 * ((r['ratio_vs_turboquant_mr'] or 1) - 1):+.1f} % vs TQ-MR)" for r in losses)
+    return [line + ".", ""]
+
+
 def _headline(results: dict[str, Any]) -> list[str]:
     """Summary lines computed from the results (no hand-written numbers)."""
     lines = ["## Headline", ""]
+    if results.get("grid_summary"):
+        lines += ["Matched-rate grid (every whole number of bytes per vector from 1.5 to 5 bits per scalar; "
+                  "ratio = the codec's relative MSE / the reference's at the same true rate, < 1 wins):", ""]
+        lines += _grid_lines(results["grid_summary"]) + [""]
+        lines += _grid_losses(results["grid"], "triplet_vq")
     repro = results["reproduction"] or []
     if repro:
         worst = max(repro, key=lambda r: abs(r["rel_diff"]))
@@ -270,6 +345,54 @@ def markdown(results: dict[str, Any], plots: Sequence[str]) -> str:
                           f"±{100 * r['distortion_rel_se']:.2f} %", r["reference"], f"{100 * r['rel_diff']:+.2f} %",
                           r["within_tolerance"]]
                          for r in results["reproduction"]])
+    grid = results.get("grid")
+    if grid:
+        lines += ["## Matched-rate grid", "",
+                  "Every codec at every grid true rate (whole bytes per vector, 16-bit norm included). "
+                  "TurboQuant-mse is measured at exactly the grid rate (nominal bits = rate − 16/d); "
+                  "`triplet_vq` and `turboquant_mr` take the grid rate as their target true rate (the "
+                  "`bits/scalar` column shows what they really store); `octopus` is the best allocation "
+                  "(joint rounding) of its unit-vector frontier within the grid rate. `÷TQ` / `÷TQ-MR`: "
+                  "relative MSE divided by TurboQuant-mse's / TurboQuant-mixed-radix's at the same grid "
+                  "rate; `attn ÷TQ`: the same for the attention-output error.", ""]
+        for label in dict.fromkeys(r["dataset"] for r in grid):
+            lines += [f"### {label}", ""]
+            by_rate: dict[float, dict[str, dict]] = {}
+            for r in grid:
+                if r["dataset"] == label:
+                    by_rate.setdefault(r["grid_rate"], {})[r["codec"]] = r
+            codecs = [c for c in dict.fromkeys(r["codec"] for r in grid if r["dataset"] == label)
+                      if c != "turboquant"]
+            header = ["rate", "TQ rel mse"]
+            for c in codecs:
+                header += [f"{c} bits", f"{c} ÷TQ"] + ([f"{c} ÷TQ-MR"] if c != "turboquant_mr" else []) \
+                    + [f"{c} attn ÷TQ"]
+            body = []
+            for rate, entries in by_rate.items():
+                row: list[Any] = [rate, entries["turboquant"]["distortion"]]
+                for c in codecs:
+                    e = entries.get(c)
+                    row += [None if e is None else e["bits_per_scalar"],
+                            None if e is None else e["ratio_vs_turboquant"]]
+                    if c != "turboquant_mr":
+                        row.append(None if e is None else e["ratio_vs_turboquant_mr"])
+                    row.append(None if e is None else e["attn_ratio_vs_turboquant"])
+                body.append(row)
+            lines += _table(header, body)
+    if results.get("peers"):
+        lines += ["## Peers side by side (same K/V, measured bytes, CPU)", "",
+                  "Each peer's own encode/decode on the same keys and values; `bytes` is what it really "
+                  "stores for keys + values (codes, norms, headers); `enc s` / `dec s` CPU seconds for all "
+                  "of them; `triplet_vq ≤ rate`: triplet_vq at the largest true rate not above the peer's, "
+                  "and its relative MSE divided by the peer's (< 1: triplet_vq better).", ""]
+        lines += _table(["dataset", "peer", "config", "bytes", "bits/scalar", "rel mse", "attn err", "enc s",
+                         "dec s", "triplet_vq bits", "triplet_vq ÷ peer"],
+                        [[r["dataset"], r["peer"], r["config"], int(r["bytes"]), r["bits_per_scalar"],
+                          r["distortion"], r["attn_rel_err"], r["encode_s"], r["decode_s"],
+                          r["triplet_vq_bits"], r["ratio_triplet_vq_vs_peer"]] for r in results["peers"]])
+        for n in results.get("peer_notes") or []:
+            lines.append(f"- {n['dataset']}: {n['peer']}: {n['status']}")
+        lines.append("")
     sweep = results["sweep"]
     if sweep:
         lines += ["## OCTOPUS vs TurboQuant at matched true rate (allocation sweep, unit vectors)", "",

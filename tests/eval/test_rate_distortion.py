@@ -147,3 +147,55 @@ def test_reproduction_and_matched_rate_analysis(quick_run):
         assert t["bits_per_scalar"] <= t["target_bits"] + 1e-9
     compared = [f for f in sweep["frontiers"] if f["ratio"] is not None]
     assert compared and all(f["ratio"] > 0 for f in compared)
+
+
+# ---- the matched-rate grid and the peers table -------------------------------------------------
+def test_grid_rates_are_whole_bytes_per_vector():
+    from octopus_diffusers.eval.rate_distortion import SIZES, grid_rates
+
+    rates = grid_rates(128, SIZES["full"])
+    assert rates[0] == 1.5 and rates[-1] == 5.0 and len(rates) == 57
+    assert all(abs(r * 128 / 8 - round(r * 128 / 8)) < 1e-9 for r in rates)
+    assert grid_rates(64, SIZES["quick"]) == [1.5, 2.5, 3.5, 4.5]
+
+
+def test_quick_run_matched_grid(quick_run):
+    out, results = quick_run
+    grid = results["grid"]
+    assert {r["dataset"] for r in grid} == {"unit_d64", "outlier_d64", "minilm_d32"}
+    assert {r["codec"] for r in grid} == {"turboquant", "turboquant_mr", "triplet_vq", "octopus"}
+    for r in grid:
+        assert r["measured_bits_key"] == pytest.approx(r["bits_per_scalar"], abs=1e-9) or r["codec"] == "octopus"
+        assert r["bits_per_scalar"] <= r["grid_rate"] + 1e-9, r
+        if r["codec"] == "turboquant":
+            assert r["bits_per_scalar"] == pytest.approx(r["grid_rate"], abs=1e-12)
+            assert r["ratio_vs_turboquant"] == 1.0
+        if r["codec"] in ("turboquant_mr", "triplet_vq"):
+            assert r["bits_per_scalar"] > r["grid_rate"] - 8 / r["head_dim"] - 1e-9, r
+    summary = {(e["dataset"], e["codec"]): e for e in results["grid_summary"]}
+    assert summary[("unit_d64", "triplet_vq")]["compared_vs_turboquant"] == 4
+    for label in ("unit_d64", "minilm_d32"):
+        data = (out / f"matched_{label}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    readme = (out / "README.md").read_text()
+    assert "## Matched-rate grid" in readme and "triplet_vq" in readme
+    with (out / "matched_grid.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(grid)
+
+
+def test_peer_comparison_counts_real_bytes():
+    from octopus_diffusers.eval.rate_distortion import peer_comparison
+    from octopus_diffusers.eval.rd_datasets import synthetic_dataset
+
+    ds = synthetic_dataset("unit", 32, 4, 1, 64, 4, seed=1)
+    rows, notes = peer_comparison([ds], seed=0)
+    by = {(r["peer"], r["config"]): r for r in rows}
+    tq = by[("turboquant", "bits=3")]
+    assert tq["bytes"] == 2 * 64 * (12 + 2) and tq["bits_per_scalar"] == pytest.approx(3.5)
+    lattice = [r for r in rows if r["peer"].startswith("lattice-E8")]
+    assert len(lattice) >= 4 and all(r["bits_per_scalar"] > 1 for r in lattice)
+    for r in rows:
+        assert r["distortion"] > 0 and r["encode_s"] >= 0 and r["decode_s"] >= 0
+        if r["triplet_vq_bits"] is not None:
+            assert r["triplet_vq_bits"] <= r["bits_per_scalar"] + 1e-9
+    assert all(n["status"] for n in notes)
