@@ -36,13 +36,14 @@ def _metric_mean(variant: dict[str, Any], media: str, metric: str) -> float | No
 def plot_metric_vs_bits(results: dict[str, Any], media: str, metric: str, path: Path) -> Path:
     """``metric`` (mean over frames / channels and prompts) against true bits per scalar, per codec.
 
-    The baseline and non-finite points (e.g. codec ``none``: identical output, infinite PSNR) have
-    no place on a rate axis and are left out; the title says how many were.
+    The baseline, codec ``none`` (the unquantized K/V, at the model dtype's 16 or 32 bits, would only
+    stretch the axis) and non-finite points (identical output: infinite PSNR) are left out; the title
+    says how many non-finite points were.
     """
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     left_out = 0
     for v in results["variants"]:
-        if v["name"] == BASELINE:
+        if v["name"] == BASELINE or v["codec"] == "none":
             continue
         value = _metric_mean(v, media, metric)
         rate = true_rate(v)

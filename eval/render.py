@@ -246,7 +246,7 @@ def rate_label(rate: float) -> str:
 def variant_label(variant: dict) -> str:
     """Tile / panel title: the variant's name and its true rate."""
     rate = true_rate(variant)
-    return variant["name"] if rate is None else f"{variant['name']} {rate:.2f}b/s"
+    return variant["name"] if rate is None else f"{variant['name']} {rate:.2f} bits/scalar"
 
 
 def is_renders_folder(folder: Path) -> bool:

@@ -54,6 +54,8 @@ def setting(variant: dict[str, Any]) -> str:
     """The codec setting behind a variant: nominal bits and options (``alloc (2, 2, 1)``, ``group 16``)."""
     if variant.get("codec") is None:
         return "–"
+    if variant["codec"] == "none":
+        return "stored unchanged"
     options = variant.get("options") or {}
     parts = [] if "allocation" in options else [f"{variant['bits']:g} b"]
     for key, value in options.items():
