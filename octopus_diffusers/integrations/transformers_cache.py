@@ -293,14 +293,21 @@ class LayerMemory:
 
 def _decoder_geometry(config: Any) -> tuple[int, int, list[str]]:
     """(number of decoder layers, head_dim, layer types) of a transformers config."""
+    if getattr(config, "is_encoder_decoder", False) and hasattr(config, "decoder_attention_heads"):
+        # encoder-decoder (Whisper, BART...): the decoder's own fields; the text-config view of these
+        # configs renames fields and is not reliable for them
+        layers, heads = config.decoder_layers, config.decoder_attention_heads
+        hidden = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
+        if not hidden or hidden % heads:
+            raise ValueError(f"{type(config).__name__}: cannot read head_dim (hidden {hidden}, heads {heads})")
+        return int(layers), hidden // heads, ["full_attention"] * int(layers)
     cfg = config.get_text_config(decoder=True)
-    layers = getattr(cfg, "decoder_layers", None) or getattr(cfg, "num_hidden_layers", None)
+    layers = getattr(cfg, "num_hidden_layers", None)
     if not isinstance(layers, int) or layers < 1:
         raise ValueError(f"{type(cfg).__name__}: cannot read the number of decoder layers")
     head_dim = getattr(cfg, "head_dim", None)
     if not head_dim:
-        heads = getattr(cfg, "decoder_attention_heads", None) or getattr(cfg, "num_attention_heads", None)
-        hidden = getattr(cfg, "d_model", None) or getattr(cfg, "hidden_size", None)
+        heads, hidden = getattr(cfg, "num_attention_heads", None), getattr(cfg, "hidden_size", None)
         if not heads or not hidden or hidden % heads:
             raise ValueError(f"{type(cfg).__name__}: cannot read head_dim (hidden {hidden}, heads {heads})")
         head_dim = hidden // heads

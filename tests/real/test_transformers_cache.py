@@ -169,3 +169,24 @@ def test_real_smollm2_none_is_exact_and_octopus_close(smollm2, wiki_text):
     quant = chunked(model, ids, QuantizedKVCache(model, "octopus", bits=4), chunk=64)
     assert not torch.equal(quant, ref)
     assert abs(nll(quant) - nll(ref)) < 0.1  # 4-bit OCTOPUS keeps perplexity within ~10 %
+
+
+@pytest.mark.slow
+def test_perplexity_benchmark_writes_its_report(smollm2, tmp_path, monkeypatch):
+    import json
+
+    from octopus_diffusers.eval.real import text_perplexity as tp
+
+    tiny_size = tp.Size(1, 96, ("turboquant",), (2,), ("turboquant",))
+    monkeypatch.setitem(tp.SIZES, "quick", tiny_size)
+    res = tp.run(tmp_path, quick=True)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert files == {"text_results.json", "text_results.csv", "text_matched.csv", "text_ppl.png", "text.md"}
+    assert json.loads((tmp_path / "text_results.json").read_text())["baseline"]["tokens_scored"] == 95
+    rows = {r["label"]: r for r in res["rows"]}
+    assert set(rows) == {"octopus-2b", "turboquant-2b", "turboquant-2.5b"}
+    assert rows["turboquant-2.5b"]["codec_bits"] == rows["octopus-2b"]["codec_bits"] == 2.75
+    # 96 tokens: 64 quantized, 32 in the window; 28 of 30 layers' keys quantized, all values
+    assert 2.75 < rows["turboquant-2.5b"]["effective_bits"] < 16
+    assert rows["turboquant-2b"]["ppl"] > res["baseline"]["ppl"]
+    assert "matched" in (tmp_path / "text.md").read_text()
