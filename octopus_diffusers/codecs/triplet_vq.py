@@ -24,9 +24,10 @@ the K full codewords: a k-d tree on the CPU, brute force ``||c||² - 2 t·c`` ot
 ``3 n`` (or ``3 K``) multiply-adds and an argmin per triplet (n <= 4096, K <= 256). Decoder: one
 table lookup of 3 values (and 3 sign flips) per triplet.
 
-Norms: float16 by default; a norm above 65504 is refused with a :class:`CodecError` (the base class
-checks), a norm below float16's smallest subnormal (2^-24) is stored as 0 and decodes to the zero
-vector (absolute error < 6e-8). ``norm_dtype=torch.float32`` removes both limits at 16 more bits.
+Norms: float16 by default (16 bits per vector, counted in the rate). The shared norm-split base
+refuses, with a :class:`CodecError`, a norm above float16's 65504 and a nonzero norm below its smallest
+normal value (6.1e-5), which float16 could not store faithfully; ``norm_dtype=torch.float32`` (32
+bits) or ``torch.bfloat16`` removes those limits.
 """
 
 from __future__ import annotations

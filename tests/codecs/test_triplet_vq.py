@@ -45,7 +45,7 @@ def test_encoder_finds_the_exact_nearest_of_all_signed_codewords():
 
 
 def test_lower_distortion_than_turboquant_at_the_same_true_rate():
-    u = _unit(2048, 128, 7)
+    u = _unit(1024, 128, 7)
     for b in (2, 3):
         tq = get_codec("turboquant", 128, b)
         vq = get_codec("triplet_vq", 128, tq.bits_per_scalar)
@@ -72,8 +72,10 @@ def test_bad_configurations_fail_clearly():
     with pytest.raises(CodecError, match="above"):
         get_codec("triplet_vq", 64, 6.0)
     codec = get_codec("triplet_vq", 64, 3.0)
-    with pytest.raises(CodecError):
+    with pytest.raises(CodecError, match="range"):
         codec.encode(torch.full((2, 64), 1e4))  # norm 8e4 overflows the float16 norm
+    with pytest.raises(CodecError, match="smallest normal"):
+        codec.encode(torch.full((2, 64), 1e-7))  # norm 8e-7 would lose its precision in float16
 
 
 def test_usable_by_name_in_the_processors_spec_and_saved_files(tmp_path):
