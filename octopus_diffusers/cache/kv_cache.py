@@ -181,6 +181,7 @@ class KVCacheBase:
         self.num_layers, self.num_heads, self.head_dim = num_layers, num_heads, head_dim
         self.frame_tokens, self.chunk_frames = frame_tokens, chunk_frames
         self.tracker = MemoryTracker()
+        self.resets = 0
         self._forward: _Forward | None = None
         self._broken: str | None = None
         self._clear()
@@ -193,7 +194,6 @@ class KVCacheBase:
         self.dtype: torch.dtype | None = None
         self.device: torch.device | None = None
         self.prompt_key: Any = None
-        self.resets = getattr(self, "resets", 0)
         self._cross: list[tuple[PackedTensor, PackedTensor] | None] = [None] * self.num_layers
 
     def reset(self) -> None:

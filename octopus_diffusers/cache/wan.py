@@ -22,7 +22,7 @@ forward (a writing forward advances the cache by one chunk).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,7 +41,6 @@ class _Context:
 
     cache: KVCacheBase | None = None
     frame_offset: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def apply_wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
