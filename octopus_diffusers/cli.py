@@ -339,6 +339,15 @@ def _is_plots_folder(folder: Path) -> bool:
     return all(p.is_file() and p.suffix == ".png" for p in folder.iterdir())
 
 
+def _outside_outputs(run_dir: Path, out_dir: Path, option: str) -> None:
+    """Reports and renders never go inside a run's outputs/ (the folder would then fail its own check)."""
+    from octopus_diffusers.pipelines.run_folder import OUTPUTS
+
+    outputs = (run_dir / OUTPUTS).resolve()
+    if out_dir.resolve() == outputs or outputs in out_dir.resolve().parents:
+        raise CLIError(f"{option} {out_dir} lies inside the run's {OUTPUTS}/ folder; choose another place")
+
+
 def _evaluate_and_report(run_dir: Path, out_dir: Path, args: argparse.Namespace) -> Path:
     from octopus_diffusers.eval.evaluate import evaluate_run
     from octopus_diffusers.eval.plots import plot_all
@@ -346,6 +355,7 @@ def _evaluate_and_report(run_dir: Path, out_dir: Path, args: argparse.Namespace)
     from octopus_diffusers.eval.report import write_reports
     from octopus_diffusers.pipelines.run_folder import RunFolder, check_output_folder, staged_folder
 
+    _outside_outputs(run_dir, out_dir, "--out")
     check_output_folder(out_dir, overwrite=True, is_ours=lambda _: True)
     run = RunFolder(run_dir)
     lpips = {"auto": "auto", "on": True, "off": False}[args.lpips]
@@ -369,6 +379,7 @@ def _render(run_dir: Path, out_dir: Path, args: argparse.Namespace) -> list[Path
     from octopus_diffusers.eval.render import is_renders_folder, render_run
     from octopus_diffusers.pipelines.run_folder import RunFolder, staged_folder
 
+    _outside_outputs(run_dir, out_dir, "--out")
     run = RunFolder(run_dir)
     with staged_folder(out_dir, overwrite=True, is_ours=is_renders_folder) as staging:
         written = render_run(run, staging, diff_row=not args.no_diff, amplify=args.amplify, progress=not args.quiet)

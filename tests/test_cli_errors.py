@@ -95,6 +95,10 @@ FAST_CASES = {  # argv (tmp_path -> list), exit code, message fragment; all fail
     "render amplify inf": (lambda t: ["render", str(t), "--amplify", "inf"], 2, "finite number > 0"),
     "eval of no folder": (lambda t: ["eval", str(t / "absent")], 3, "no such folder"),
     "eval out is a file": (lambda t: ["eval", str(t), "--out", str(_file(t))], 2, "is a file"),
+    "eval out inside outputs": (lambda t: ["eval", str(t), "--out", str(t / "outputs" / "x")], 2,
+                                "inside the run's outputs/"),
+    "render out inside outputs": (lambda t: ["render", str(t), "--out", str(t / "outputs")], 2,
+                                  "inside the run's outputs/"),
     "bench out is a file": (lambda t: ["bench", "--out", str(_file(t)), "--quick"], 2, "is a file"),
 }
 

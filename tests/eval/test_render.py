@@ -84,3 +84,46 @@ def test_render_inputs_are_checked(tmp_path):
         side_by_side_video(_video(), [("x", _video())], tmp_path / "a.mp4", amplify=0)
     with pytest.raises(ValueError, match="differs from the baseline"):
         spectrogram_png(torch.zeros(1, 800), [("x", torch.zeros(1, 700))], 8000, tmp_path / "s.png")
+
+
+@pytest.mark.parametrize("amplify", [-5.0, float("nan"), float("inf")])
+def test_amplify_must_be_finite_and_positive(tmp_path, amplify):
+    with pytest.raises(ValueError, match="amplify must be a finite number > 0"):
+        side_by_side_video(_video(), [("x", _video())], tmp_path / "a.mp4", amplify=amplify)
+
+
+def _sealed_run(root, variants):
+    """A small sealed video run folder: ``variants`` = [(name, codec, target_rate, bits_per_scalar)]."""
+    from octopus_diffusers.pipelines.run_folder import save_frames, write_manifest
+
+    entries = []
+    for i, (name, codec, target, rate) in enumerate(variants):
+        rel = f"outputs/{name}/prompt0.video.safetensors"
+        (root / rel).parent.mkdir(parents=True)
+        save_frames(root / rel, _video(frames=2, h=8, w=8, seed=i), "float32")
+        entries.append({"name": name, "codec": codec, "bits": rate, "target_rate": target, "bits_per_scalar": rate,
+                        "outputs": [{"video": rel}]})
+    write_manifest(root, {"media": ["video"], "fps": 8, "sample_rate": None, "prompts": ["p"],
+                          "variants": entries})
+    return root
+
+
+def test_renders_group_by_true_rate_and_record_their_run(tmp_path):
+    from octopus_diffusers.eval.render import current_renders, rate_groups, render_run
+    from octopus_diffusers.pipelines.run_folder import RunFolder, read_json
+
+    run = RunFolder(_sealed_run(tmp_path / "run", [
+        ("baseline", None, None, None), ("octopus-a442", "octopus", 5.0, 5.0), ("octopus-a221", "octopus", 3.0, 3.0),
+        ("turboquant-2b", "turboquant", 3.0, 3.0), ("uniform-4b", "uniform", None, 5.6), ("none-fp32", "none", None, 32.0)]))
+    assert rate_groups(run) == [(3.0, ["octopus-a221", "turboquant-2b"]), (5.0, ["octopus-a442"]),
+                                (5.6, ["uniform-4b"]), (32.0, ["none-fp32"])]
+    written = render_run(run, tmp_path / "renders", diff_row=False, progress=False)
+    assert [p.name for p in written] == [f"compare_{r}bps_prompt0.mp4" for r in ("3", "5", "5.6", "32")]
+    index = read_json(tmp_path / "renders/index.json")
+    assert index["run_digest"] == run.digest and index["renders"][0]["variants"] == ["octopus-a221", "turboquant-2b"]
+    assert current_renders(run, tmp_path / "renders") == written
+    other = RunFolder(_sealed_run(tmp_path / "other", [("baseline", None, None, None),
+                                                       ("turboquant-2b", "turboquant", 3.0, 3.0)]))
+    assert current_renders(other, tmp_path / "renders") == []  # renders of another run are never linked
+    written[0].unlink()
+    assert current_renders(run, tmp_path / "renders") == []  # nor an incomplete set
