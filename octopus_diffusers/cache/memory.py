@@ -85,6 +85,32 @@ def frames_that_fit(policy: CachePolicy, budget: int) -> int:
 POLICIES = {"default": {}, "all compressed": {"sink_chunks": 0, "keep_newest": 0}}
 
 
+def verify_one_block(codec: str = "turboquant", bits: float = 3, chunks: int = 3) -> dict[str, int]:
+    """Fill one real-size block (12 x 128, 1,560 tokens per frame, 512 text tokens) of a
+    :class:`CompressedKVCache` with ``chunks`` random bf16 chunks and compare its stored bytes with the
+    estimate: the check that the table's shape arithmetic is the cache's real size."""
+    from .kv_cache import CompressedKVCache
+
+    policy = CachePolicy(codec=codec, bits=bits)
+    shape = dict(WAN_1_3B, num_layers=1)
+    cache = CompressedKVCache(**shape, policy=policy)
+    gen = torch.Generator().manual_seed(0)
+    tokens = WAN_1_3B["chunk_frames"] * WAN_1_3B["frame_tokens"]
+
+    def rand(n: int) -> torch.Tensor:
+        return torch.randn(1, n, WAN_1_3B["num_heads"], WAN_1_3B["head_dim"], generator=gen).to(torch.bfloat16)
+
+    for c in range(chunks):
+        cache.begin_forward(c * WAN_1_3B["chunk_frames"], WAN_1_3B["chunk_frames"], WAN_1_3B["frame_tokens"], 1,
+                            "prompt", write=True)
+        cache.self_kv(0, rand(tokens), rand(tokens))
+        cache.cross_kv(0, lambda: (rand(TEXT_TOKENS), rand(TEXT_TOKENS)))
+        cache.end_forward()
+    est = estimate_cache_bytes(**shape, num_frames=chunks * WAN_1_3B["chunk_frames"], policy=policy,
+                               text_tokens=TEXT_TOKENS)
+    return {"stored": cache.nbytes(), "estimate": est["nbytes"]}
+
+
 def table(codecs: list[str] | None = None) -> tuple[list[dict[str, Any]], int]:
     """One row per (policy, codec, bits): true bits, bytes at :data:`VIDEO_FRAMES`, frames that fit per
     budget. fp8 has one rate (8 bits); a codec that cannot be built gets a row with its error."""
@@ -110,7 +136,7 @@ def table(codecs: list[str] | None = None) -> tuple[list[dict[str, Any]], int]:
     return rows, weights
 
 
-def markdown(rows: list[dict[str, Any]], weights: int, command: str) -> str:
+def markdown(rows: list[dict[str, Any]], weights: int, command: str, verified: dict[str, int] | None = None) -> str:
     import diffusers
 
     from octopus_diffusers.eval.rd_report import _git_commit
@@ -140,6 +166,10 @@ def markdown(rows: list[dict[str, Any]], weights: int, command: str) -> str:
                      f"| {gb(r['bytes_321'])} | {r['bf16_321'] / r['bytes_321']:.2f} | {fits} |")
     lines += ["", f"\\* past {ROPE_VIDEO_FRAMES:,} video frames ({ROPE_LATENT_FRAMES:,} latent frames) Wan's RoPE table "
               "(`rope_max_seq_len=1024`) ends and the causal processors refuse the positions: memory-only figures."]
+    if verified:
+        lines += ["", f"Check (`--verify`): one real-size block holding 3 random bf16 chunks and the text K/V, "
+                  f"TurboQuant 3 bits, default policy: {verified['stored']:,} bytes stored by `CompressedKVCache`, "
+                  f"{verified['estimate']:,} estimated."]
     if failed:
         lines += ["", "Not in the table (the codec could not be built at this commit):", ""]
         lines += sorted({f"- {r['codec']}: {r['error']}" for r in failed})
@@ -151,11 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Wan2.1-1.3B KV-cache bytes per codec at real size")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write (default: print)")
     parser.add_argument("--codecs", nargs="+", default=None)
+    parser.add_argument("--verify", action="store_true", help="also fill one real-size block and compare its bytes")
     args = parser.parse_args(argv)
     rows, weights = table(args.codecs)
+    verified = verify_one_block() if args.verify else None
+    if verified and verified["stored"] != verified["estimate"]:
+        raise CacheError(f"stored {verified['stored']} bytes != estimate {verified['estimate']}")
     command = "python -m octopus_diffusers.cache.memory" + (f" --out {args.out}" if args.out else "") + \
-        (f" --codecs {' '.join(args.codecs)}" if args.codecs else "")
-    text = markdown(rows, weights, command)
+        (f" --codecs {' '.join(args.codecs)}" if args.codecs else "") + (" --verify" if args.verify else "")
+    text = markdown(rows, weights, command, verified)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
