@@ -121,7 +121,7 @@ def encode(codec: Codec, x: torch.Tensor) -> PackedTensor:
     if _use_kernels(codec, x.device):
         from octopus_diffusers.kernels import api
 
-        return api.encode(codec, x)
+        return api.encode(codec, x.contiguous())  # contiguous codes, whatever view the caller holds
     return codec.encode(x)
 
 
