@@ -45,7 +45,8 @@ from octopus_diffusers.pipelines.run_folder import to_jsonable, write_json
 WINDOWS: tuple[tuple[float, float | None], ...] = ((0.0, 2.0), (2.0, 5.0), (5.0, None))
 RESULTS_FORMAT = "octopus-diffusers-causal/1"
 MODELS = ("tiny", "self-forcing", "causvid")
-#: Denoising timesteps per chunk of the public checkpoints (Self-Forcing: 4 steps; CausVid: 3).
+#: Denoising timesteps per chunk of the public checkpoints (Self-Forcing: 4 steps; CausVid: 3). Not verified
+#: against the released config files here (none are reachable): check them against your checkpoint's config.
 MODEL_SCHEDULES = {"self-forcing": CausalSchedule((1000.0, 750.0, 500.0, 250.0), shift=5.0),
                    "causvid": CausalSchedule((1000.0, 757.0, 522.0), shift=5.0)}
 #: Wan2.1 at 480x832: a 60x104 latent; 16 fps video.
