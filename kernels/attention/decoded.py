@@ -97,7 +97,7 @@ def _rotation_rows(spec: KernelSpec, device: torch.device, dtype: torch.dtype
 def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
                       v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
                       layout: str = "BHSD", backends: list[SDPBackend] | None = None) -> torch.Tensor:
-    """Same contract as :func:`.fused.fused_attention`; output in ``q``'s dtype and layout."""
+    """Same contract as :func:`.fused_launch.fused_attention`; output in ``q``'s dtype and layout."""
     if layout not in ("BHSD", "BSHD"):
         raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
     dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32

@@ -75,11 +75,16 @@ FUSED_TILES: tuple[TileRule, ...] = (
 INTERPRETER_TILES = (16, 16, 4, 1)
 
 
+def gpu_tiles(n_q: int, n_kv: int, d: int, octopus_keys: bool, prefetch: bool) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)``: the first row of :data:`FUSED_TILES` that matches."""
+    return next(rule.tiles for rule in FUSED_TILES if rule.matches(n_q, n_kv, d, octopus_keys, prefetch))
+
+
 def default_tiles(n_q: int, n_kv: int, d: int, octopus_keys: bool, prefetch: bool) -> tuple[int, int, int, int]:
-    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` from :data:`FUSED_TILES` (interpreter: small tiles)."""
+    """:func:`gpu_tiles` on a GPU, :data:`INTERPRETER_TILES` under the interpreter."""
     if not torch.cuda.is_available():
         return INTERPRETER_TILES
-    return next(rule.tiles for rule in FUSED_TILES if rule.matches(n_q, n_kv, d, octopus_keys, prefetch))
+    return gpu_tiles(n_q, n_kv, d, octopus_keys, prefetch)
 
 
 def choose_splits(batch_heads: int, m_blocks: int, n_kv: int, block_n: int, device: torch.device) -> int:
@@ -120,7 +125,7 @@ def _groups(spec: KernelSpec, grouped: bool) -> tuple[int, int]:
     return field_groups(spec.bits_hi, spec.head_dim) if grouped and spec.single_width else (0, 0)
 
 
-def _word_codes(packed: PackedTensor, spec: KernelSpec) -> bool:
+def word_codes(packed: PackedTensor, spec: KernelSpec) -> bool:
     """Whether the prefetching loop can read ``packed``'s codes as 32-bit words: TurboQuant with one
     width of <= 4 bits (32 fields = ``width`` whole words), rows and base 4-byte aligned."""
     if not spec.single_width or spec.bits_hi > 4 or spec.head_dim % 32:
@@ -132,7 +137,7 @@ def _word_codes(packed: PackedTensor, spec: KernelSpec) -> bool:
 
 def _row_strides(packed: PackedTensor, layout: str, words: bool = False
                  ) -> tuple[torch.Tensor, tuple[int, int, int], torch.Tensor, tuple[int, int, int]]:
-    """Codes (an int32 view with ``words``, see :func:`_word_codes`) and norms with their (batch,
+    """Codes (an int32 view with ``words``, see :func:`word_codes`) and norms with their (batch,
     head, token) strides for ``layout``."""
     codes, norms = packed.fields["codes"], packed.fields["norms"]
     if words:
@@ -191,8 +196,10 @@ class FusedVariant:
 PRODUCTION = FusedVariant()
 
 
-class _Launch:
-    """Shapes, tiles and split count of one fused-attention call, and the kernel launch itself."""
+class FusedLaunch:
+    """Shapes, tiles and split count of one fused-attention call (what the heuristics chose:
+    ``bm``/``bn`` tiles, ``n_split`` splits, ``small_tiles`` few-query path, ``words`` 32-bit code
+    reads, ``out_width``), and the kernel launch itself."""
 
     def __init__(self, q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec, v_spec: KernelSpec,
                  layout: str, variant: FusedVariant = PRODUCTION) -> None:
@@ -213,8 +220,8 @@ class _Launch:
         self.bm, self.bn, self.warps, self.stages = variant.blocks or default_tiles(
             self.nq, self.nkv, self.d, isinstance(k_spec, OctopusSpec), self.prefetch)
         self.small_tiles = self.bm <= MAX_FUSED_EPILOGUE_ROWS and not self.octopus
-        self.words = (variant.word_loads and self.prefetch and self.small_tiles and _word_codes(k, k_spec)
-                      and _word_codes(v, v_spec))
+        self.words = (variant.word_loads and self.prefetch and self.small_tiles and word_codes(k, k_spec)
+                      and word_codes(v, v_spec))
         # inline PTX (the byte permute) exists only on a real GPU, not in the Triton interpreter
         self.prmt_ok = (self.words and q.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
                         and k_spec.bits_hi <= 3 and v_spec.bits_hi <= 3)
@@ -325,7 +332,7 @@ def _fused_attention_variant(q: torch.Tensor, k: PackedTensor, v: PackedTensor, 
                              variant: FusedVariant = PRODUCTION) -> torch.Tensor:
     """:func:`fused_attention` with the comparison switches of ``variant`` (tests, benchmark sweeps)."""
     out_dtype = q.dtype if out_dtype is None else out_dtype
-    launch = _Launch(q, k, v, k_spec, v_spec, layout, variant)
+    launch = FusedLaunch(q, k, v, k_spec, v_spec, layout, variant)
     if not variant.fused_epilogue or not launch.small_tiles:
         o, lse = _fused_attention_rotated(q, k, v, k_spec, v_spec, attn_mask, scale, layout, variant,
                                           fp32_out=out_dtype == torch.float32, launch=launch, rotate_q=False)
@@ -349,13 +356,13 @@ def _fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, 
                              v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
                              layout: str = "BHSD", variant: FusedVariant = PRODUCTION, fp32_out: bool = False,
                              out: torch.Tensor | None = None, rotate_q: bool | None = None,
-                             launch: _Launch | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                             launch: FusedLaunch | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The kernel's output before ``R_v``: per-split outputs ``(S, B, Hq, Nq, OW)`` in V's rotated basis
     (OCTOPUS values: planes, :func:`..reference.to_planes`) and, when ``S > 1``, their base-2
     log-sum-exps ``(S, B, Hq, Nq)`` (:func:`..reference.combine_splits` merges them). ``out``: the
     buffer to write into; ``rotate_q``: rotate the queries in the kernel (TurboQuant query tiles of
     <= :data:`MAX_FUSED_EPILOGUE_ROWS` rows only; None: wherever that applies) or by a torch GEMM."""
-    launch = launch or _Launch(q, k, v, k_spec, v_spec, layout, variant)
+    launch = launch or FusedLaunch(q, k, v, k_spec, v_spec, layout, variant)
     o_dtype = torch.float32 if launch.split or fp32_out else torch.float16
     shape = (launch.n_split, launch.b, launch.hq, launch.nq, launch.out_width)
     if out is None:

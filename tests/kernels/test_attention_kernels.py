@@ -22,14 +22,15 @@ from kernel_checks import DEVICE, TOL, assert_close, attention_case, masks, to_b
 from octopus_diffusers.codecs import CodecError
 from octopus_diffusers.kernels.attention.decoded import decoded_attention
 from octopus_diffusers.kernels.attention.fused_launch import (
+    FusedLaunch,
     FusedVariant,
     _fused_attention_rotated,
+    gpu_tiles,
     _fused_attention_variant,
-    _Launch,
-    _word_codes,
     fused_attention,
     merge_splits,
     prmt_tables,
+    word_codes,
 )
 from octopus_diffusers.kernels.reference import (attention_on_decoded, combine_splits, from_planes,
                                                  reference_rotated, rotated_attention)
@@ -85,6 +86,7 @@ def test_fused_select_lookup_matches_reference(name, bits):
     assert_close("out", ref, out)
 
 
+@pytest.mark.slow  # TurboQuant: 10-30 s under the interpreter on 2 shared cores (in-kernel tf32x3 rotation)
 @pytest.mark.parametrize("name", ["octopus", "turboquant"])
 def test_rotated_output_is_the_reference_rotated_attention_and_fully_written(name):
     """Before ``R_v``, the kernel's per-split outputs merge to ``reference.rotated_attention`` (OCTOPUS
@@ -94,8 +96,9 @@ def test_rotated_output_is_the_reference_rotated_attention_and_fully_written(nam
                             kernel_spec(ck).rotation)
     for splits in (1, 2):
         split_variant = FusedVariant(splits=splits)
-        probe, lse = _fused_attention_rotated(q, kp, vp, kernel_spec(ck), kernel_spec(cv), variant=split_variant)
-        canary = torch.full_like(probe, float("nan"))
+        plan = FusedLaunch(q, kp, vp, kernel_spec(ck), kernel_spec(cv), "BHSD", split_variant)
+        canary = torch.full((plan.n_split, 1, 4, 20, plan.out_width), float("nan"), device=DEVICE,
+                            dtype=torch.float32 if plan.split else torch.float16)
         out, lse = _fused_attention_rotated(q, kp, vp, kernel_spec(ck), kernel_spec(cv), variant=split_variant,
                                             out=canary)
         assert out.data_ptr() == canary.data_ptr() and not out.isnan().any()
@@ -163,6 +166,7 @@ def test_field_groups_cover_byte_aligned_widths_only():
         (8, 1), (4, 1), (8, 3), (2, 1), (0, 0), (4, 3), (1, 1)]
 
 
+@pytest.mark.slow  # 20-30 s per layout under the interpreter on 2 shared cores (in-kernel tf32x3 rotations)
 @pytest.mark.parametrize("layout", ["BHSD", "BSHD"])
 def test_fused_epilogue_matches_torch_epilogue(layout):
     """The kernel's own query/output rotations and the one-launch split merge (few-query path) give
@@ -191,13 +195,28 @@ def test_experimental_octopus_plane_kernel_attends_mixed_pairs_with_the_torch_ep
     _, tq_kp, tq_vp, tq_ck, tq_cv, k_tq, v_tq = attention_case("turboquant", 128, 3, torch.float16, nq=16, nkv=40)
     for k_pair, v_pair, k_hat, v_hat in (((kp, ck), (vp, cv), k_oct, v_oct), ((tq_kp, tq_ck), (vp, cv), k_tq, v_oct),
                                          ((kp, ck), (tq_vp, tq_cv), k_oct, v_tq)):
-        launch = _Launch(q, k_pair[0], v_pair[0], kernel_spec(k_pair[1]), kernel_spec(v_pair[1]), "BHSD")
+        launch = FusedLaunch(q, k_pair[0], v_pair[0], kernel_spec(k_pair[1]), kernel_spec(v_pair[1]), "BHSD")
         assert not launch.small_tiles and not launch.words
         out = fused_attention(q, k_pair[0], v_pair[0], kernel_spec(k_pair[1]), kernel_spec(v_pair[1]),
                               out_dtype=torch.float32)
         assert_close("out", attention_on_decoded(q, k_hat, v_hat), out)
-    launch = _Launch(q, tq_kp, tq_vp, kernel_spec(tq_ck), kernel_spec(tq_cv), "BHSD")
+    launch = FusedLaunch(q, tq_kp, tq_vp, kernel_spec(tq_ck), kernel_spec(tq_cv), "BHSD")
     assert launch.small_tiles and launch.words
+
+
+def test_gpu_tile_table_covers_every_shape_and_avoids_the_tiles_that_failed_on_the_h100():
+    """Every shape gets a row of FUSED_TILES; OCTOPUS keys never get the two tiles that produced wrong
+    scores on the H100 (BLOCK_M = 16, and (128, 128) with 8 warps); query tiles are powers of two of
+    at least 16 rows (tl.dot)."""
+    for octopus_keys in (False, True):
+        for d in (64, 128):
+            for prefetch in (False, True):
+                for n_q in (1, 16, 17, 64, 65, 128, 129, 1560, 32760):
+                    for n_kv in (1, 512, 1024, 1025, 32760):
+                        bm, bn, warps, stages = gpu_tiles(n_q, n_kv, d, octopus_keys, prefetch and not octopus_keys)
+                        assert bm >= 16 and bm & (bm - 1) == 0 and bn >= 16 and bn & (bn - 1) == 0
+                        if octopus_keys:
+                            assert bm != 16 and (bm, bn, warps) != (128, 128, 8)
 
 
 def test_merge_splits_matches_combine_splits():
@@ -227,7 +246,7 @@ def test_word_and_byte_code_reads_agree():
         return dataclasses.replace(p, fields={"codes": buf[..., 1:], "norms": p.fields["norms"]})
 
     kps, vps = shifted(kp), shifted(vp)
-    assert _word_codes(kp, kernel_spec(ck)) and not _word_codes(kps, kernel_spec(ck))
+    assert word_codes(kp, kernel_spec(ck)) and not word_codes(kps, kernel_spec(ck))
     words = fused_attention(q, kp, vp, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32)
     groups = fused_attention(q, kps, vps, kernel_spec(ck), kernel_spec(cv), out_dtype=torch.float32)
     assert_close("words", attention_on_decoded(q, k_hat, v_hat), words)
