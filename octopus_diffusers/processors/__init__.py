@@ -20,8 +20,8 @@ from .api import QuantizedAttentionHandle, attention_modules, denoisers, quantiz
 from .base import (FAMILIES, DirectSDPAProcessor, QuantizedAttnProcessorBase, quantized_processor_class,
                    register_quantized_processor, registered_processors, supported_processor_names)
 from .cache import ForwardState, PromptCache, StepCounter
-from .kv import KVCodecSpec, KVQuantizer, KVStats, StreamSpec
-from .streams import JointSplit, StreamAdapter
+from .kv import KVCodecSpec, KVQuantizer, KVStats
+from .streams import JointSplit, StreamAdapter, StreamSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .audioldm2 import QuantizedAttnProcessor2_0

@@ -14,7 +14,8 @@ import torch
 from ..codecs import Codec, CodecError
 from .base import QuantizedAttnProcessorBase, quantized_processor_class, supported_processor_names
 from .cache import ForwardState, StepCounter
-from .kv import KVCodecSpec, KVQuantizer, KVStats, StreamSpec, check_flag, raise_if_nonfinite
+from .kv import KVCodecSpec, KVQuantizer, KVStats, check_flag, raise_if_nonfinite
+from .streams import StreamSpec
 
 #: Pipeline components that hold a denoiser: ``transformer``, ``unet`` and their numbered siblings
 #: (Wan 2.2's ``transformer_2``), in the pipeline's component order.

@@ -24,7 +24,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from .base import DirectSDPAProcessor, register_quantized_processor
-from .kv import StreamSpec
+from .streams import StreamSpec
 
 
 @register_quantized_processor

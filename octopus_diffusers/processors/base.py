@@ -39,8 +39,9 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .kv import AttentionArguments, KVCodecSpec, KVQuantizer, StreamSpec
-from .streams import StreamAdapter
+from .kv import KVCodecSpec, KVQuantizer
+from .paths import AttentionArguments
+from .streams import StreamAdapter, StreamSpec
 
 #: Built-in families: diffusers processor class name -> ``"module:Class"`` (in this package) of its
 #: quantized replacement. Imported on first lookup; the class found must replace exactly the

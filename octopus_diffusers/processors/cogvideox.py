@@ -20,8 +20,8 @@ import torch
 from diffusers.models.attention_processor import Attention, CogVideoXAttnProcessor2_0
 
 from .base import DirectSDPAProcessor, register_quantized_processor
-from .kv import KVQuantizer, StreamSpec
-from .streams import JointSplit
+from .kv import KVQuantizer
+from .streams import JointSplit, StreamSpec
 
 
 @register_quantized_processor

@@ -17,7 +17,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from .base import QuantizedAttnProcessorBase, register_quantized_processor
-from .kv import StreamSpec
+from .streams import StreamSpec
 
 
 @register_quantized_processor

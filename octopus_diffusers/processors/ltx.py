@@ -14,7 +14,7 @@ import torch
 from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideoAttnProcessor
 
 from .base import QuantizedAttnProcessorBase, register_quantized_processor
-from .kv import StreamSpec
+from .streams import StreamSpec
 
 
 @register_quantized_processor

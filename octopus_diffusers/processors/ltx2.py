@@ -18,7 +18,7 @@ from diffusers.models.transformers.transformer_ltx2 import (LTX2Attention, LTX2A
                                                             LTX2PerturbedAttnProcessor)
 
 from .base import QuantizedAttnProcessorBase, register_quantized_processor
-from .kv import StreamSpec
+from .streams import StreamSpec
 
 _SELF = ("attn1", "audio_attn1")
 _TEXT_CROSS = ("attn2", "audio_attn2")

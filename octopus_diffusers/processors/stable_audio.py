@@ -18,8 +18,8 @@ import torch
 from diffusers.models.attention_processor import Attention, StableAudioAttnProcessor2_0
 
 from .base import DirectSDPAProcessor, register_quantized_processor
-from .kv import KVQuantizer, StreamSpec
-from .streams import AttentionCall, StreamAdapter, in_layout_of
+from .kv import KVQuantizer
+from .streams import AttentionCall, StreamAdapter, StreamSpec, in_layout_of
 
 
 class GroupedKV(StreamAdapter):

@@ -1,5 +1,5 @@
-"""Stream adapters: the extension hook for processors whose attention calls do not map one-to-one
-onto streams.
+"""Streams (:class:`StreamSpec`: one attention call of a processor) and stream adapters, the extension
+hook for processors whose attention calls do not map one-to-one onto streams.
 
 The framework (:mod:`.base`) gives each attention call of a processor call one quantizer, in call
 order. Some processors break that rule: one attention call holds two streams (CogVideoX and Mochi
@@ -16,12 +16,34 @@ original strides.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 import torch
 
 if TYPE_CHECKING:
     from .kv import KVQuantizer
+
+#: Stream kinds shown in reports: self-attention, cross-attention to a fixed condition, joint
+#: attention (condition tokens concatenated with the latent tokens), or unknown (direct use of a
+#: processor object without a module name).
+STREAM_KINDS = ("self", "cross", "joint", "unknown")
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One attention call of a processor: its name, kind, whether its K/V are step-invariant."""
+
+    name: str
+    kind: str
+    cacheable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in STREAM_KINDS:
+            raise ValueError(f"stream kind must be one of {STREAM_KINDS}, got {self.kind!r}")
+        if self.cacheable and self.kind != "cross":
+            raise ValueError(f"only cross-attention streams can be cached, not {self.kind!r} ({self.name})")
+
 
 #: The original attention call on (possibly decoded) query, key and value.
 AttentionCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -120,4 +142,4 @@ class JointSplit(StreamAdapter):
         return attend_with(first, query, k1, v1, with_first, layout)
 
 
-__all__ = ["AttentionCall", "StreamAdapter", "JointSplit", "attend_with", "in_layout_of", "joined", "sequence_dim"]
+__all__ = ["STREAM_KINDS", "StreamSpec", "AttentionCall", "StreamAdapter", "JointSplit", "attend_with", "in_layout_of", "joined", "sequence_dim"]

@@ -17,7 +17,7 @@ from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2Atte
 from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
 
 from .base import QuantizedAttnProcessorBase, register_quantized_processor
-from .kv import StreamSpec
+from .streams import StreamSpec
 
 
 class _WanLikeStreams(QuantizedAttnProcessorBase):

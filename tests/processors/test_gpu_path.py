@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from octopus_diffusers.codecs import get_codec
 from octopus_diffusers.processors import KVQuantizer, StreamSpec, quantize_attention
-from octopus_diffusers.processors.kv import AttentionArguments, PathChoice, choose_attention_path
+from octopus_diffusers.processors.paths import AttentionArguments, PathChoice, choose_attention_path
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
