@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from octopus_diffusers.codecs import CodecError
+
 from .models import ModelSpec, get_model_spec
 from .rates import RATE_TOLERANCE, match_rate
 from .run_folder import BASELINE, MANIFEST_FORMAT, save_frames, save_wav, staged_folder, write_manifest
@@ -374,6 +376,8 @@ def _generate(model: LoadedModel, kwargs: dict[str, Any], seed: int) -> dict[str
         raise RunnerOutOfMemoryError(f"{model.spec.name}: {OOM_HINT}") from err
     except MemoryError as err:
         raise RunnerOutOfMemoryError(f"{model.spec.name}: {OOM_HINT}") from err
+    except CodecError as err:  # e.g. NaN/Inf K/V: the quantized attention refused what the model produced
+        raise RunnerError(f"{model.spec.name}: the quantized attention failed during generation: {err}") from err
     except (ValueError, TypeError) as err:  # the pipeline's own input checks (sizes, frame counts, shapes)
         raise RunnerError(f"{type(model.pipe).__name__} refused the call: {err}") from err
     return _media_outputs(model, result)

@@ -177,6 +177,20 @@ def test_out_of_memory_has_its_own_code(tmp_path, capsys, monkeypatch):
     assert "Tried to allocate 20.00 GiB; out of memory. Try --cpu-offload" in _one_line(capsys, "run")
 
 
+def test_codec_and_pipeline_refusals_during_generation_are_usage_errors(tmp_path, capsys, monkeypatch):
+    from octopus_diffusers.codecs import CodecError
+
+    pipe_class = type(build_tiny_pipeline("wan").pipe)
+    for error, message in ((CodecError("K contains NaN"), "quantized attention failed during generation: K contains NaN"),
+                           (ValueError("num_frames must be 4k+1"), "WanPipeline refused the call: num_frames")):
+        def refuse(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(pipe_class, "__call__", refuse)
+        assert main([*TINY, "--codecs", "turboquant", "--rates", "4", "--out", str(tmp_path / "o")]) == 2
+        assert message in _one_line(capsys, "run") and not (tmp_path / "o").exists()
+
+
 def test_unexpected_errors_are_one_line_unless_traceback_is_asked(tmp_path, capsys, monkeypatch):
     def bug(args):
         raise ZeroDivisionError("division by zero")
