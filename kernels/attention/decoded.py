@@ -120,7 +120,8 @@ def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec:
                          "KV heads")
     if attn_mask is not None and attn_mask.is_floating_point():
         # cuDNN SDPA (torch 2.11, H100) returns NaN for a float32 additive mask with fp16 queries, with
-        # no error; the mask in the queries' dtype is correct there (docs/kernels/sweeps/mask_probe.py at commit c81c26b;
+        # no error; the mask in the queries' dtype is correct there (``git show
+        # c81c26b:docs/kernels/sweeps/mask_probe.py``;
         # tests/processors/test_gpu_path.py covers it on the GPU).
         attn_mask = attn_mask.to(q_att.dtype)
     ctx = sdpa_kernel(backends or backend_priority(q_att.shape[2]), set_priority=True) if q.is_cuda else nullcontext()

@@ -50,7 +50,8 @@ class TileRule(NamedTuple):
     def matches(self, n_q: int, n_kv: int, d: int, octopus_keys: bool, prefetch: bool) -> bool:
         return ((self.octopus_keys is None or self.octopus_keys == octopus_keys)
                 and (self.max_q is None or n_q <= self.max_q) and (self.max_kv is None or n_kv <= self.max_kv)
-                and (self.head_dim is None or self.head_dim == d) and (self.prefetch is None or self.prefetch == prefetch))
+                and (self.head_dim is None or self.head_dim == d)
+                and (self.prefetch is None or self.prefetch == prefetch))
 
 
 #: GPU tiles of the fused kernels, first matching row wins; measured on the H100 (Triton 3.6), sources
@@ -156,7 +157,8 @@ def prepare_mask(attn_mask: torch.Tensor | None, shape: tuple[int, int, int, int
     if attn_mask is None:
         return None, False
     if attn_mask.dtype == torch.bool:
-        m = attn_mask.view(torch.uint8) if attn_mask.stride(-1) == 1 or attn_mask.dim() == 0 else attn_mask.to(torch.uint8)
+        viewable = attn_mask.dim() == 0 or attn_mask.stride(-1) == 1
+        m = attn_mask.view(torch.uint8) if viewable else attn_mask.to(torch.uint8)
         is_bool = True
     elif attn_mask.dtype.is_floating_point:
         m, is_bool = attn_mask, False
@@ -176,12 +178,12 @@ class FusedVariant:
     production launch, and no switch changes the result beyond float rounding.
 
     ``splits`` / ``blocks`` override the KV-split and tile heuristics; ``lookup`` reads codebooks by
-    another ``tl.helpers.LOOKUP_*`` mode than ``tl.gather`` (compare-select chains, table loads); ``grouped_unpack=False`` keeps
-    TurboQuant's per-field byte reads; ``prefetch`` loads the next KV tile's codes during the current
-    one (byte-grouped TurboQuant K and V); ``fused_epilogue=False`` keeps the torch rotations and
-    split merge at few queries; ``prmt_lookup`` forces (True) or forbids (False) byte-permute
-    lookups (None: wherever they apply: CUDA, word loads, <= 3 bits); ``word_loads=False`` keeps
-    byte groups where 32-bit word loads would apply."""
+    another ``tl.helpers.LOOKUP_*`` mode than ``tl.gather`` (compare-select chains, table loads);
+    ``grouped_unpack=False`` keeps TurboQuant's per-field byte reads; ``prefetch`` loads the next KV
+    tile's codes during the current one (byte-grouped TurboQuant K and V); ``fused_epilogue=False``
+    keeps the torch rotations and split merge at few queries; ``prmt_lookup`` forces (True) or forbids
+    (False) byte-permute lookups (None: wherever they apply: CUDA, word loads, <= 3 bits);
+    ``word_loads=False`` keeps byte groups where 32-bit word loads would apply."""
 
     splits: int | None = None
     blocks: tuple[int, int, int, int] | None = None

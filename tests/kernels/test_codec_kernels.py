@@ -174,7 +174,8 @@ def test_encode_variants_give_identical_codes(name, head_dim, bits, options, var
         assert torch.equal(got.fields["norms"], base.fields["norms"])
 
 
-DECODE_VARIANTS = [("row-select", LOOKUP_SELECT, DecodeConfig(block=8)), ("row-load", LOOKUP_LOAD, DecodeConfig(block=8)),
+DECODE_VARIANTS = [("row-select", LOOKUP_SELECT, DecodeConfig(block=8)),
+                   ("row-load", LOOKUP_LOAD, DecodeConfig(block=8)),
                    ("row-load-grouped", LOOKUP_LOAD, DecodeConfig(block=8, grouped=True)),
                    ("flat-select", LOOKUP_SELECT, DecodeConfig(flat=True, block=128)),
                    ("flat-load", LOOKUP_LOAD, DecodeConfig(flat=True, block=256))]
