@@ -189,6 +189,27 @@ def capture_real_kv(sources: Sequence[str] = ("terrain", "dinov2"), cache_dir: P
     return out
 
 
+def kv_statistics(tensors: QKV) -> list[dict[str, float | int | str]]:
+    """Per layer and role (keys, values): how much of the energy is an offset shared by all tokens
+    of a head (``shared_offset_share`` = ||mean over tokens||^2 / mean ||x||^2), and how far the
+    largest channel stands out (``channel_max_over_median`` of the per-channel max |x|).
+
+    A large shared key offset is invisible to attention (it adds the same q.k to every key) but a
+    per-vector, norm-relative codec spends its precision on it.
+    """
+    rows = []
+    for name, x in tensors.items():
+        layer, role = name.split(".")
+        if role == "query":
+            continue
+        mean = x.mean(dim=-2, keepdim=True)
+        channel_max = x.abs().amax(dim=-2)
+        rows.append({"layer": int(layer.removeprefix("layer")), "role": role,
+                     "shared_offset_share": float((mean.norm(dim=-1) ** 2).mean() / (x.norm(dim=-1) ** 2).mean()),
+                     "channel_max_over_median": float((channel_max.amax(-1) / channel_max.median(-1).values).mean())})
+    return sorted(rows, key=lambda r: (r["layer"], r["role"]))
+
+
 def head_dims(tensors: QKV) -> set[int]:
     """The head_dims present in one source's capture."""
     return {int(t.shape[-1]) for t in tensors.values()}

