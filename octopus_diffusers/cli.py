@@ -468,8 +468,8 @@ def load_prompt_embeds(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CLIError(f"--prompt-embeds {path}: not a readable safetensors file ({err})", ExitCode.BAD_INPUT) from None
     if "prompt_embeds" not in tensors:
-        raise CLIError(f"--prompt-embeds {path}: no 'prompt_embeds' tensor (has {', '.join(sorted(tensors)) or 'none'})",
-                       ExitCode.BAD_INPUT)
+        has = ", ".join(sorted(tensors)) or "none"
+        raise CLIError(f"--prompt-embeds {path}: no 'prompt_embeds' tensor (has {has})", ExitCode.BAD_INPUT)
     for key, value in tensors.items():
         if value.numel() == 0:
             raise CLIError(f"--prompt-embeds {path}: tensor {key!r} is empty", ExitCode.BAD_INPUT)

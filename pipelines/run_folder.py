@@ -316,7 +316,8 @@ def check_output_folder(target: Path, overwrite: bool = False, is_ours: Any = No
     if not ancestor.is_dir():
         raise OutputFolderError(f"{target} lies inside {ancestor}, which is a file")
     if not os.access(ancestor, os.W_OK | os.X_OK) or (target.is_dir() and not os.access(target, os.W_OK | os.X_OK)):
-        raise OutputNotWritableError(f"{target}: no permission to write in {ancestor if not target.exists() else target}")
+        where = target if target.exists() else ancestor
+        raise OutputNotWritableError(f"{target}: no permission to write in {where}")
     if target.is_dir() and any(target.iterdir()):
         is_ours = is_ours or (lambda folder: (folder / MANIFEST_NAME).is_file())
         if not overwrite:

@@ -141,7 +141,8 @@ def _absent_components(folder: Path) -> dict[str, None]:
     tiny pipeline with no text encoder): diffusers needs them passed explicitly as ``None``."""
     index = folder / "model_index.json"
     if not index.is_file():
-        raise RunnerInputError(f"{folder} has no model_index.json: not a folder written by a pipeline's save_pretrained")
+        raise RunnerInputError(f"{folder} has no model_index.json: not a folder written by a pipeline's "
+                               "save_pretrained")
     try:
         entries = json.loads(index.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -488,7 +489,8 @@ def _generate_into(model: LoadedModel, config: RunConfig, out_dir: Path, variant
         entry: dict[str, Any] = {"name": name, "codec": codec, "bits": variant.bits,
                                  "options": {k: list(v) if isinstance(v, tuple) else v
                                              for k, v in variant.options.items()},
-                                 "target_rate": variant.target_rate, "predicted_bits_per_scalar": variant.predicted_rate,
+                                 "target_rate": variant.target_rate,
+                                 "predicted_bits_per_scalar": variant.predicted_rate,
                                  "seconds": seconds, "outputs": outputs, "kv": kv, "bits_per_scalar": None,
                                  "layers": layers}
         if kv and kv["bytes_fp16"]:

@@ -56,6 +56,12 @@ def _file(tmp_path):
     return tmp_path / "afile"
 
 
+def _old_demo(tmp_path):
+    (tmp_path / "demo" / "video").mkdir(parents=True)
+    (tmp_path / "demo" / "video" / "manifest.json").write_text("{}")
+    return tmp_path / "demo"
+
+
 def _junk_embeds(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00\x01 this is not safetensors")
     return tmp_path / "junk.safetensors"
@@ -99,6 +105,9 @@ FAST_CASES = {  # argv (tmp_path -> list), exit code, message fragment; all fail
                                 "inside the run's outputs/"),
     "render out inside outputs": (lambda t: ["render", str(t), "--out", str(t / "outputs")], 2,
                                   "inside the run's outputs/"),
+    "demo out holding other files": (lambda t: ["demo", "--out", str(_file(t).parent)], 2,
+                                     "holds other files than the demo's"),
+    "demo over an existing demo": (lambda t: ["demo", "--out", str(_old_demo(t))], 2, "pass --overwrite"),
     "bench out is a file": (lambda t: ["bench", "--out", str(_file(t)), "--quick"], 2, "is a file"),
 }
 
@@ -181,7 +190,7 @@ def test_codec_and_pipeline_refusals_during_generation_are_usage_errors(tmp_path
     from octopus_diffusers.codecs import CodecError
 
     pipe_class = type(build_tiny_pipeline("wan").pipe)
-    for error, message in ((CodecError("K contains NaN"), "quantized attention failed during generation: K contains NaN"),
+    for error, message in ((CodecError("K has NaN"), "quantized attention failed during generation: K has NaN"),
                            (ValueError("num_frames must be 4k+1"), "WanPipeline refused the call: num_frames")):
         def refuse(*args, error=error, **kwargs):
             raise error

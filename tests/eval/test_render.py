@@ -114,7 +114,8 @@ def test_renders_group_by_true_rate_and_record_their_run(tmp_path):
 
     run = RunFolder(_sealed_run(tmp_path / "run", [
         ("baseline", None, None, None), ("octopus-a442", "octopus", 5.0, 5.0), ("octopus-a221", "octopus", 3.0, 3.0),
-        ("turboquant-2b", "turboquant", 3.0, 3.0), ("uniform-4b", "uniform", None, 5.6), ("none-fp32", "none", None, 32.0)]))
+        ("turboquant-2b", "turboquant", 3.0, 3.0), ("uniform-4b", "uniform", None, 5.6),
+        ("none-fp32", "none", None, 32.0)]))
     assert rate_groups(run) == [(3.0, ["octopus-a221", "turboquant-2b"]), (5.0, ["octopus-a442"]),
                                 (5.6, ["uniform-4b"]), (32.0, ["none-fp32"])]
     written = render_run(run, tmp_path / "renders", diff_row=False, progress=False)

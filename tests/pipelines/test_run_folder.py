@@ -23,7 +23,8 @@ def make_run(root, variants=VARIANTS, seed=0):
         rel = f"outputs/{name}/prompt0.video.safetensors"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         save_frames(root / rel, torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(seed + i)), "float32")
-        entries.append({"name": name, "codec": codec, "bits": bits, "options": {}, "target_rate": 4.0 if codec else None,
+        entries.append({"name": name, "codec": codec, "bits": bits, "options": {},
+                        "target_rate": 4.0 if codec else None,
                         "bits_per_scalar": 4.0 if codec else None, "kv": None, "seconds": 0.1,
                         "outputs": [{"video": rel}]})
     write_manifest(root, {"model": {"name": "test"}, "media": ["video"], "fps": 8, "sample_rate": None,
