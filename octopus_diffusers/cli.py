@@ -445,6 +445,9 @@ def _overrides(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
         value = getattr(args, option)
         if value is not None and spec.size_multiple and value % spec.size_multiple:
             raise CLIError(f"--{option} {value}: {spec.pipeline_class} needs a multiple of {spec.size_multiple}")
+    if args.frames is not None and spec.frame_step and (args.frames - 1) % spec.frame_step:
+        raise CLIError(f"--frames {args.frames}: {spec.pipeline_class} needs {spec.frame_step}k+1 frames "
+                       f"(e.g. {(args.frames - 1) // spec.frame_step * spec.frame_step + 1})")
     if args.seconds is not None:
         if spec.pipeline_class not in SECONDS_ARGUMENT:
             raise CLIError(f"--seconds is for audio models; {spec.pipeline_class} makes video (use --frames)")

@@ -28,6 +28,8 @@ class ModelSpec:
     notes: str = ""
     #: Video height and width must be multiples of this (the pipeline's own ``check_inputs`` rule).
     size_multiple: int | None = None
+    #: Video frame counts must be ``k * frame_step + 1`` (pipelines that otherwise round with a warning).
+    frame_step: int | None = None
 
     @property
     def output_attribute(self) -> str:
@@ -41,11 +43,11 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("wan2.1-t2v-1.3b", "WanPipeline", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "video",
               {"height": 480, "width": 832, "num_frames": 33, "num_inference_steps": 30, "guidance_scale": 5.0},
               negative_prompt=_WAN_NEGATIVE, fps=16, tiny="wan", notes="12 heads x 128; ~10 GB in bf16",
-              size_multiple=16),
+              size_multiple=16, frame_step=4),
     ModelSpec("wan2.1-t2v-14b", "WanPipeline", "Wan-AI/Wan2.1-T2V-14B-Diffusers", "video",
               {"height": 480, "width": 832, "num_frames": 33, "num_inference_steps": 30, "guidance_scale": 5.0},
               negative_prompt=_WAN_NEGATIVE, fps=16, tiny="wan", notes="40 heads x 128; use --cpu-offload below 80 GB",
-              size_multiple=16),
+              size_multiple=16, frame_step=4),
     ModelSpec("ltx-video", "LTXPipeline", "Lightricks/LTX-Video", "video",
               {"height": 480, "width": 704, "num_frames": 65, "num_inference_steps": 40},
               negative_prompt="worst quality, inconsistent motion, blurry, jittery, distorted", fps=24,
@@ -65,7 +67,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
               fps=30, tiny="mochi", size_multiple=8),
     ModelSpec("skyreels-v2-t2v-14b", "SkyReelsV2Pipeline", "Skywork/SkyReels-V2-T2V-14B-540P-Diffusers", "video",
               {"height": 544, "width": 960, "num_frames": 49, "num_inference_steps": 50, "guidance_scale": 6.0},
-              fps=24, tiny="skyreels-v2", size_multiple=16),
+              fps=24, tiny="skyreels-v2", size_multiple=16, frame_step=4),
     ModelSpec("stable-audio-open", "StableAudioPipeline", "stabilityai/stable-audio-open-1.0", "audio",
               {"audio_end_in_s": 10.0, "num_inference_steps": 100, "guidance_scale": 7.0},
               negative_prompt="Low quality.", tiny="stable-audio", notes="GQA cross-attention, 24 x 64"),

@@ -75,6 +75,7 @@ def _embeds(tmp_path, **tensors):
 FAST_CASES = {  # argv (tmp_path -> list), exit code, message fragment; all fail before a model is built
     "height not a multiple": (lambda t: [*TINY, "--height", "17", "--out", str(t / "o")], 2, "multiple of 16"),
     "height zero": (lambda t: [*TINY, "--height", "0", "--out", str(t / "o")], 2, "--height"),
+    "frames not 4k+1": (lambda t: [*TINY, "--frames", "8", "--out", str(t / "o")], 2, "needs 4k+1 frames (e.g. 5)"),
     "frames for audio": (lambda t: [*AUDIO, "--frames", "9", "--out", str(t / "o")], 2, "--frames is for video"),
     "seconds nan": (lambda t: [*AUDIO, "--seconds", "nan", "--out", str(t / "o")], 2, "finite number > 0"),
     "device nonsense": (lambda t: [*TINY[:-3], "--device", "nonsense", "--out", str(t / "o")], 2,
