@@ -9,6 +9,11 @@ high. Encoding goes through imageio's FFMPEG plugin with the binary that imageio
 Audio: a PNG of dB spectrograms side by side (shared colour scale) and an MP4 that plays the
 baseline, then each variant, while a cursor runs across the spectrogram being heard; the audio
 track is muxed in with the same ffmpeg binary.
+
+A run folder's renders (:func:`render_run`) put side by side the codecs at one TRUE rate (their
+matched target, else their measured bits per scalar), each labelled with it, and list themselves in
+``index.json`` with the digest of the run's manifest: :func:`current_renders` links only renders of
+exactly that run.
 """
 
 from __future__ import annotations

@@ -395,12 +395,11 @@ def _finish(run_dir: Path, args: argparse.Namespace, evaluate: bool = True, rend
 def _generate_run(model: Any, config: Any, out: Path, args: argparse.Namespace, evaluate: bool = True,
                   render: bool = True) -> Path | None:
     """Generate, render and score into a staged folder swapped in at ``out`` only when all is done."""
+    from octopus_diffusers.eval.report import REPORT_NAME
     from octopus_diffusers.pipelines.runner import run_comparison
 
     run_comparison(model, config, out, progress=not args.quiet, overwrite=args.overwrite,
                    finish=lambda staging: _finish(staging, args, evaluate=evaluate, render=render))
-    from octopus_diffusers.eval.report import REPORT_NAME
-
     return out / REPORT_NAME if evaluate else None
 
 
