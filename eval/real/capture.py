@@ -19,7 +19,8 @@ Sources:
 * ``smollm2`` -- SmolLM2-135M (Q4_1 weights dequantized; 3 KV heads, head_dim 64, keys after RoPE),
   the first packaged Wikipedia article, 256 tokens; needs the text part's loader.
 * ``whisper`` -- Whisper-base's encoder self-attention (8 heads, head_dim 64) on the first 10 s of
-  the first packaged speech clip; needs the audio part's loader.
+  the first packaged speech clip (the encoder always reads a padded 30 s window: 1500 frames);
+  through the audio part's loader.
 """
 
 from __future__ import annotations
@@ -124,16 +125,12 @@ def capture_smollm2_qkv(num_tokens: int = 256) -> QKV:
 @torch.no_grad()
 def capture_whisper_qkv(seconds: float = 10.0) -> QKV:
     """Q/K/V of Whisper-base's encoder self-attention on the first packaged speech clip."""
-    from transformers import WhisperFeatureExtractor
+    from .models import load_audio, speech_clips
+    from .whisper_asr import load_whisper
 
-    from octopus_diffusers.integrations.whisper_ct2 import load_whisper_ct2
-
-    from .models import asset_path, load_audio, speech_clips
-
-    model = load_whisper_ct2([asset_path("whisper_part1"), asset_path("whisper_part2")])
-    clip = speech_clips()[0]
-    audio = load_audio(clip.path)[: int(16000 * seconds)]
-    feats = WhisperFeatureExtractor()(audio, sampling_rate=16000, return_tensors="pt").input_features
+    model, _, feature_extractor, _ = load_whisper()
+    audio = load_audio(speech_clips()[0].path)[: int(16000 * seconds)]
+    feats = feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
     encoder = model.model.encoder
     heads = model.config.encoder_attention_heads
     chunks, record = _collector()
