@@ -392,6 +392,13 @@ def _kv_summary(stats: dict[str, Any]) -> dict[str, Any]:
             "cached_bytes": int(total["cached_bytes"]), "full_precision_calls": int(total["full_precision_calls"])}
 
 
+def environment(device: str) -> dict[str, Any]:
+    """Git commit, machine and versions (the benchmark's record, so both say where numbers came from)."""
+    from octopus_diffusers.eval.rd_report import environment as record
+
+    return record(device)
+
+
 def _versions() -> dict[str, str]:
     import diffusers
 
@@ -512,6 +519,7 @@ def _generate_into(model: LoadedModel, config: RunConfig, out_dir: Path, variant
         "frame_dtype": config.frame_dtype if model.spec.media == "video" else None,
         "prompt_embeds": config.prompt_embeds_source, "rate_matching": matching,
         "variants": variants_meta, "versions": _versions(), "device": _device_info(model.device),
+        "environment": environment(model.device),
     }
     write_manifest(out_dir, manifest)
 

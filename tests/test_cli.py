@@ -47,6 +47,7 @@ def test_demo_compares_at_matched_true_rate(demo):
     for media in ("video", "audio"):
         manifest = read_json(demo / media / "manifest.json")
         assert manifest["rate_matching"]["head_dim"] == 16 and manifest["rate_matching"]["unmatched"] == []
+        assert manifest["environment"]["torch"] and "git_commit" in manifest["environment"]
         assert _names(demo / media)[:2] == ["baseline", "none-fp32"]
         none = _variant(manifest, "none-fp32")
         assert none["bits"] == 32 and none["bits_per_scalar"] == 32.0  # fp32 K/V stored as they are

@@ -31,6 +31,8 @@ def results():
         _variant("uniform-1b-g16", "uniform", 1, 3.0, 42.0, 3, {"axis": "token", "group_size": 16}),
     ]
     run = {"model": {"name": "m"}, "media": ["video"], "prompts": ["p"], "seed": 0, "steps": 2,
+           "environment": {"git_commit": "abc123", "device": "cpu (x, 2 torch threads)", "torch": "2.11.0",
+                           "python": "3.11"}, "versions": {"diffusers": "0.42.1"},
            "rate_matching": {"targets": [3, 5], "head_dim": 16, "tolerance": 0.25,
                              "unmatched": [{"codec": "uniform", "target": 5}]}}
     return {"run": run, "variants": variants}
@@ -46,6 +48,7 @@ def test_rows_are_sorted_by_true_rate_with_target_and_setting(results):
     assert [r[0] for r in rows[1:]] == ["| –", "| 3.000", "| 3.000", "| 3.000", "| 5.000", "| 32.000"]
     assert "matched true rates 3, 5 bits/scalar" in text and "head_dim 16" in text
     assert "no setting near the target (left out): uniform at 5" in text
+    assert "- commit `abc123` on cpu (x, 2 torch threads); torch 2.11.0, diffusers 0.42.1" in text
 
 
 def test_settings_name_what_was_configured(results):
