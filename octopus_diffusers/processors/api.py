@@ -106,14 +106,17 @@ class QuantizedAttentionHandle:
         return self.table()
 
     def stats(self) -> dict[str, Any]:
-        """Counters per stream (``layers``) and summed (``total``); bytes are ``PackedTensor.nbytes``."""
+        """Counters per stream (``layers``) and summed (``total``); bytes are ``PackedTensor.nbytes``.
+        ``cached_bytes``: the packed cross-attention K/V held now; ``prompt_copy_bytes`` (total only): the
+        copies of the conditioning inputs the prompt cache compares new calls with."""
         total = KVStats()
         per_layer = {}
         for q in self.quantizers:
             total.add(q.stats)
             per_layer[q.name] = q.stats.as_dict() | {"cached_bytes": q.cached_bytes}
         return {"layers": per_layer, "total": total.as_dict() | {
-            "cached_bytes": sum(q.cached_bytes for q in self.quantizers)}}
+            "cached_bytes": sum(q.cached_bytes for q in self.quantizers),
+            "prompt_copy_bytes": sum(s.prompts.nbytes for s in self._states)}}
 
     def reset(self) -> None:
         """Zero the counters, drop cached cross-attention K/V, restart step counting."""

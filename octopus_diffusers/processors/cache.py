@@ -8,8 +8,8 @@ Cross-attention cache rule: K/V of a cacheable cross-attention stream (the text 
 Wan / SkyReels-V2 / LTX-Video, LTX-2's text cross-attention without cross-attn adaLN, ...) depend only
 on the denoiser's conditioning inputs (the family's ``prompt_inputs``) and its weights. The pre-hook
 gives those inputs a *prompt id* by content: :class:`PromptCache` keeps a copy of the conditioning
-tensors of each prompt it has seen and compares the new ones with them exactly (shape, dtype, device,
-strides and ``torch.equal``), so every change -- in place, through ``.data`` or ``.numpy()``, on an
+tensors of each prompt it has seen and compares the new ones with them exactly (shape, dtype, device
+and ``torch.equal``), so every change -- in place, through ``.data`` or ``.numpy()``, on an
 inference-mode tensor that keeps no version counter -- gives a new id, and an equal tensor built
 anew (the same prompt encoded again) reuses the old one. The quantizers store their packed K/V under
 the id and drop entries whose id the prompt cache no longer holds. Cost: one copy of the conditioning
@@ -43,7 +43,7 @@ def _same_tensor_content(stored: torch.Tensor | None, value: Any) -> bool:
     if stored is None or value is None:
         return stored is None and value is None
     return (tuple(stored.shape) == tuple(value.shape) and stored.dtype == value.dtype
-            and stored.device == value.device and stored.stride() == value.stride() and torch.equal(stored, value))
+            and stored.device == value.device and torch.equal(stored, value))
 
 
 class PromptCache:
@@ -56,7 +56,7 @@ class PromptCache:
             raise ValueError(f"entries must be an int >= 1, got {entries!r}")
         self.entries = entries
         self._copies: OrderedDict[int, tuple[torch.Tensor | None, ...]] = OrderedDict()
-        self._hint: dict[tuple[int, ...], int] = {}  # object ids of the last tensors per prompt: compared first
+        self._seen_as: dict[int, tuple[int, ...]] = {}  # prompt id -> object ids it last came as: compared first
         self._next_id = 0
 
     def prompt_id(self, values: Sequence[Any]) -> int | None:
@@ -65,20 +65,19 @@ class PromptCache:
                 v is not None and not isinstance(v, torch.Tensor) for v in values):
             return None
         identity = tuple(id(v) for v in values)
-        hinted = self._hint.get(identity)
-        order = ([hinted] if hinted in self._copies else []) + [i for i in reversed(self._copies) if i != hinted]
-        for pid in order:
+        hinted = [pid for pid, seen in self._seen_as.items() if seen == identity]
+        for pid in hinted + [i for i in reversed(self._copies) if i not in hinted]:
             if all(_same_tensor_content(s, v) for s, v in zip(self._copies[pid], values)):
                 self._copies.move_to_end(pid)
-                self._hint[identity] = pid
+                self._seen_as[pid] = identity
                 return pid
         pid = self._next_id
         self._next_id += 1
         self._copies[pid] = tuple(None if v is None else v.detach().clone() for v in values)
         while len(self._copies) > self.entries:
-            self._copies.popitem(last=False)
-        self._hint = {k: v for k, v in self._hint.items() if v in self._copies}
-        self._hint[identity] = pid
+            forgotten, _ = self._copies.popitem(last=False)
+            self._seen_as.pop(forgotten, None)
+        self._seen_as[pid] = identity
         return pid
 
     def holds(self, pid: int) -> bool:
@@ -87,7 +86,7 @@ class PromptCache:
 
     def clear(self) -> None:
         self._copies.clear()
-        self._hint.clear()
+        self._seen_as.clear()
 
     @property
     def nbytes(self) -> int:
