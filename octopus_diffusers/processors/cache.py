@@ -11,7 +11,9 @@ gives those inputs a *prompt id* by content: :class:`PromptCache` keeps a copy o
 tensors of each prompt it has seen and compares the new ones with them exactly (shape, dtype, device
 and ``torch.equal``), so every change -- in place, through ``.data`` or ``.numpy()``, on an
 inference-mode tensor that keeps no version counter -- gives a new id, and an equal tensor built
-anew (the same prompt encoded again) reuses the old one. The quantizers store their packed K/V under
+anew (the same prompt encoded again) reuses the old one. Equal values in another memory layout (an
+expanded view) count as equal too; their K/V projections may then differ from a fresh encode's by
+float rounding in the projection, never by another prompt. The quantizers store their packed K/V under
 the id and drop entries whose id the prompt cache no longer holds. Cost: one copy of the conditioning
 tensors per remembered prompt and one comparison per forward (a host sync on CUDA), small next to the
 attention it saves. The cache assumes the weights do not change while it is alive: call

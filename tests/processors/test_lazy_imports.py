@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import octopus_diffusers
 import octopus_diffusers.codecs
 import octopus_diffusers.processors
@@ -88,12 +90,8 @@ def test_top_level_names_are_the_real_objects():
     assert set(octopus_diffusers.__all__) <= set(dir(octopus_diffusers))
     assert all(getattr(octopus_diffusers, name) is not None for name in octopus_diffusers.__all__)
     assert len(octopus_diffusers.__all__) <= 10
-    try:
+    with pytest.raises(AttributeError, match="no_such_name"):
         octopus_diffusers.no_such_name  # noqa: B018
-    except AttributeError as err:
-        assert "no_such_name" in str(err)
-    else:
-        raise AssertionError("unknown attribute did not raise")
 
 
 def test_family_classes_are_read_lazily_from_the_package():
@@ -106,3 +104,15 @@ def test_family_classes_are_read_lazily_from_the_package():
     for original, quantized in octopus_diffusers.processors.registered_processors().items():
         assert FAMILIES[original.__name__].split(":")[1] == quantized.__name__
     assert len(octopus_diffusers.processors.registered_processors()) == len(FAMILIES)
+
+
+def test_a_family_that_cannot_be_imported_is_named(monkeypatch):
+    from octopus_diffusers.processors import base
+
+    class BrokenFamilyProcessor:
+        pass
+
+    monkeypatch.setitem(base.FAMILIES, "BrokenFamilyProcessor", "no_such_family:QuantizedBroken")
+    with pytest.raises(ImportError, match="octopus_diffusers.processors.no_such_family cannot be imported"):
+        base.quantized_processor_class(BrokenFamilyProcessor)
+    assert "BrokenFamilyProcessor" in base.supported_processor_names()
