@@ -41,7 +41,7 @@ from ..codecs.base import SUPPORTED_DTYPES, nonfinite_message
 from .cache import PROMPT_ENTRIES, ForwardState
 from .paths import AttentionArguments, PathChoice, choose_attention_path
 from .ops import register_codec
-from .streams import StreamSpec
+from .streams import StreamSpec, in_layout_of
 
 if TYPE_CHECKING:
     from octopus_diffusers.kernels.codec_spec import KernelSpec
@@ -196,11 +196,9 @@ def _to_bhsd(x: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def _restore_layout(decoded_bhsd: torch.Tensor, like: torch.Tensor, layout: str) -> torch.Tensor:
-    """The decoded tensor with the exact strides of the original K/V, so the attention kernel that
-    follows takes the same path as without quantization (codec ``none`` stays bit-identical)."""
-    out = torch.empty_like(like)
-    out.copy_(_to_bhsd(decoded_bhsd, "BSHD") if layout == "BSHD" else decoded_bhsd)
-    return out
+    """The decoded ``(B, H, S, D)`` tensor back in ``layout``, with the exact strides of the original
+    K/V (:func:`~.streams.in_layout_of`)."""
+    return in_layout_of(like, _to_bhsd(decoded_bhsd, layout))  # the transpose is its own inverse
 
 
 class KVQuantizer:
@@ -308,13 +306,6 @@ class KVQuantizer:
         out = kernels.attention(_to_bhsd(query, layout), packed_k, packed_v, self.key_codec, self.value_codec,
                                 arguments.attn_mask, arguments.scale, "BHSD", "auto")
         return _restore_layout(out, query, layout)
-
-    def quantize_kv(self, key: torch.Tensor, value: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode (or fetch from the cross-attention cache) and decode K and V, in the given layout, with
-        the Triton kernels where the path rule allows (CUDA and a kernel codec)."""
-        self._check_call(key, value, layout)
-        gpu = key.is_cuda and self.kernel_specs() is not None
-        return self._quantize_kv(key, value, layout, gpu=gpu)
 
     def _quantize_kv(self, key: torch.Tensor, value: torch.Tensor, layout: str,
                      gpu: bool) -> tuple[torch.Tensor, torch.Tensor]:
