@@ -51,6 +51,9 @@ class CodecConfig:
     options: dict[str, Any] = field(default_factory=dict)
     key_options: dict[str, Any] = field(default_factory=dict)
     value_options: dict[str, Any] = field(default_factory=dict)
+    #: Encode keys minus their per-head mean over tokens (the mean kept in float16 and counted in
+    #: the measured rate, added back after decoding). Attention is blind to that offset.
+    center_keys: bool = False
 
     def build(self, head_dim: int, role: str, seed: int = 0) -> Codec:
         extra = self.key_options if role == "key" else self.value_options
