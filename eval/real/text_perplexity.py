@@ -248,6 +248,11 @@ def markdown(results: dict[str, Any]) -> str:
              f"`{results['load']['cache_dir_pattern']}` (keyed by package and transformers versions); "
              "the first run converts the GGUF (tokenizer conversion dominates).", "",
              "## Protocol", ""]
+    if results["size"] == "quick":
+        lines[-2:-2] = ["**Quick size**: one 256-token window and three codecs at 2 and 4 bits (TurboQuant also "
+                        "at OCTOPUS's true rates): a smoke-scale result with a few hundred predictions, so "
+                        "differences of a few percent are within noise. The full size (every codec, 2x512 "
+                        "tokens) is `python -m octopus_diffusers.eval.real.text_perplexity --out DIR`.", ""]
     lines += [line for line in (__doc__ or "").split("Protocol (")[1].split("Entry point")[0]
               .split("\n", 1)[1].splitlines()] + [""]
     base = results["baseline"]

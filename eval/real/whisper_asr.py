@@ -48,6 +48,7 @@ PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>
 
 SIZES = {
     "quick": (("beckett",), Size(0, 0, ("octopus", "turboquant"), (2, 4), ())),
+    "reference": (("pyannote_sample",), Size(0, 0, ("octopus", "turboquant", "polarquant"), (2, 4), ("turboquant",))),
     "full": (("pyannote_sample", "beckett"),
              Size(0, 0, ("octopus", "turboquant", "turboquant_prod", "polarquant", "qjl", "uniform", "fp8"),
                   (2, 3, 4), ("turboquant",))),
@@ -202,13 +203,17 @@ def token_agreement(tokens: Sequence[int], reference: Sequence[int]) -> dict[str
 
 
 # ---- benchmark ------------------------------------------------------------------------------------
-def run(out: Path, *, quick: bool, device: str = "cpu") -> dict[str, Any]:
+def run(out: Path, *, quick: bool, device: str = "cpu", size: str | None = None) -> dict[str, Any]:
     """Transcribe the packaged clips unquantized and with every codec configuration; write
     ``audio_results.json``, ``audio_results.csv``, ``audio_transcripts.csv`` and ``audio.md``.
-    ``device`` runs the model and the codecs (their PyTorch reference code) there."""
+    ``device`` runs the model and the codecs (their PyTorch reference code) there; ``size`` names a
+    size of :data:`SIZES` instead of ``quick`` (``reference``: the call with its transcript, three
+    codecs at 2 and 4 bits)."""
     from tqdm.auto import tqdm
 
-    size_name = "quick" if quick else "full"
+    size_name = size or ("quick" if quick else "full")
+    if size_name not in SIZES:
+        raise ValueError(f"unknown size {size_name!r}; sizes: {', '.join(SIZES)}")
     clip_names, size = SIZES[size_name]
     start = time.perf_counter()
     model, tokenizer, extractor, ct2_config = load_whisper()
@@ -253,7 +258,8 @@ def run(out: Path, *, quick: bool, device: str = "cpu") -> dict[str, Any]:
     results = {
         "benchmark": "whisper_asr", "model": "openai/whisper-base, CTranslate2 fp16 weights converted, run in fp32",
         "size": size_name,
-        "command": "python -m octopus_diffusers.eval.real.whisper_asr --out OUT" + (" --quick" if quick else ""),
+        "command": "python -m octopus_diffusers.eval.real.whisper_asr --out OUT"
+                   + {"quick": " --quick", "full": ""}.get(size_name, f" --size {size_name}"),
         "clips": [{"name": c.name, "source": c.source, "reference": c.reference} for c in clips],
         "baseline": baseline, "rows": rows, "load_seconds": load_seconds,
         "matched": [{"target_bits": t, "bits": row} for t, row in matched_plan.items()],
@@ -285,7 +291,12 @@ def markdown(results: dict[str, Any]) -> str:
              f"{results['load_seconds']:.0f} s). Versions: python {env['python']}, torch {env['torch']}, "
              f"transformers {env['transformers']}, octopus-diffusers {env['octopus-diffusers']}, "
              + ", ".join(f"{k} {v}" for k, v in env["packages"].items())
-             + f"; source commit {env['git_commit']}.", "", "## Protocol", ""]
+             + f"; source commit {env['git_commit']}.", ""]
+    if results["size"] != "full":
+        lines += [f"**Size `{results['size']}`** (the clips and configurations below only): a reduced run. "
+                  "The full size (both clips, every codec at 2/3/4 bits and TurboQuant at OCTOPUS's "
+                  "true rates) is `python -m octopus_diffusers.eval.real.whisper_asr --out DIR`.", ""]
+    lines += ["## Protocol", ""]
     lines += (__doc__ or "").split("\n\n", 1)[1].split("Entry point")[0].strip().splitlines() + [""]
     for clip in results["clips"]:
         base = results["baseline"][clip["name"]]
@@ -296,15 +307,21 @@ def markdown(results: dict[str, Any]) -> str:
         rows = [r for r in results["rows"] if r["clip"] == clip["name"]]
         header = ["config", "runs for", "codec bits/scalar", "WER vs unquantized"]
         header += ["WER vs reference"] if clip["reference"] else []
-        header += ["tokens before first difference", "token edit distance"]
+        header += ["tokens before first difference", "token edit distance",
+                   "measured bits: encoder / cross / decoder self"]
         table = []
         for r in sorted(rows, key=lambda r: (r["codec"] != "none", r["codec"], r["bits"])):
             cells = [r["label"], ", ".join(r["roles"]), r.get("codec_bits", 32.0),
                      f"{100 * r['wer_vs_unquantized']:.1f} %"]
             cells += [f"{100 * r['wer_vs_reference']:.1f} %"] if clip["reference"] else []
             cells += [f"{100 * r['prefix_agreement']:.0f} %", f"{100 * r['token_error_rate']:.1f} %"]
+            cells += [" / ".join(f"{r[k]:.3g}" for k in ("encoder_self_bits", "cross_bits", "decoder_self_bits"))
+                      if "cross_bits" in r else "-"]
             table.append(cells)
         lines += models.md_table(header, table)
+        lines += ["Transcripts:", ""] + [f"- `{r['label']}`: \"{r['text']}\"" for r in
+                                         sorted(rows, key=lambda r: (r["codec"] != "none", r["codec"], r["bits"]))]
+        lines += [""]
     lines += ["## Matched true rate", "",
               "Targets are OCTOPUS's codec rates at 2/3/4 bits; each codec runs at its configuration "
               "with the largest codec rate not above the target (see `runs for` above; bits per target):", ""]
@@ -319,10 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for audio.md, JSON, CSV")
     parser.add_argument("--quick", action="store_true", help="beckett.wav only, two codecs at 2 and 4 bits")
+    parser.add_argument("--size", choices=sorted(SIZES), help="a named size instead of --quick / full")
     parser.add_argument("--device", default="cpu", help="torch device for the model and codecs")
     args = parser.parse_args(argv)
     try:
-        res = run(args.out, quick=args.quick, device=args.device)
+        res = run(args.out, quick=args.quick, device=args.device, size=args.size)
     except models.MissingRealPackage as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -102,6 +102,7 @@ def test_paper_protocol_keeps_first_and_last_layer_keys(tiny, ids):
 
 
 def test_quantization_changes_logits_less_at_more_bits(tiny, ids):
+    ids = ids[:1, :40]
     ref = chunked(tiny, ids, DynamicCache(config=tiny.config))
     errs = [(chunked(tiny, ids, QuantizedKVCache(tiny, "turboquant", bits=b, residual_window=4,
                                                  full_precision_layers=())) - ref).abs().mean().item()
