@@ -23,15 +23,15 @@ from .cache import ForwardState, PromptCache, StepCounter
 from .kv import KVCodecSpec, KVQuantizer, KVStats
 from .streams import JointSplit, StreamAdapter, StreamSpec
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .audioldm2 import QuantizedAttnProcessor2_0
-    from .cogvideox import QuantizedCogVideoXAttnProcessor
-    from .hunyuan import QuantizedHunyuanVideoAttnProcessor
-    from .ltx import QuantizedLTXVideoAttnProcessor
-    from .ltx2 import QuantizedLTX2AudioVideoAttnProcessor, QuantizedLTX2PerturbedAttnProcessor
-    from .mochi import QuantizedMochiAttnProcessor
-    from .stable_audio import QuantizedStableAudioAttnProcessor
-    from .wan import QuantizedSkyReelsV2AttnProcessor, QuantizedWanAttnProcessor
+if TYPE_CHECKING:  # pragma: no cover  (family classes, for type checkers only)
+    from .audioldm2 import QuantizedAttnProcessor2_0  # noqa: F401
+    from .cogvideox import QuantizedCogVideoXAttnProcessor  # noqa: F401
+    from .hunyuan import QuantizedHunyuanVideoAttnProcessor  # noqa: F401
+    from .ltx import QuantizedLTXVideoAttnProcessor  # noqa: F401
+    from .ltx2 import QuantizedLTX2AudioVideoAttnProcessor, QuantizedLTX2PerturbedAttnProcessor  # noqa: F401
+    from .mochi import QuantizedMochiAttnProcessor  # noqa: F401
+    from .stable_audio import QuantizedStableAudioAttnProcessor  # noqa: F401
+    from .wan import QuantizedSkyReelsV2AttnProcessor, QuantizedWanAttnProcessor  # noqa: F401
 
 #: Family classes readable from this package: class name -> family module (imported on access).
 _FAMILY_CLASSES: dict[str, str] = {entry.split(":")[1]: entry.split(":")[0] for entry in FAMILIES.values()}

@@ -220,7 +220,8 @@ class LayerSelection:
             return True
         index = block_index(name)
         hits = [i for i, item in enumerate(self.items)
-                if (isinstance(item, int) and item == index) or (isinstance(item, str) and fnmatch.fnmatchcase(name, item))]
+                if (isinstance(item, int) and item == index)
+                or (isinstance(item, str) and fnmatch.fnmatchcase(name, item))]
         self._matched.update(hits)
         return bool(hits)
 
@@ -259,13 +260,13 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float |
     """Quantize the attention K/V of a diffusers pipeline's denoiser(s) or of a transformer.
 
     K (after qk-norm and RoPE) and V are encoded with ``codec`` at ``key_bits`` / ``value_bits``
-    (default ``bits``; ``bits=None`` is the codec's default rate: 3 bits for OCTOPUS and TurboQuant,
-    the stored width for ``none`` and ``fp8``, see :func:`~.kv.default_bits`) right before each
-    attention call, which then runs as in diffusers. Every denoiser of a pipeline is hooked
-    (``transformer``, Wan 2.2's ``transformer_2``, ``unet``, ...). ``self_attention`` governs self- and
-    joint-attention streams, ``cross_attention`` the cross-attention ones; ``layers`` selects block
-    indices, ``fnmatch`` patterns on module names (inside each denoiser; an entry matching no module
-    is an error), or takes a predicate on the name. Report labels are those module names, prefixed
+    (default ``bits``; ``bits=None`` is the codec's default, as in :func:`~octopus_diffusers.codecs.get_codec`:
+    3 bits for OCTOPUS and TurboQuant, the input's own dtype for ``none``, 8 for ``fp8``; codecs
+    without a default ask for bits) right before each attention call, which then runs as in diffusers.
+    Every denoiser of a pipeline is hooked (``transformer``, Wan 2.2's ``transformer_2``, ``unet``,
+    ...). ``self_attention`` governs self- and joint-attention streams, ``cross_attention`` the
+    cross-attention ones; ``layers`` selects block indices, ``fnmatch`` patterns on module names
+    (inside each denoiser; an entry matching no module is an error), or takes a predicate on the name. Report labels are those module names, prefixed
     with the pipeline component when a pipeline has several denoisers (Wan 2.2).
     ``full_precision_steps`` leaves the first denoising steps of each pipeline call unquantized,
     counted over all its denoisers together (:mod:`~octopus_diffusers.processors.cache`).

@@ -142,4 +142,5 @@ class JointSplit(StreamAdapter):
         return attend_with(first, query, k1, v1, with_first, layout)
 
 
-__all__ = ["STREAM_KINDS", "StreamSpec", "AttentionCall", "StreamAdapter", "JointSplit", "attend_with", "in_layout_of", "joined", "sequence_dim"]
+__all__ = ["STREAM_KINDS", "StreamSpec", "AttentionCall", "StreamAdapter", "JointSplit", "attend_with", "in_layout_of",
+           "joined", "sequence_dim"]
