@@ -63,7 +63,8 @@ class Variant:
 
     @property
     def name(self) -> str:
-        return f"{self.codec}-{self.bits:g}b"
+        # none keeps exact copies in the model's dtype whatever ``bits`` says: its true rate is in the report
+        return "none-exact" if self.codec == "none" else f"{self.codec}-{self.bits:g}b"
 
 
 def parse_variants(codecs: Sequence[str | tuple[str, float]]) -> list[Variant]:

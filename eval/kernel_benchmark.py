@@ -325,8 +325,10 @@ def _time_step(step, runs: int = 3) -> float:
 SECTIONS = ("copy", "codec", "attention", "crossover", "wan")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options (also ``octopus-diffusers bench kernels``)."""
+    parser = argparse.ArgumentParser(prog="python -m octopus_diffusers.eval.kernel_benchmark",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--shapes", default="", help="comma list of attention shape names (default all)")
     parser.add_argument("--methods", default="fused,decoded", help="attention paths to time")
@@ -338,6 +340,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--commit", default="", help="with --from-json: the measured commit, when the JSON "
                         "predates the commit field")
     parser.add_argument("--date", default="", help="with --from-json: the run's date (YYYY-MM-DD), likewise")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.from_json:
         if not args.record:
@@ -347,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
                **({"date": args.date} if args.date else {})}
         n = append_rows(Path(args.record), env, data["rows"])
         print(f"appended {n} rows of {args.from_json} to {args.record}")
-        return
+        return 0
     sections = args.sections.split(",")
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -385,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
             bench_wan(rows)
         done(n)
     print(f"\nbenchmark wall time {time.time() - t0:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,9 +1,10 @@
 """The ``octopus-diffusers`` command: ``demo``, ``run``, ``eval``, ``render`` and ``bench``.
 
 ``run`` generates a baseline and every codec at matched true rates (or nominal bits) with one model and
-seed, then (unless told not to) scores and renders them; ``eval`` and ``render`` redo those steps on an
-existing run folder; ``demo`` does it all offline on the embedded tiny video (Wan) and audio (Stable
-Audio Open) pipelines; ``bench`` is the codec rate-distortion benchmark.
+seed, then (unless told not to) scores and renders them; with ``--model self-forcing|causvid`` it
+generates chunk by chunk through the compressed KV cache instead. ``eval`` and ``render`` redo those
+steps on an existing run folder; ``demo`` does it all offline on the embedded tiny video (Wan) and audio
+(Stable Audio Open) pipelines; ``bench codecs|kernels|real|cache|memory`` runs one benchmark.
 
 Every failure ends with one ``octopus-diffusers <command>: error: ...`` line on stderr and one of the
 exit codes of :class:`ExitCode` (listed in ``--help``); ``--traceback`` shows the Python traceback too.
@@ -36,6 +37,26 @@ DEMO_MODELS = {"video": "wan2.1-t2v-1.3b", "audio": "stable-audio-open"}
 SECONDS_ARGUMENT = {"StableAudioPipeline": "audio_end_in_s", "AudioLDM2Pipeline": "audio_length_in_s"}
 #: Seeds drive torch generators and the codecs' rotations; this range is valid everywhere.
 MAX_SEED = 2**32 - 1
+#: Chunk-by-chunk (causal) video models: ``run`` sends them through the compressed KV cache
+#: (:func:`octopus_diffusers.eval.causal_eval.run_causal`); ``--tiny`` gives a random-weight tiny one.
+CAUSAL_MODELS = ("self-forcing", "causvid")
+#: Nominal bits of a causal run (its report orders the variants by the cache's true bits per scalar).
+CAUSAL_BITS = (2.0, 3.0, 4.0)
+#: ``bench`` subcommand -> (module whose ``main(argv)`` runs it, help). The modules load only when run.
+BENCHMARKS = {
+    "codecs": ("octopus_diffusers.eval.rate_distortion",
+               "codec rate-distortion at matched true bits per scalar (CPU): distortion, attention error, peers"),
+    "kernels": ("octopus_diffusers.eval.kernel_benchmark",
+                "Triton kernels vs fp16 SDPA, eager and CUDA-graph time (needs a GPU)"),
+    "real": ("octopus_diffusers.eval.real.__main__",
+             "codecs on real trained models: SmolLM2 perplexity, Whisper WER, terrain UNet, DINOv2"),
+    "cache": ("octopus_diffusers.cache.gpu_bench",
+              "causal Wan2.1-1.3B: peak memory and seconds per chunk with each KV cache (GPU; --toy on CPU)"),
+    "memory": ("octopus_diffusers.cache.memory",
+               "Wan2.1-1.3B KV-cache bytes per codec at 81/161/321 frames, from the cache's own accounting"),
+}
+#: Benchmarks that need a CUDA device unless given ``--toy``.
+GPU_BENCHMARKS = {"kernels", "cache"}
 
 
 class ExitCode(enum.IntEnum):
@@ -223,10 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
                   description="Load a model from the hub, a local folder or its tiny offline version; generate the "
                               "baseline and every codec setting with the same seed and prompts into a run folder "
                               "(written beside it and swapped in when complete); then evaluate and render it.")
-    run.add_argument("--model", required=True, choices=sorted(MODELS), metavar="MODEL",
-                     help=f"model family and default weights: {', '.join(sorted(MODELS))}")
+    run.add_argument("--model", required=True, choices=sorted(MODELS) + list(CAUSAL_MODELS), metavar="MODEL",
+                     help=f"model family and default weights: {', '.join(sorted(MODELS))}; chunk-by-chunk video "
+                          f"through the compressed KV cache: {', '.join(CAUSAL_MODELS)} (needs --weights DIR, "
+                          "see docs/autoregressive/README.md, or --tiny)")
     run.add_argument("--weights", metavar="ID_OR_FOLDER",
-                     help="hub id or local folder written by save_pretrained (default: the model's hub id)")
+                     help="hub id or local folder written by save_pretrained (default: the model's hub id); for "
+                          f"{'/'.join(CAUSAL_MODELS)} the folder with the original checkpoint, vae/ and "
+                          "prompt_embeds.safetensors")
+    run.add_argument("--chunks", type=_positive_int, default=None,
+                     help=f"{'/'.join(CAUSAL_MODELS)}: chunks of 3 latent frames to generate (default 5)")
     run.add_argument("--tiny", action="store_true", help="use the family's tiny offline pipeline (random weights)")
     run.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                      help="a text prompt; repeat for several (each runs for every variant)")
@@ -271,11 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", type=Path, help="where to write (default: RUN/renders)")
     _add_post_options(render)
 
-    from octopus_diffusers.eval.rate_distortion import build_parser as bench_parser
-
-    command("bench", parents=[bench_parser()], add_help=False,
-            help="codec rate-distortion benchmark (true bits/scalar, distortion, attention error)",
-            description=bench_parser().description)
+    bench = command("bench", help="run one benchmark: " + ", ".join(BENCHMARKS),
+                    description="Each benchmark is its module's own command line; `bench NAME --help` shows its "
+                                "options.\n" + "\n".join(f"  {k:<8} {v[1]}" for k, v in BENCHMARKS.items()))
+    bench.add_argument("benchmark", choices=list(BENCHMARKS), metavar="NAME", help=", ".join(BENCHMARKS))
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
     return parser
 
 
@@ -487,6 +514,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from octopus_diffusers.pipelines.run_folder import check_output_folder
     from octopus_diffusers.pipelines.runner import check_device, load_model
 
+    if args.model in CAUSAL_MODELS:
+        return cmd_run_causal(args)
+    if args.chunks is not None:
+        raise CLIError(f"--chunks is for the chunk-by-chunk models {', '.join(CAUSAL_MODELS)}, not {args.model}")
     spec = get_model_spec(args.model)
     overrides = _overrides(args, spec)
     check_output_folder(args.out, args.overwrite)
@@ -515,12 +546,59 @@ def cmd_render(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from octopus_diffusers.eval.rate_distortion import main as bench_main
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    import torch
+
     from octopus_diffusers.pipelines.run_folder import check_output_folder
 
-    check_output_folder(args.out, overwrite=True, is_ours=lambda _: True)
-    return bench_main(list(argv))
+    options = list(args.options)
+    if args.benchmark in GPU_BENCHMARKS and "--toy" not in options and "--from-json" not in options \
+            and not {"-h", "--help"} & set(options) and not torch.cuda.is_available():
+        raise CLIError(f"bench {args.benchmark} needs a CUDA GPU" +
+                       (" (or --toy for the CPU-size code path)" if args.benchmark == "cache" else ""),
+                       ExitCode.ENVIRONMENT)
+    module = importlib.import_module(BENCHMARKS[args.benchmark][0])
+    if args.benchmark == "codecs" and not {"-h", "--help"} & set(options):
+        parsed = module.build_parser().parse_args(options)
+        check_output_folder(parsed.out, overwrite=True, is_ours=lambda _: True)
+    return int(module.main(options) or 0)
+
+
+def cmd_run_causal(args: argparse.Namespace) -> int:
+    """``run --model self-forcing|causvid``: chunk-by-chunk generation through the compressed KV cache."""
+    import torch
+
+    from octopus_diffusers.eval.causal_eval import run_causal
+    from octopus_diffusers.pipelines.run_folder import check_output_folder
+    from octopus_diffusers.pipelines.runner import check_device
+
+    if args.rates is not None:
+        raise CLIError(f"--rates is not offered for {args.model}: give nominal --bits; the report orders the "
+                       "variants by the cache's true bits per scalar (exact sink and newest chunks counted)")
+    if args.tiny == (args.weights is not None):
+        raise CLIError(f"{args.model}: give --weights DIR (the original checkpoint, vae/, prompt_embeds.safetensors) "
+                       "or --tiny (random weights), not both or neither")
+    unsupported = [o for o in ("prompt", "prompt_embeds", "frames", "height", "width", "seconds", "guidance", "steps")
+                   if getattr(args, o) not in (None, [])]
+    if unsupported:
+        raise CLIError(f"{args.model}: --{unsupported[0].replace('_', '-')} is not an option of causal runs "
+                       "(prompts come from prompt_embeds.safetensors in --weights; size and steps from the model)")
+    check_output_folder(args.out, args.overwrite)
+    if args.out.exists() and args.overwrite:
+        import shutil
+
+        shutil.rmtree(args.out)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
+    bits = args.bits or list(CAUSAL_BITS)
+    variants = [(c, 16.0) if c == "none" else (c, b) for c in args.codecs for b in ([16.0] if c == "none" else bits)]
+    folder = run_causal(args.out, codecs=list(dict.fromkeys(variants)), model="tiny" if args.tiny else args.model,
+                        weights=args.weights, num_chunks=args.chunks or 5, seed=args.seed, device=device,
+                        dtype=None if args.tiny else getattr(torch, args.dtype))
+    print(f"run folder: {folder}; report: {folder / 'report.md'}")
+    return ExitCode.OK
 
 
 def exit_code(err: BaseException) -> ExitCode:
@@ -563,11 +641,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``octopus-diffusers`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    commands = {"demo": cmd_demo, "run": cmd_run, "eval": cmd_eval, "render": cmd_render}
+    commands = {"demo": cmd_demo, "run": cmd_run, "eval": cmd_eval, "render": cmd_render, "bench": cmd_bench}
     try:
         with quiet_third_party():
-            if args.command == "bench":
-                return int(cmd_bench(args, argv[argv.index("bench") + 1:]))
             return int(commands[args.command](args))
     except (Exception, KeyboardInterrupt) as err:
         code = exit_code(err)

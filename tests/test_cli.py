@@ -209,7 +209,7 @@ def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 def test_bench_runs_the_rate_distortion_benchmark(tmp_path):
     out = tmp_path / "bench"
-    assert main(["bench", "--out", str(out), "--quick", "--codecs", "uniform", "--datasets", "unit", "--no-sweep",
+    assert main(["bench", "codecs", "--out", str(out), "--quick", "--codecs", "uniform", "--datasets", "unit", "--no-sweep",
                  "--no-reproduction"]) == 0
     results = read_json(out / "results.json")
     assert results["rows"] and {r["codec"] for r in results["rows"]} == {"uniform"}
@@ -235,3 +235,30 @@ def test_run_loads_a_locally_saved_pipeline_by_path(tmp_path):
     assert math.isfinite(_at_rate(metrics, "octopus", 3)["metrics"]["video"]["summary"]["psnr"]["mean"])
     frames = load_file(str(tmp_path / "run/outputs/baseline/prompt0.video.safetensors"))["frames"]
     assert torch.equal(frames, tiny.generate(seed=0)["video"][0])
+
+
+def test_bench_lists_every_benchmark_and_forwards_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("codecs", "kernels", "real", "cache", "memory"))
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "memory", "--help"])
+    assert done.value.code == 0 and "octopus_diffusers.cache.memory" in capsys.readouterr().out
+
+
+def test_run_causal_tiny_writes_a_causal_run_folder(tmp_path):
+    """``run --model self-forcing --tiny``: chunk-by-chunk generation through the compressed cache, the
+    uncompressed-cache baseline beside it, and an exact ``none`` variant."""
+    import json
+
+    out = tmp_path / "causal"
+    assert main(["run", "--model", "self-forcing", "--tiny", "--device", "cpu", "--codecs", "none,turboquant",
+                 "--bits", "3", "--chunks", "2", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    names = {v["name"] for v in results["variants"]}
+    assert names == {"none-exact", "turboquant-3b"}
+    assert (out / "report.md").is_file() and (out / "drift.png").is_file()
+    assert main(["run", "--model", "self-forcing", "--tiny", "--device", "cpu", "--codecs", "none", "--chunks", "1",
+                 "--out", str(out)]) == 2  # an existing folder needs --overwrite
+

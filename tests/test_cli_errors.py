@@ -109,7 +109,15 @@ FAST_CASES = {  # argv (tmp_path -> list), exit code, message fragment; all fail
     "demo out holding other files": (lambda t: ["demo", "--out", str(_file(t).parent)], 2,
                                      "holds other files than the demo's"),
     "demo over an existing demo": (lambda t: ["demo", "--out", str(_old_demo(t))], 2, "pass --overwrite"),
-    "bench out is a file": (lambda t: ["bench", "--out", str(_file(t)), "--quick"], 2, "is a file"),
+    "bench out is a file": (lambda t: ["bench", "codecs", "--out", str(_file(t)), "--quick"], 2, "is a file"),
+    "causal without weights or --tiny": (lambda t: ["run", "--model", "self-forcing", "--out", str(t / "o")], 2,
+                                         "give --weights DIR"),
+    "causal with rates": (lambda t: ["run", "--model", "causvid", "--tiny", "--rates", "3", "--out", str(t / "o")],
+                          2, "--rates is not offered for causvid"),
+    "causal with a prompt": (lambda t: ["run", "--model", "self-forcing", "--tiny", "--prompt", "a cat", "--out",
+                                        str(t / "o")], 2, "--prompt is not an option of causal runs"),
+    "chunks for a bidirectional model": (lambda t: [*TINY, "--chunks", "3", "--out", str(t / "o")], 2,
+                                         "--chunks is for the chunk-by-chunk models"),
 }
 
 
@@ -129,6 +137,13 @@ def test_cuda_without_a_gpu_is_an_environment_error(tmp_path, capsys):
     assert main([*TINY[:-3], "--device", "cuda", "--out", str(tmp_path / "o")]) == ExitCode.ENVIRONMENT
     assert "CUDA is not available" in _one_line(capsys, "run")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("bench", ["kernels", "cache"])
+def test_gpu_benchmarks_without_a_gpu_are_an_environment_error(bench, capsys):
+    assert main(["bench", bench, "--out", "x.json"]) == ExitCode.ENVIRONMENT
+    assert f"bench {bench} needs a CUDA GPU" in _one_line(capsys, "bench")
 
 
 def test_unwritable_out_is_an_environment_error(tmp_path, capsys, monkeypatch):

@@ -115,15 +115,22 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from octopus_diffusers.pipelines.run_folder import write_json
-
-    parser = argparse.ArgumentParser(description="Peak memory and time per chunk of causal Wan with each KV cache")
+def build_parser() -> argparse.ArgumentParser:
+    """The measurement's options (also ``octopus-diffusers bench cache``)."""
+    parser = argparse.ArgumentParser(prog="python -m octopus_diffusers.cache.gpu_bench",
+                                     description="Peak memory and time per chunk of causal Wan with each KV cache")
     parser.add_argument("--out", type=Path, required=True, help="JSON file (a .md table is written beside it)")
     parser.add_argument("--quick", action="store_true", help="81 frames, 1 step, 2 and 4 bits")
     parser.add_argument("--toy", action="store_true", help="tiny architecture (CPU test of the code path)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from octopus_diffusers.pipelines.run_folder import write_json
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.toy and not args.device.startswith("cuda"):
         parser.error("the real-size measurement needs a CUDA device (use --toy on the CPU)")

@@ -177,12 +177,18 @@ def markdown(rows: list[dict[str, Any]], weights: int, command: str, verified: d
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Wan2.1-1.3B KV-cache bytes per codec at real size")
+def build_parser() -> argparse.ArgumentParser:
+    """The table's options (also ``octopus-diffusers bench memory``)."""
+    parser = argparse.ArgumentParser(prog="python -m octopus_diffusers.cache.memory",
+                                     description="Wan2.1-1.3B KV-cache bytes per codec at real size")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write (default: print)")
     parser.add_argument("--codecs", nargs="+", default=None)
     parser.add_argument("--verify", action="store_true", help="also fill one real-size block and compare its bytes")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     rows, weights = table(args.codecs)
     verified = verify_one_block() if args.verify else None
     if verified and verified["stored"] != verified["estimate"]:

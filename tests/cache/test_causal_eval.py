@@ -15,7 +15,7 @@ def test_windows_and_variants():
     assert frame_windows(81, 16) == [("0-2s", 0, 32), ("2-5s", 32, 80), ("5s-end", 80, 81)]
     assert frame_windows(21, 8) == [("0-2s", 0, 16), ("2-5s", 16, 21)]
     assert [v.name for v in parse_variants(["octopus-3", "turboquant:2.5", ("none", 16)])] == [
-        "octopus-3b", "turboquant-2.5b", "none-16b"]
+        "octopus-3b", "turboquant-2.5b", "none-exact"]
     with pytest.raises(ValueError, match="distinct"):
         parse_variants(["octopus-3", "octopus:3"])
 
@@ -27,7 +27,7 @@ def test_run_causal_writes_the_folder(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["num_frames"] == 21 and results["environment"]["torch"]
     by_name = {v["name"]: v for v in results["variants"]}
-    assert by_name["none-16b"]["windows"]["0-2s"]["psnr"] == "inf"  # identical to the dense baseline
+    assert by_name["none-exact"]["windows"]["0-2s"]["psnr"] == "inf"  # identical to the dense baseline
     tq = by_name["turboquant-2b"]
     assert tq["windows"]["2-5s"]["psnr"] < 100 and len(tq["seconds_per_chunk"]) == 2
     est = estimate_cache_bytes(num_layers=2, num_heads=2, head_dim=32, frame_tokens=4, chunk_frames=3, num_frames=6,
