@@ -44,7 +44,7 @@ from .ops import register_codec
 from .streams import StreamSpec, in_layout_of
 
 if TYPE_CHECKING:
-    from octopus_diffusers.kernels.codec_spec import KernelSpec
+    from octopus_diffusers.kernels.spec import KernelSpec
 
 #: Layouts a processor hands to :meth:`KVQuantizer.attend`: (batch, seq, heads, dim) as the diffusers
 #: dispatcher takes it, or (batch, heads, seq, dim) as ``F.scaled_dot_product_attention`` takes it.
@@ -175,13 +175,14 @@ class KVStats:
 def packed_bytes_per_vector(codec: Codec, dtype: torch.dtype) -> int | None:
     """Bytes one encoded ``head_dim`` vector of ``dtype`` occupies (every field counted), or None for a
     codec whose storage is not a fixed amount per vector (``uniform`` with ``axis="channel"`` stores
-    per token group). Measured by encoding 1 and 3 zero vectors, so it is the codec's own layout;
-    cached per configuration (the seed changes no size), so a model's many layers probe once."""
+    per token group). From the codec's own data-free sizing of 1 and 3 vectors
+    (:meth:`~octopus_diffusers.codecs.Codec.packed_nbytes`, equal to ``PackedTensor.nbytes``); cached per
+    configuration (the seed changes no size), so a model's many layers ask once."""
     config = {k: v for k, v in codec.config().items() if k != "seed"}
     key = (type(codec).__qualname__, json.dumps(config, sort_keys=True, default=str), dtype)
     if key not in _BYTES_PER_VECTOR:
-        one = codec.encode(torch.zeros(1, 1, 1, codec.head_dim, dtype=dtype)).nbytes
-        three = codec.encode(torch.zeros(1, 1, 3, codec.head_dim, dtype=dtype)).nbytes
+        one = codec.packed_nbytes((1, 1, 1, codec.head_dim), dtype)
+        three = codec.packed_nbytes((1, 1, 3, codec.head_dim), dtype)
         _BYTES_PER_VECTOR[key] = one if three == 3 * one else None
     return _BYTES_PER_VECTOR[key]
 
@@ -255,7 +256,7 @@ class KVQuantizer:
         codec ``none`` is never looked up)."""
         if self._kernel_specs is False:
             from octopus_diffusers import kernels
-            from octopus_diffusers.kernels.codec_spec import kernel_spec
+            from octopus_diffusers.kernels import kernel_spec
 
             codecs = (self.key_codec, self.value_codec)
             usable = self.key_codec.name != "none" and all(kernels.supports(c) for c in codecs)

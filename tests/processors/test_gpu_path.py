@@ -153,7 +153,7 @@ def test_cpu_attend_runs_the_reference_and_records_the_choice():
 def test_gpu_path_code_on_cpu_tensors_equals_the_reference(monkeypatch, path, layout):
     """The GPU paths' own code (kernels.encode/decode/attention calls, layouts, GQA, mask, counters)
     forced onto CPU tensors, where the kernels' ops run the reference codecs: equal to the reference."""
-    from octopus_diffusers.kernels.codec_spec import kernel_spec
+    from octopus_diffusers.kernels import kernel_spec
 
     quantizer = _quantizer("octopus", 64)
     torch.manual_seed(0)
