@@ -267,8 +267,9 @@ def _plot(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     for family in dict.fromkeys(r["codec_label"] for r in rows if r["codec"] != "none"):
         pts = sorted((r["measured_bits_per_scalar"], r["cos_cls_mean"], r["cos_patch_tokens_mean"]) for r in rows
                      if r["codec_label"] == family)
+        style = "s--" if family.endswith("+centered-K") else "o-"  # the colour cycle repeats after 10
         for ax, k in zip(axes, (1, 2)):
-            ax.plot([p[0] for p in pts], [1 - p[k] for p in pts], "o-", label=family)
+            ax.plot([p[0] for p in pts], [1 - p[k] for p in pts], style, label=family)
     for ax, name in zip(axes, ("1 - cosine, CLS feature", "1 - cosine, patch tokens (mean)")):
         ax.set_xlabel("measured bits per scalar (K/V, everything stored)")
         ax.set_yscale("log")
@@ -367,7 +368,7 @@ def markdown(results: dict[str, Any]) -> str:
         [[r["config"], r["bits_nominal"], r["bits_per_scalar"], r["measured_bits_per_scalar"],
           r["cos_cls_mean"], r["cos_cls_min"], f"{r['cos_cls_seed_lo']:.4f}-{r['cos_cls_seed_hi']:.4f}",
           r["cos_patch_mean_mean"], r["cos_patch_tokens_mean"], r["seconds"]] for r in results["rows"]], digits=6)
-    matched = [(o, t) for o in results["rows"] if o["codec"] == "octopus"
+    matched = [(o, t) for o in results["rows"] if o["codec"] == "octopus" and "+centered-K" not in o["config"]
                for t in results["rows"] if t["config"] == f"turboquant@{o['bits_per_scalar']:g}"]
     if matched:
         lines += ["", "## OCTOPUS against TurboQuant at the same true rate", ""]
