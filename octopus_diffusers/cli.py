@@ -31,8 +31,13 @@ DEMO_CODECS = ("none", "octopus", "turboquant", "uniform")
 #: bits, per-token uniform groups); far apart, since the tiny video has so few tokens that close
 #: rates can swap order.
 DEFAULT_RATES = (3.0, 4.0, 5.0)
-#: Demo media -> (model whose tiny pipeline runs, sub-folder).
+#: Demo media -> model whose tiny pipeline runs (each writes a run folder of that name).
 DEMO_MODELS = {"video": "wan2.1-t2v-1.3b", "audio": "stable-audio-open"}
+#: The demo's other parts: chunk-by-chunk video through the compressed KV cache (tiny causal Wan), and
+#: codecs on real trained models (quick sizes of ``bench real``: Whisper, terrain UNet, DINOv2, SmolLM2).
+DEMO_PARTS = (*DEMO_MODELS, "causal", "real")
+#: Nominal bits of the demo's causal part (its report orders variants by the cache's true rate).
+DEMO_CAUSAL_BITS = (2.0, 4.0)
 #: Audio length arguments differ between audio pipelines.
 SECONDS_ARGUMENT = {"StableAudioPipeline": "audio_end_in_s", "AudioLDM2Pipeline": "audio_length_in_s"}
 #: Seeds drive torch generators and the codecs' rotations; this range is valid everywhere.
@@ -127,6 +132,17 @@ def _number_list(what: str) -> Callable[[str], list[float]]:
 
 _bits_list = _number_list("bit widths")
 _rates_list = _number_list("target rates")
+
+
+def _choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{what}: unknown {', '.join(unknown) or 'empty list'}; choose "
+                                             f"from {', '.join(choices)}")
+        return list(dict.fromkeys(names))
+    return parse
 
 
 def _int_in(low: int, high: int | None, what: str) -> Callable[[str], int]:
@@ -234,8 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "reports, plots and renders. About a minute on 2 CPU cores.")
     demo.add_argument("--out", type=Path, default=Path("octopus_demo"),
                       help="output folder (default ./octopus_demo); video/ and audio/ run folders are written inside")
-    demo.add_argument("--media", choices=("both", "video", "audio"), default="both",
-                      help="which tiny pipelines to run (default both)")
+    demo.add_argument("--media", type=_choice_list(DEMO_PARTS, "--media"), default=list(DEMO_PARTS),
+                      metavar="PART,...",
+                      help=f"comma-separated parts among {', '.join(DEMO_PARTS)} (default all): tiny Wan video and "
+                           "Stable Audio at matched rates, tiny causal Wan through the compressed KV cache, "
+                           "and real trained models at quick sizes")
     _add_quantization_options(demo, DEMO_CODECS)
     _add_post_options(demo)
 
@@ -431,8 +450,33 @@ def _generate_run(model: Any, config: Any, out: Path, args: argparse.Namespace, 
 
 
 def _demo_folder(folder: Path) -> bool:
-    """A demo output folder: only the video/ and audio/ run folders inside."""
-    return all(p.name in DEMO_MODELS and p.is_dir() for p in folder.iterdir())
+    """A demo output folder: only the demo's part folders inside."""
+    return all(p.name in DEMO_PARTS and p.is_dir() for p in folder.iterdir())
+
+
+def _demo_part_is_ours(folder: Path) -> bool:
+    """A causal or real part folder the demo wrote (its results.json / summary.json)."""
+    return (folder / "results.json").is_file() or (folder / "summary.json").is_file()
+
+
+def _demo_causal(args: argparse.Namespace, out: Path) -> Path:
+    from octopus_diffusers.eval.causal_eval import run_causal
+    from octopus_diffusers.pipelines.run_folder import staged_folder
+
+    variants = [(c, 16.0) if c == "none" else (c, b) for c in args.codecs
+                for b in ([16.0] if c == "none" else DEMO_CAUSAL_BITS)]
+    with staged_folder(out, args.overwrite, _demo_part_is_ours) as staging:
+        run_causal(staging, codecs=list(dict.fromkeys(variants)), model="tiny", num_chunks=3, seed=args.seed)
+    return out / "report.md"
+
+
+def _demo_real(args: argparse.Namespace, out: Path) -> Path:
+    from octopus_diffusers.eval.real.__main__ import run_real
+    from octopus_diffusers.pipelines.run_folder import staged_folder
+
+    with staged_folder(out, args.overwrite, _demo_part_is_ours) as staging:
+        run_real(staging, quick=True)
+    return out / "README.md"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -442,17 +486,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from octopus_diffusers.pipelines.runner import load_model
 
     start = time.perf_counter()
-    media = ("video", "audio") if args.media == "both" else (args.media,)
     config = _run_config(args, [], {})
     if args.out.is_dir() and not _demo_folder(args.out) and any(args.out.iterdir()):
-        raise OutputFolderError(f"{args.out} holds other files than the demo's video/ and audio/ run folders; "
+        raise OutputFolderError(f"{args.out} holds other files than the demo's {', '.join(DEMO_PARTS)} folders; "
                                 "choose another --out")
-    for kind in media:
-        check_output_folder(args.out / kind, args.overwrite)
+    for kind in args.media:
+        check_output_folder(args.out / kind, args.overwrite, None if kind in DEMO_MODELS else _demo_part_is_ours)
     reports = []
-    for kind in media:
-        model = load_model(DEMO_MODELS[kind], tiny=True, dtype=torch.float32, device="cpu")
-        reports.append(_generate_run(model, config, args.out / kind, args))
+    for kind in args.media:
+        if kind in DEMO_MODELS:
+            model = load_model(DEMO_MODELS[kind], tiny=True, dtype=torch.float32, device="cpu")
+            reports.append(_generate_run(model, config, args.out / kind, args))
+        else:
+            reports.append((_demo_causal if kind == "causal" else _demo_real)(args, args.out / kind))
     print(f"demo finished in {time.perf_counter() - start:.1f} s; reports:")
     for report in reports:
         print(f"  {report}")

@@ -3,6 +3,7 @@ checked), the help of every option, and clear errors for unknown models and code
 
 import argparse
 import csv
+import json
 import math
 import subprocess
 
@@ -25,7 +26,8 @@ RATES = (3, 5)
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
-    argv = ["demo", "--out", str(out), "--codecs", ",".join(CODECS), "--rates", ",".join(map(str, RATES)), "--quiet"]
+    argv = ["demo", "--out", str(out), "--media", "video,audio", "--codecs", ",".join(CODECS), "--rates",
+            ",".join(map(str, RATES)), "--quiet"]
     assert main(argv) == 0
     return out
 
@@ -262,3 +264,21 @@ def test_run_causal_tiny_writes_a_causal_run_folder(tmp_path):
     assert main(["run", "--model", "self-forcing", "--tiny", "--device", "cpu", "--codecs", "none", "--chunks", "1",
                  "--out", str(out)]) == 2  # an existing folder needs --overwrite
 
+
+
+def test_demo_causal_part_is_staged_and_refuses_a_rerun_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--media", "causal", "--codecs", "none,turboquant", "--quiet"]
+    assert main(argv) == 0
+    first = (out / "causal" / "results.json").read_text()
+    assert [p.name for p in out.iterdir()] == ["causal"]  # no staging folder left behind
+    assert main(argv) == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["causal"] and (out / "causal" / "report.md").is_file()
+    assert json.loads(first)["variants"][0]["name"] in {"none-exact", "turboquant-2b", "turboquant-4b"}
+
+
+def test_demo_media_names_are_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--out", str(tmp_path / "d"), "--media", "video,smell"])
+    assert done.value.code == 2 and "unknown smell" in capsys.readouterr().err
