@@ -582,14 +582,16 @@ def _time_peer(peer: Peer, x: torch.Tensor) -> tuple[torch.Tensor, float, float,
     return dec.float().reshape(x.shape), float(peer.nbytes(enc)), t1 - t0, t2 - t1
 
 
-def peer_comparison(datasets: Sequence[RDDataset], seed: int) -> tuple[list[dict], list[dict]]:
+def peer_comparison(datasets: Sequence[RDDataset], seed: int, external: bool = True
+                    ) -> tuple[list[dict], list[dict]]:
     """Every peer on the same K and V of each dataset (CPU): stored bytes, true rate, relative MSE,
     attention-output error and encode/decode seconds, and ``triplet_vq`` at a true rate not above the
-    peer's (its distortion ratio, < 1: ``triplet_vq`` wins)."""
+    peer's (its distortion ratio, < 1: ``triplet_vq`` wins). ``external=False`` leaves out the other
+    packages' peers."""
     rows, notes = [], []
     for ds in datasets:
         d = ds.head_dim
-        ext, ext_notes = external_peers(d, seed)
+        ext, ext_notes = external_peers(d, seed) if external else ([], [])
         notes += [{**n, "dataset": ds.label} for n in ext_notes]
         ours = []
         for bits in (2, 3, 4):

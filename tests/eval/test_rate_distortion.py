@@ -188,7 +188,7 @@ def test_peer_comparison_counts_real_bytes():
     from octopus_diffusers.eval.rd_datasets import synthetic_dataset
 
     ds = synthetic_dataset("unit", 32, 4, 1, 64, 4, seed=1)
-    rows, notes = peer_comparison([ds], seed=0)
+    rows, notes = peer_comparison([ds], seed=0, external=False)
     by = {(r["peer"], r["config"]): r for r in rows}
     tq = by[("turboquant", "bits=3")]
     assert tq["bytes"] == 2 * 64 * (12 + 2) and tq["bits_per_scalar"] == pytest.approx(3.5)
