@@ -92,7 +92,7 @@ def report(summary: dict[str, Any]) -> str:
     """Top-level Markdown: one line per part, linking its own report."""
     lines = ["# Quality on real trained models", "",
              f"Mode: {'quick' if summary['quick'] else 'full'}. Each part compares every codec with the "
-             "unquantized model at nominal 2/3/4 bits and at matched true bits per scalar; "
+             "unquantized model at nominal bits (2/3/4 in the full run) and at matched true bits per scalar; "
              "its own README has the numbers, plots, machine and versions.", "",
              "| part | what | status | seconds |", "|---|---|---|---|"]
     for part, entry in summary["parts"].items():

@@ -57,7 +57,7 @@ def _torchvision_stub() -> dict[str, types.ModuleType]:
 
 def _import_onnx2torch() -> types.ModuleType:
     """``import onnx2torch``, with the torchvision stub in place only while it imports."""
-    if "onnx2torch" in sys.modules:
+    if sys.modules.get("onnx2torch") is not None:
         return sys.modules["onnx2torch"]
     try:
         importlib.import_module("torchvision")
@@ -72,7 +72,8 @@ def _import_onnx2torch() -> types.ModuleType:
         except ModuleNotFoundError as error:
             raise ModuleNotFoundError(
                 f"converting ONNX models needs onnx and onnx2torch ({error.name} is missing): "
-                "pip install onnx 'onnx2torch==1.5.15' --no-deps") from error
+                "pip install 'octopus-diffusers[real]', or pip install onnx and "
+                "pip install --no-deps onnx2torch==1.5.15") from error
     finally:
         for name, module in saved.items():
             if module is None:

@@ -68,3 +68,15 @@ def test_only_is_checked(tmp_path, capsys) -> None:
     assert orchestrator.parse_only(None) == ["text", "audio", "terrain", "vision"]
     assert orchestrator.main(["--only", "video", "--out", str(tmp_path)]) == 2
     assert "unknown part" in capsys.readouterr().err
+
+
+def test_missing_onnx2torch_is_one_clear_line(monkeypatch, tmp_path) -> None:
+    from octopus_diffusers.integrations.fx_attention import onnx_to_fx
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "onnx2torch", None)  # as if not installed
+    with pytest.raises(ModuleNotFoundError, match=r"onnx2torch.*pip install --no-deps onnx2torch==1.5.15") as err:
+        onnx_to_fx(model)
+    line = orchestrator.missing_line("terrain", err.value)
+    assert line.startswith("[terrain] skipped: converting ONNX models needs onnx and onnx2torch") and "\n" not in line
