@@ -10,10 +10,13 @@ from octopus_diffusers.eval.real import models
 
 @pytest.fixture(scope="module")
 def dinov2():
-    for asset in ("dinov2_onnx",):
-        missing = models.available(asset)
-        if missing:
-            pytest.skip(missing)
+    import importlib.util
+
+    missing = models.available("dinov2_onnx")
+    if missing:
+        pytest.skip(missing)
+    if importlib.util.find_spec("onnx") is None:
+        pytest.skip("onnx is not installed: pip install onnx")
     from octopus_diffusers.eval.real import dinov2 as module
 
     return module, module.load_dinov2()

@@ -95,9 +95,15 @@ def test_fx_pass_errors() -> None:
 
 # ---- the real model ----------------------------------------------------------------------------
 def _require_terrain() -> None:
+    """Skip unless the packaged UNet and the converter are installed (found, not imported)."""
+    import importlib.util
+
     missing = models.available("terrain_unet")
     if missing:
         pytest.skip(missing)
+    for module in ("onnx", "onnx2torch"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: pip install onnx; pip install --no-deps onnx2torch==1.5.15")
 
 
 def test_terrain_conversion_matches_onnxruntime() -> None:
