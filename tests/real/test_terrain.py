@@ -160,3 +160,10 @@ def test_codec_grid_matches_true_rates() -> None:
     assert {c.bits for c in full if c.codec == "octopus"} == {2, 3, 4}
     uniform = next(c for c in full if c.codec == "uniform")
     assert uniform.key_options == {"axis": "channel"} and uniform.value_options == {"axis": "token"}
+
+
+def test_capture_unknown_source() -> None:
+    from octopus_diffusers.eval.real.capture import capture_real_kv
+
+    with pytest.raises(ValueError, match="unknown capture source"):
+        capture_real_kv(["video"])
