@@ -356,7 +356,8 @@ def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines = ["# DINOv2-small: K/V codecs vs the unquantized features", "",
              f"Model: {results['model']}; 12 layers x 6 heads, head_dim 64, K and V of every layer through "
-             f"the codec, codec seeds {results['codec_seeds']} (each layer adds its index). Mapped model vs onnxruntime: max |diff| {results['onnxruntime_max_abs_diff']:.2g} "
+             f"the codec, codec seeds {results['codec_seeds']} (each layer adds its index). Mapped model vs "
+             f"onnxruntime: max |diff| {results['onnxruntime_max_abs_diff']:.2g} "
              f"(tolerance {results['onnxruntime_tolerance']:g}). Images ({len(results['images'])}, "
              f"{results['image_size']}x{results['image_size']}, 256 patches + CLS): "
              f"{', '.join(results['images'])} (scikit-image's bundled photographs).", "",

@@ -142,7 +142,8 @@ def onnx_to_fx(model: str | Path | Any) -> fx.GraphModule:
         try:
             gm = onnx2torch.convert(str(model) if isinstance(model, Path) else model)
         except Exception as error:
-            raise ValueError(f"onnx2torch could not convert {model if isinstance(model, (str, Path)) else 'the model'}: "
+            what = model if isinstance(model, (str, Path)) else "the model"
+            raise ValueError(f"onnx2torch could not convert {what}: "
                              f"{type(error).__name__}: {error}") from error
     return gm.eval()
 
@@ -241,7 +242,8 @@ def _site_layouts(gm: fx.GraphModule, scores: fx.Node, output: fx.Node, probs: f
         v_token = [c for c in sv if c in sp and c not in o_out]
         if token not in sk or len(contracted) != 1 or len(v_head) != 1 or len(v_token) != 1:
             return None
-        layouts = {"query": OperandLayout(_axis(sq, contracted[0]), _axis(sq, next(c for c in sq if c in s_out and c not in sk))),
+        q_token = next(c for c in sq if c in s_out and c not in sk)
+        layouts = {"query": OperandLayout(_axis(sq, contracted[0]), _axis(sq, q_token)),
                    "key": OperandLayout(_axis(sk, contracted[0]), _axis(sk, token)),
                    "value": OperandLayout(_axis(sv, v_head[0]), _axis(sv, v_token[0]))}
         return ops_s[0], ops_s[1], value, layouts

