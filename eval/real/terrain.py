@@ -15,7 +15,6 @@ attention in a real denoiser, not what it does to a video model.
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from octopus_diffusers.codecs import CodecError
+from octopus_diffusers.pipelines.run_folder import staged_folder
 
 from .codec_grid import (FULL_CODEC_SEEDS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment, markdown_table,
                          summarize, write_csv, write_json)
@@ -235,40 +235,35 @@ def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Seque
     if none_rows and not all(r["bit_identical"] for r in none_rows):
         raise RuntimeError("codec 'none' did not reproduce the unquantized heightmaps exactly")
 
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    grids = []
-    configs = [c for c in configs if c.label in images]
-    octopus_rate = {c.bits: c.bits_per_scalar(head_dim) for c in configs if c.codec == "octopus"}
-    for b in sorted({c.bits for c in configs if c.codec not in ("none", "fp8") and "@" not in c.label}):
-        matched = f"turboquant@{octopus_rate[b]:g}" if b in octopus_rate else None
-        tests = [(c.label, images[c.label]) for c in configs
-                 if (c.bits == b and "@" not in c.label) or c.label == matched]
-        grids.append(_grid_png(tmp / f"grid_{b:g}bit.png", ref_unit, tests, amplify=50.0).name)
-    plot = _plot(tmp / "metrics.png", rows).name
-    results = {"part": "terrain", "model": "terrain consistency UNet (adaptive-terrain-diffusion 0.4.2, "
-                                           "ONNX fp32 weights via onnx2torch)",
-               "quick": quick, "num_samples": num_samples, "sigmas": list(sigmas), "seed": seed,
-               "codec_seeds": list(codec_seeds),
-               "head_dim": head_dim, "attention_sites": 28, "reference_seconds": ref_info["seconds"],
-               "environment": environment(), "rows": rows, "skipped": skipped, "per_sample": per_sample,
-               "kv_statistics": statistics,
-               "files": {"grids": grids, "plot": plot}}
-    write_json(tmp / "results.json", results)
-    write_csv(tmp / "results.csv", rows)
-    write_csv(tmp / "per_sample.csv", per_sample)
-    (tmp / "README.md").write_text(markdown(results))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with staged_folder(out, overwrite=True, is_ours=lambda folder: (folder / "results.json").is_file()) as tmp:
+        grids = []
+        configs = [c for c in configs if c.label in images]
+        octopus_rate = {c.bits: c.bits_per_scalar(head_dim) for c in configs if c.codec == "octopus"}
+        for b in sorted({c.bits for c in configs if c.codec not in ("none", "fp8") and "@" not in c.label}):
+            matched = f"turboquant@{octopus_rate[b]:g}" if b in octopus_rate else None
+            tests = [(c.label, images[c.label]) for c in configs
+                     if (c.bits == b and "@" not in c.label) or c.label == matched]
+            grids.append(_grid_png(tmp / f"grid_{b:g}bit.png", ref_unit, tests, amplify=50.0).name)
+        plot = _plot(tmp / "metrics.png", rows).name
+        results = {"part": "terrain", "model": "terrain consistency UNet (adaptive-terrain-diffusion 0.4.2, "
+                                               "ONNX fp32 weights via onnx2torch)",
+                   "quick": quick, "num_samples": num_samples, "sigmas": list(sigmas), "seed": seed,
+                   "codec_seeds": list(codec_seeds),
+                   "head_dim": head_dim, "attention_sites": 28, "reference_seconds": ref_info["seconds"],
+                   "environment": environment(), "rows": rows, "skipped": skipped, "per_sample": per_sample,
+                   "kv_statistics": statistics,
+                   "files": {"grids": grids, "plot": plot}}
+        write_json(tmp / "results.json", results)
+        write_csv(tmp / "results.csv", rows)
+        write_csv(tmp / "per_sample.csv", per_sample)
+        (tmp / "README.md").write_text(markdown(results))
     return results
 
 
 def markdown(results: dict[str, Any]) -> str:
     """The part's report: setup, the table, matched-rate comparison, plots."""
     env = results["environment"]
-    lines = [f"# Terrain consistency UNet: K/V codecs vs the unquantized run", "",
+    lines = ["# Terrain consistency UNet: K/V codecs vs the unquantized run", "",
              f"Model: {results['model']}; {results['attention_sites']} self-attention blocks, head_dim "
              f"{results['head_dim']}; K and V of every attention through the codec (fx pass). "
              f"{results['num_samples']} heightmaps, consistency sampling in {len(results['sigmas'])} step(s) "
