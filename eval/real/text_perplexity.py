@@ -65,8 +65,10 @@ class Size:
 
 SIZES = {
     "quick": Size(1, 256, ("octopus", "turboquant", "polarquant"), (2, 4), ("turboquant",)),
-    "full": Size(2, 512, ("octopus", "turboquant", "turboquant_prod", "polarquant", "qjl", "uniform", "fp8"),
-                 (2, 3, 4), ("turboquant", "turboquant_prod", "qjl", "polarquant", "uniform")),
+    "full": Size(2, 512, ("octopus", "triplet_vq", "turboquant", "turboquant_mr", "turboquant_prod", "polarquant",
+                          "qjl", "uniform", "fp8"),
+                 (2, 3, 4), ("triplet_vq", "turboquant", "turboquant_mr", "turboquant_prod", "qjl", "polarquant",
+                             "uniform")),
 }
 
 

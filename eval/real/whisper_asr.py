@@ -50,8 +50,9 @@ SIZES = {
     "quick": (("beckett",), Size(0, 0, ("octopus", "turboquant"), (2, 4), ())),
     "reference": (("pyannote_sample",), Size(0, 0, ("octopus", "turboquant", "polarquant"), (2, 4), ("turboquant",))),
     "full": (("pyannote_sample", "beckett"),
-             Size(0, 0, ("octopus", "turboquant", "turboquant_prod", "polarquant", "qjl", "uniform", "fp8"),
-                  (2, 3, 4), ("turboquant",))),
+             Size(0, 0, ("octopus", "triplet_vq", "turboquant", "turboquant_mr", "turboquant_prod", "polarquant",
+                         "qjl", "uniform", "fp8"),
+                  (2, 3, 4), ("triplet_vq", "turboquant", "turboquant_mr"))),
 }
 
 
