@@ -107,6 +107,15 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def write_part(folder: Path, results: dict[str, Any], tables: dict[str, Sequence[dict[str, Any]]],
+               report: str) -> None:
+    """A part's files: ``results.json``, one CSV per table, and its ``README.md`` report."""
+    write_json(folder / "results.json", results)
+    for name, rows in tables.items():
+        write_csv(folder / name, rows)
+    (folder / "README.md").write_text(report)
+
+
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Rows as CSV, columns in first-seen order."""
     columns = list(dict.fromkeys(k for row in rows for k in row))

@@ -33,7 +33,7 @@ from octopus_diffusers.codecs import CodecError
 from octopus_diffusers.pipelines.run_folder import staged_folder
 
 from .codec_grid import (FULL_CODEC_SEEDS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment, markdown_table,
-                         summarize, write_csv, write_json)
+                         summarize, write_part)
 from .models import Asset, MissingRealPackage, asset_path
 
 IMAGE_SIZE = 224
@@ -340,10 +340,7 @@ def run(out: Path, *, quick: bool, num_images: int | None = None) -> dict[str, A
                    "environment": environment(), "rows": rows, "skipped": skipped, "per_image": per_image,
                    "kv_statistics": statistics,
                    "files": {"plot": _plot(tmp / "cosine.png", rows).name}}
-        write_json(tmp / "results.json", results)
-        write_csv(tmp / "results.csv", rows)
-        write_csv(tmp / "per_image.csv", per_image)
-        (tmp / "README.md").write_text(markdown(results))
+        write_part(tmp, results, {"results.csv": rows, "per_image.csv": per_image}, markdown(results))
     return results
 
 

@@ -27,7 +27,7 @@ from octopus_diffusers.codecs import CodecError
 from octopus_diffusers.pipelines.run_folder import staged_folder
 
 from .codec_grid import (FULL_CODEC_SEEDS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment, markdown_table,
-                         summarize, write_csv, write_json)
+                         summarize, write_part)
 
 SIZE = 128
 SIGMA_MIN = 0.002
@@ -253,10 +253,7 @@ def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Seque
                    "environment": environment(), "rows": rows, "skipped": skipped, "per_sample": per_sample,
                    "kv_statistics": statistics,
                    "files": {"grids": grids, "plot": plot}}
-        write_json(tmp / "results.json", results)
-        write_csv(tmp / "results.csv", rows)
-        write_csv(tmp / "per_sample.csv", per_sample)
-        (tmp / "README.md").write_text(markdown(results))
+        write_part(tmp, results, {"results.csv": rows, "per_sample.csv": per_sample}, markdown(results))
     return results
 
 

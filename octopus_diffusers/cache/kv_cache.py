@@ -22,6 +22,7 @@ distinct segment length, scaled by ``B * H``), tested equal to the stored bytes.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -165,7 +166,7 @@ class _Forward:
     written: set[int]
 
 
-class KVCacheBase:
+class KVCacheBase(ABC):
     """Chunk bookkeeping shared by both caches: shapes, order, prompt and batch identity, reset.
 
     A forward is bracketed by :meth:`begin_forward` / :meth:`end_forward` (the causal Wan hooks do it);
@@ -205,6 +206,7 @@ class KVCacheBase:
         self.resets += 1
         self._broken = None
 
+    @abstractmethod
     def _drop_storage(self) -> None:
         raise NotImplementedError
 
@@ -309,23 +311,29 @@ class KVCacheBase:
         return k.transpose(1, 2), v.transpose(1, 2)
 
     # ---- what storages implement ----------------------------------------------------------
+    @abstractmethod
     def _read_concat(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         raise NotImplementedError
 
+    @abstractmethod
     def _append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         raise NotImplementedError
 
+    @abstractmethod
     def _store_cross(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[PackedTensor, PackedTensor]:
         raise NotImplementedError
 
+    @abstractmethod
     def _load_cross(self, layer: int, stored: tuple[PackedTensor, PackedTensor]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     # ---- accounting -------------------------------------------------------------------------
+    @abstractmethod
     def layer_nbytes(self, layer: int) -> dict[str, int]:
         """Bytes held by block ``layer``: ``self`` (K+V of cached chunks), ``cross`` (text K/V)."""
         raise NotImplementedError
 
+    @abstractmethod
     def layer_scalars(self, layer: int) -> dict[str, int]:
         """Scalars held by block ``layer`` (what the same cache holds in bf16 at 2 bytes each)."""
         raise NotImplementedError
@@ -350,6 +358,7 @@ class KVCacheBase:
                 "peak_tracked_bytes": self.tracker.peak_bytes,
                 "peak_transient_bytes": self.tracker.peak_transient_bytes}
 
+    @abstractmethod
     def frames_held(self) -> int:
         raise NotImplementedError
 
