@@ -14,9 +14,11 @@ fi
 rm -rf /tmp/pkg /tmp/pkgtests && mkdir -p /tmp/pkg /tmp/pkgtests
 cp -r "$root/octopus_diffusers" /tmp/pkg/
 for sub in kernels pipelines eval; do cp -r "$root/$sub" "/tmp/pkg/octopus_diffusers/$sub"; done
-cp -r "$root/tests" "$root/pyproject.toml" /tmp/pkgtests/
+# tests/test_environment.py reads .ci/; tests/kernels/test_ops.py checks the stray top-level kernels/ copy.
+cp -r "$root/tests" "$root/pyproject.toml" "$root/.ci" "$root/kernels" /tmp/pkgtests/
 export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
-commit="$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+# The device copy has no .git: pass COMMIT=<sha> on the command line to record it.
+commit="${COMMIT:-$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 header() { python3 - "$1" "$commit" <<'PY'
 import sys, torch, triton
 p = torch.cuda.get_device_properties(0)
