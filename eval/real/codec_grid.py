@@ -4,8 +4,8 @@ from, and CSV/JSON/Markdown writing.
 The grid is every codec of the registry at nominal 2/3/4 bits (with the rate-distortion
 benchmark's per-codec options: KIVI-style ``uniform`` groups keys per channel and values per
 token), ``fp8`` at 8 bits, ``none`` at 32 bits (must reproduce the unquantized run exactly), and
-TurboQuant at each OCTOPUS configuration's *true* rate, so OCTOPUS is also compared at matched
-bits per scalar, not only at matched nominal bits.
+TurboQuant, ``triplet_vq`` and ``turboquant_mr`` at each OCTOPUS configuration's *true* rate, so the
+codecs are also compared at matched bits per scalar, not only at matched nominal bits.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ RECORDED_PACKAGES = ("onnx", "onnx2torch", "onnxruntime", "torchmetrics", "adapt
 #: output error can differ from another's by 10 dB: a single seed is not a measurement.
 FULL_CODEC_SEEDS = (0, 100, 200)
 QUICK_CODEC_SEEDS = (0,)
+#: Codecs run at exactly each OCTOPUS configuration's true rate (the matched-rate table).
+MATCHED_CODECS = ("turboquant", "triplet_vq", "turboquant_mr")
 
 
 def summarize(per_seed: Sequence[Sequence[float]], name: str) -> dict[str, float]:
@@ -85,12 +87,29 @@ def codec_grid(head_dim: int, quick: bool) -> list[CodecConfig]:
                                        dict(variant.key_options), dict(variant.value_options)))
     if not quick:
         configs.append(CodecConfig("fp8-8", "fp8", 8))
+    matched = ("turboquant",) if quick else MATCHED_CODECS
     for cfg in [c for c in configs if c.codec == "octopus"]:
         rate = cfg.bits_per_scalar(head_dim)
-        tq_bits = turboquant_bits_for_rate(head_dim, rate)
-        if tq_bits is not None:
-            configs.append(CodecConfig(f"turboquant@{rate:g}", "turboquant", tq_bits))
+        for codec in matched:
+            # triplet_vq and turboquant_mr take the target true rate itself as their bits
+            bits = turboquant_bits_for_rate(head_dim, rate) if codec == "turboquant" else rate
+            if bits is not None and abs(get_codec(codec, head_dim, bits).bits_per_scalar - rate) < 1e-9:
+                configs.append(CodecConfig(f"{codec}@{rate:g}", codec, bits))
     return configs
+
+
+def matched_rows(rows: Sequence[dict[str, Any]], config_key: str = "config") -> list[tuple[dict, dict[str, dict]]]:
+    """Each OCTOPUS row with the rows of :data:`MATCHED_CODECS` run at its true rate (``codec -> row``)."""
+    by_config = {r[config_key]: r for r in rows}
+    out = []
+    for row in rows:
+        if row["codec"] != "octopus" or "+" in row[config_key]:
+            continue
+        peers = {c: by_config[f"{c}@{row['bits_per_scalar']:g}"] for c in MATCHED_CODECS
+                 if f"{c}@{row['bits_per_scalar']:g}" in by_config}
+        if peers:
+            out.append((row, peers))
+    return out
 
 
 def environment() -> dict[str, Any]:

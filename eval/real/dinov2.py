@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from octopus_diffusers.codecs import CodecError
 from octopus_diffusers.pipelines.run_folder import staged_folder
 
-from .codec_grid import (FULL_CODEC_SEEDS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment, markdown_table,
-                         summarize, write_part)
+from .codec_grid import (FULL_CODEC_SEEDS, MATCHED_CODECS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment,
+                         markdown_table, matched_rows, summarize, write_part)
 from .models import Asset, MissingRealPackage, asset_path
 
 IMAGE_SIZE = 224
@@ -344,6 +344,14 @@ def run(out: Path, *, quick: bool, num_images: int | None = None) -> dict[str, A
     return results
 
 
+def _cosines(row: dict[str, Any] | None) -> str:
+    """One matched-table cell: CLS cosine (per-seed range) and patch-token cosine."""
+    if row is None:
+        return "-"
+    return (f"{row['cos_cls_mean']:.4f} ({row['cos_cls_seed_lo']:.4f}-{row['cos_cls_seed_hi']:.4f}), "
+            f"patches {row['cos_patch_tokens_mean']:.4f}")
+
+
 def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines = ["# DINOv2-small: K/V codecs vs the unquantized features", "",
@@ -361,15 +369,12 @@ def markdown(results: dict[str, Any]) -> str:
         [[r["config"], r["bits_nominal"], r["bits_per_scalar"], r["measured_bits_per_scalar"],
           r["cos_cls_mean"], r["cos_cls_min"], f"{r['cos_cls_seed_lo']:.4f}-{r['cos_cls_seed_hi']:.4f}",
           r["cos_patch_mean_mean"], r["cos_patch_tokens_mean"], r["seconds"]] for r in results["rows"]], digits=6)
-    matched = [(o, t) for o in results["rows"] if o["codec"] == "octopus" and "+centered-K" not in o["config"]
-               for t in results["rows"] if t["config"] == f"turboquant@{o['bits_per_scalar']:g}"]
+    matched = matched_rows(results["rows"])
     if matched:
-        lines += ["", "## OCTOPUS against TurboQuant at the same true rate", ""]
-        lines += markdown_table(["true bits/scalar", "OCTOPUS cos CLS", "TurboQuant cos CLS",
-                                 "OCTOPUS cos patch tokens", "TurboQuant cos patch tokens"],
-                                [[o["bits_per_scalar"], o["cos_cls_mean"], t["cos_cls_mean"],
-                                  o["cos_patch_tokens_mean"], t["cos_patch_tokens_mean"]] for o, t in matched],
-                                digits=6)
+        lines += ["", "## At the same true rate (cosine of CLS, per-seed lo-hi; of patch tokens)", ""]
+        lines += markdown_table(["true bits/scalar", "OCTOPUS", *MATCHED_CODECS],
+                                [[o["bits_per_scalar"], *(_cosines(r) for r in (o, *(peers.get(c) for c in MATCHED_CODECS)))]
+                                 for o, peers in matched])
     lines += [f"- skipped {s['config']}: {s['message']}" for s in results.get("skipped", [])]
     if results.get("kv_statistics"):
         lines += ["", f"## K/V statistics ({results['images'][0]})", "",

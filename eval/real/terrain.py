@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from octopus_diffusers.codecs import CodecError
 from octopus_diffusers.pipelines.run_folder import staged_folder
 
-from .codec_grid import (FULL_CODEC_SEEDS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment, markdown_table,
-                         summarize, write_part)
+from .codec_grid import (FULL_CODEC_SEEDS, MATCHED_CODECS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment,
+                         markdown_table, matched_rows, summarize, write_part)
 
 SIZE = 128
 SIGMA_MIN = 0.002
@@ -257,6 +257,13 @@ def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Seque
     return results
 
 
+def _psnr_ssim(row: dict[str, Any] | None) -> str:
+    """One matched-table cell: mean PSNR (per-seed range) and mean SSIM."""
+    if row is None:
+        return "-"
+    return f"{row['psnr_mean']:.1f} dB ({row['psnr_seed_lo']:.1f}-{row['psnr_seed_hi']:.1f}), SSIM {row['ssim_mean']:.4f}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The part's report: setup, the table, matched-rate comparison, plots."""
     env = results["environment"]
@@ -277,14 +284,12 @@ def markdown(results: dict[str, Any]) -> str:
           r["psnr_mean"], r["psnr_min"], f"{r['psnr_seed_lo']:.4g}-{r['psnr_seed_hi']:.4g}", r["ssim_mean"],
           r["ssim_min"], r["rel_l2_mean"], r["seconds"]]
          for r in results["rows"]])
-    matched = [(o, t) for o in results["rows"] if o["codec"] == "octopus"
-               for t in results["rows"] if t["config"] == f"turboquant@{o['bits_per_scalar']:g}"]
+    matched = matched_rows(results["rows"])
     if matched:
-        lines += ["", "## OCTOPUS against TurboQuant at the same true rate", ""]
-        lines += markdown_table(["true bits/scalar", "OCTOPUS PSNR", "TurboQuant PSNR", "OCTOPUS SSIM",
-                                 "TurboQuant SSIM"],
-                                [[o["bits_per_scalar"], o["psnr_mean"], t["psnr_mean"], o["ssim_mean"],
-                                  t["ssim_mean"]] for o, t in matched])
+        lines += ["", "## At the same true rate (PSNR mean, per-seed lo-hi; SSIM mean)", ""]
+        lines += markdown_table(["true bits/scalar", "OCTOPUS", *MATCHED_CODECS],
+                                [[o["bits_per_scalar"], *(_psnr_ssim(r) for r in (o, *(peers.get(c) for c in MATCHED_CODECS)))]
+                                 for o, peers in matched])
     lines += [f"- skipped {s['config']}: {s['message']}" for s in results.get("skipped", [])]
     if results.get("kv_statistics"):
         stats = results["kv_statistics"]
