@@ -95,20 +95,15 @@ def encode_epilogue(codec: Codec, x: torch.Tensor, spec: KernelSpec, inputs: Enc
     return packed
 
 
-def decode_rows_prologue(codes: torch.Tensor, norms: torch.Tensor, spec: KernelSpec, out_dtype: torch.dtype,
-                         out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(codes, norms, out)`` as ``(rows, nbytes)``, ``(rows,)`` and ``(rows, d)`` for a rotated-basis
-    decode launch (``out`` allocated in ``out_dtype`` unless given)."""
+def decode_rows_prologue(codes: torch.Tensor, norms: torch.Tensor, spec: KernelSpec,
+                         out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(codes, norms, out)`` as ``(rows, nbytes)``, ``(rows,)`` and a new ``(rows, d)`` ``out_dtype``
+    output for a rotated-basis decode launch."""
     if codes.dtype != torch.uint8 or codes.shape[-1] != spec.nbytes:
         raise CodecError(f"{spec.kind} kernel: expected uint8 codes (..., {spec.nbytes}), got {codes.dtype} "
                          f"{tuple(codes.shape)}")
     c2, n2 = codes.reshape(-1, spec.nbytes), norms.reshape(-1)
-    n = c2.shape[0]
-    if out is None:
-        out = torch.empty((n, spec.head_dim), device=codes.device, dtype=out_dtype)
-    elif out.shape != (n, spec.head_dim) or out.stride(-1) != 1:
-        raise CodecError(f"decode: out must be ({n}, {spec.head_dim}) with unit last stride")
-    return c2, n2, out
+    return c2, n2, torch.empty((c2.shape[0], spec.head_dim), device=codes.device, dtype=out_dtype)
 
 
 def decode_epilogue(codec: Codec, packed: PackedTensor, y_hat: torch.Tensor) -> torch.Tensor:

@@ -357,20 +357,17 @@ def _fused_attention_variant(q: torch.Tensor, k: PackedTensor, v: PackedTensor, 
 def _fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
                              v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
                              layout: str = "BHSD", variant: FusedVariant = PRODUCTION, fp32_out: bool = False,
-                             out: torch.Tensor | None = None, rotate_q: bool | None = None,
+                             rotate_q: bool | None = None,
                              launch: FusedLaunch | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The kernel's output before ``R_v``: per-split outputs ``(S, B, Hq, Nq, OW)`` in V's rotated basis
     (OCTOPUS values: planes, :func:`..reference.to_planes`) and, when ``S > 1``, their base-2
-    log-sum-exps ``(S, B, Hq, Nq)`` (:func:`..reference.combine_splits` merges them). ``out``: the
-    buffer to write into; ``rotate_q``: rotate the queries in the kernel (TurboQuant query tiles of
-    <= :data:`MAX_FUSED_EPILOGUE_ROWS` rows only; None: wherever that applies) or by a torch GEMM."""
+    log-sum-exps ``(S, B, Hq, Nq)`` (:func:`..reference.combine_splits` merges them). ``rotate_q``:
+    rotate the queries in the kernel (TurboQuant query tiles of <= :data:`MAX_FUSED_EPILOGUE_ROWS` rows
+    only; None: wherever that applies) or by a torch GEMM."""
     launch = launch or FusedLaunch(q, k, v, k_spec, v_spec, layout, variant)
     o_dtype = torch.float32 if launch.split or fp32_out else torch.float16
-    shape = (launch.n_split, launch.b, launch.hq, launch.nq, launch.out_width)
-    if out is None:
-        out = torch.empty(shape, device=q.device, dtype=o_dtype)
-    elif out.shape != shape or out.dtype != o_dtype or not out.is_contiguous():
-        raise CodecError(f"attention: out must be a contiguous {o_dtype} tensor {shape}")
+    out = torch.empty((launch.n_split, launch.b, launch.hq, launch.nq, launch.out_width), device=q.device,
+                      dtype=o_dtype)
     if rotate_q and not launch.small_tiles:
         raise CodecError(f"attention: in-kernel query rotation takes TurboQuant query tiles of <= "
                          f"{MAX_FUSED_EPILOGUE_ROWS} rows (these are {launch.bm}-row tiles"

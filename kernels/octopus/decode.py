@@ -171,12 +171,11 @@ CPU_BLOCK_ROWS = 16
 
 
 def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusSpec,
-                        out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False,
-                        out: torch.Tensor | None = None, exact: bool = True,
+                        out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False, exact: bool = True,
                         lookup: int = LOOKUP_GATHER, config: DecodeConfig | None = None,
                         plane_order: bool = False) -> torch.Tensor:
     """Rotated reconstruction of every row of ``codes`` ``(..., nbytes)``: ``(..., d)`` in ``out_dtype``
-    (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``); written into ``out`` (rows x d) if given.
+    (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``).
     ``exact=False`` (attention) uses one reciprocal square root per triplet instead of the reference's
     IEEE divisions (within float32 rounding of the reference); ``lookup`` (fast path only) reads
     the codebooks by compare-select chains (True), ``tl.gather`` (False) or loads (``LOOKUP_LOAD``);
@@ -185,7 +184,7 @@ def octopus_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: OctopusS
     interleaved ``[..., perm[k]]``): whole-row stores, for a consumer that permutes its other operand
     (decode-then-attend: the columns of the query rotation / rows of the output rotation)."""
     lead = codes.shape[:-1]
-    c2, n2, out = decode_rows_prologue(codes, norms, spec, out_dtype, out)
+    c2, n2, out = decode_rows_prologue(codes, norms, spec, out_dtype)
     n = c2.shape[0]
     mode = LOOKUP_GATHER if exact else lookup_mode(lookup)
     gpu = torch.cuda.is_available()

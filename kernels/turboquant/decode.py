@@ -76,15 +76,14 @@ MIN_GATHER_ROWS = 64
 
 
 def tq_decode_rows(codes: torch.Tensor, norms: torch.Tensor, spec: TurboQuantSpec,
-                   out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False,
-                   out: torch.Tensor | None = None, lookup: int = LOOKUP_GATHER,
+                   out_dtype: torch.dtype = torch.float32, scale_by_norm: bool = False, lookup: int = LOOKUP_GATHER,
                    block_rows: int | None = None, grouped: bool = True) -> torch.Tensor:
     """Rotated reconstruction of every row of ``codes`` ``(..., nbytes)``: ``(..., d)`` in ``out_dtype``
-    (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``); written into ``out`` (rows x d) if given.
+    (``gamma * y_hat`` when ``scale_by_norm``, else ``y_hat``).
     ``lookup``: codebook read (False gather, True select, or a ``tl.helpers.LOOKUP_*``);
     ``block_rows`` / ``grouped`` (byte-group unpacking, one width only) override the GPU launch."""
     lead = codes.shape[:-1]
-    c2, n2, out = decode_rows_prologue(codes, norms, spec, out_dtype, out)
+    c2, n2, out = decode_rows_prologue(codes, norms, spec, out_dtype)
     cb_hi, cb_lo, _ = spec.codebooks(codes.device)
     mode = lookup_mode(lookup)
     gpu = torch.cuda.is_available()

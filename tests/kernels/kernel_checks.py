@@ -1,7 +1,7 @@
-"""Shared pieces of the kernel tests: the device, seeded inputs, and one closeness check.
+"""Shared builders of the kernel tests: seeded attention cases, masks, token-major codes.
 
 Every kernel test compares a kernel with the reference codec or with ``kernels.reference`` through
-:func:`assert_close` (or ``torch.equal`` where the kernel is bit-exact by design).
+``helpers.assert_close`` (or ``torch.equal`` where the kernel is bit-exact by design).
 """
 
 from __future__ import annotations
@@ -10,35 +10,10 @@ import dataclasses
 
 import torch
 
+# assert_close is imported for tests/kernels/test_ops.py, which still takes it from here.
+from helpers import DEVICE, assert_close  # noqa: F401
+
 from octopus_diffusers.codecs import Codec, PackedTensor, get_codec
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-#: The attention kernels' bound: their operands are fp16 (rotated, pre-scaled queries, decoded unit
-#: vectors, probabilities), accumulation float32.
-TOL = 1e-3
-
-
-def errors(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
-    """(relative RMS error, max absolute error) of ``out`` against ``ref``, in float64 on the CPU."""
-    r, o = ref.detach().double().cpu(), out.detach().double().cpu()
-    diff = o - r
-    scale = r.norm().item()
-    rel = diff.norm().item() / scale if scale > 0 else diff.norm().item()
-    return rel, (diff.abs().max().item() if diff.numel() else 0.0)
-
-
-def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, rel_rms: float = TOL,
-                 max_abs: float | None = None) -> None:
-    """Fail unless ``out`` has ``ref``'s shape, no NaN/Inf where ``ref`` is finite, a relative RMS error
-    <= ``rel_rms`` and (if given) a max absolute error <= ``max_abs``; the message names ``name`` and
-    prints both errors."""
-    assert tuple(out.shape) == tuple(ref.shape), f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    bad = ~torch.isfinite(out.detach().cpu()) & torch.isfinite(ref.detach().cpu())
-    assert not bad.any(), f"{name}: {int(bad.sum())} NaN/Inf elements in the output"
-    rel, mx = errors(ref, out)
-    ok = rel <= rel_rms and (max_abs is None or mx <= max_abs)
-    assert ok, (f"{name}: relative RMS error {rel:.3g} (bound {rel_rms:.3g}), max abs error {mx:.3g}"
-                f"{'' if max_abs is None else f' (bound {max_abs:.3g})'}")
 
 
 def float32_decode(codec: Codec, packed: PackedTensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE, assert_close, float32_decode
+from helpers import DEVICE, assert_close
+from kernel_checks import float32_decode
 
 from octopus_diffusers.codecs import get_codec
 from octopus_diffusers.kernels.attention.decoded import basis_permutation, decoded_attention, rotate

@@ -15,11 +15,11 @@ import dataclasses
 import pytest
 import torch
 
-from kernel_checks import DEVICE, assert_close
+from helpers import DEVICE, assert_close
 
 from octopus_diffusers.codecs import CodecError, get_codec
 from octopus_diffusers.kernels.attention.decoded import decode_rotated
-from octopus_diffusers.kernels.launch import EncodeConfig
+from octopus_diffusers.kernels.launch import EncodeConfig, decode_rows_prologue, encode_prologue
 from octopus_diffusers.kernels.octopus.decode import DecodeConfig, octopus_decode, octopus_decode_rows
 from octopus_diffusers.kernels.octopus.encode import octopus_encode
 from octopus_diffusers.kernels.reference import reference_rotated
@@ -107,17 +107,27 @@ def test_decode_is_bit_exact_and_writes_every_element(name, head_dim, bits, opti
             assert torch.equal(got, ref)
         else:  # torch's CUDA octahedral normalisation is not the CPU's, which the kernel follows
             assert_close("decode", ref.float(), got.float(), rel_rms=2e-3, max_abs=1e-3 + 2e-3 * ref.abs().max().item())
-    # Rotated basis (what attention consumes): NaN canary, every element written, bit-exact.
-    canary = torch.full((packed.numel // head_dim, head_dim), float("nan"), device=DEVICE)
-    rot = decode_rows(packed.fields["codes"], packed.fields["norms"], kernel_spec(codec), scale_by_norm=True,
-                      out=canary)
-    assert not rot.isnan().any()
+    # Rotated basis (what attention consumes): bit-exact, so every element written (the canary's NaN).
+    rot = decode_rows(packed.fields["codes"], packed.fields["norms"], kernel_spec(codec), scale_by_norm=True)
     ref_rot = reference_rotated(codec, packed.to("cpu"))
     if DEVICE == "cpu":
         assert torch.equal(rot.view(packed.shape), ref_rot)
     else:
         assert_close("rotated decode", ref_rot, rot.view(packed.shape), rel_rms=1e-5,
                      max_abs=1e-6 + 1e-5 * ref_rot.abs().max().item())
+
+
+def test_kernel_buffers_start_as_canaries():
+    """The premise of every bit-exact check here: tests/conftest.py fills the buffers the package
+    allocates with NaN (floats) or 0xFF (bytes), so an element a kernel leaves unwritten cannot pass."""
+    codec = get_codec("octopus", 64, 3)
+    x = _data(64, torch.float16)
+    packed = codec.encode(x)
+    _, _, out = decode_rows_prologue(packed.fields["codes"], packed.fields["norms"], kernel_spec(codec),
+                                     torch.float16)
+    assert out.isnan().all()
+    _, inputs = encode_prologue(codec, x, True, torch.ones(64, 64), True)
+    assert (inputs.codes == 0xFF).all() and inputs.norms.isnan().all()
 
 
 def test_unsupported_configurations_are_refused():
@@ -191,9 +201,8 @@ def test_octopus_fast_decode_variants_agree(label, mode, config, head_dim, bits)
     codes, norms = packed.fields["codes"], packed.fields["norms"]
     base = octopus_decode_rows(codes, norms, spec, torch.float16, scale_by_norm=True, exact=False,
                                lookup=LOOKUP_GATHER, config=DecodeConfig(block=16))
-    out = torch.full((codes.numel() // spec.nbytes, head_dim), float("nan"), device=DEVICE, dtype=torch.float16)
     got = octopus_decode_rows(codes, norms, spec, torch.float16, scale_by_norm=True, exact=False,
-                              lookup=mode, config=config, out=out)
+                              lookup=mode, config=config)
     assert torch.equal(got, base)
 
 

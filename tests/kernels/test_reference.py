@@ -8,7 +8,8 @@ import math
 
 import pytest
 import torch
-from kernel_checks import assert_close, attention_case
+from helpers import assert_close
+from kernel_checks import attention_case
 
 from octopus_diffusers.kernels.reference import (attention_on_decoded, combine_splits, from_planes,
                                                  reference_rotated, rotated_attention, to_planes)
