@@ -2,7 +2,7 @@
 
 :func:`capture_real_kv` runs the packaged models on fixed real inputs and returns, per source,
 ``{"layer{i}.query" | "layer{i}.key" | "layer{i}.value": (heads, tokens, head_dim)}`` float32
-tensors, the layout of :func:`octopus_diffusers.eval.kv_capture.capture_minilm_qkv`; with a
+tensors, the layout of :func:`octopus_diffusers.eval.rate_distortion.kv_capture.capture_minilm_qkv`; with a
 ``cache_dir`` each source is saved once as ``<source>_qkv_v<version>.safetensors`` and reloaded
 after. Inputs are fixed (seeded noise, named images, the first packaged texts / clip), so a capture
 is deterministic on one machine.
@@ -21,6 +21,9 @@ Sources:
 * ``whisper`` -- Whisper-base's encoder self-attention (8 heads, head_dim 64) on the first 10 s of
   the first packaged speech clip (the encoder always reads a padded 30 s window: 1500 frames);
   through the audio part's loader.
+* ``whisper_cross`` -- Whisper-base's decoder cross-attention (6 layers, 8 heads, head_dim 64) on the
+  whole 30 s call: keys and values over its 1500 encoder frames, queries from the decoder
+  teacher-forced on the prompt and the first tokens of the call's packaged transcript.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch
 
 #: Bump when a source's recipe changes, so an old cache file is never reused.
 CAPTURE_VERSION = 1
-SOURCES = ("terrain", "dinov2", "smollm2", "whisper")
+SOURCES = ("terrain", "dinov2", "smollm2", "whisper", "whisper_cross")
 ROLES = ("query", "key", "value")
 
 QKV = dict[str, torch.Tensor]
@@ -149,9 +152,38 @@ def capture_whisper_qkv(seconds: float = 10.0) -> QKV:
     return {key: torch.cat(parts, dim=0).contiguous() for key, parts in chunks.items()}
 
 
+@torch.no_grad()
+def capture_whisper_cross_qkv(num_tokens: int = 64) -> QKV:
+    """Q/K/V of Whisper-base's decoder cross-attention on the first packaged clip (the 30 s call)."""
+    from .models import load_audio, speech_clips
+    from .whisper_asr import PROMPT, load_whisper
+
+    model, tokenizer, feature_extractor, _ = load_whisper()
+    clip = speech_clips()[0]
+    feats = feature_extractor(load_audio(clip.path), sampling_rate=16000, return_tensors="pt").input_features
+    text = tokenizer(" " + (clip.reference or ""), add_special_tokens=False).input_ids
+    ids = torch.tensor([[tokenizer.convert_tokens_to_ids(t) for t in PROMPT] + text])
+    heads = model.config.decoder_attention_heads
+    chunks, record = _collector()
+    handles = []
+    for i, layer in enumerate(model.model.decoder.layers):
+        attn = layer.encoder_attn
+        for role, proj in (("query", attn.q_proj), ("key", attn.k_proj), ("value", attn.v_proj)):
+            handles.append(proj.register_forward_hook(
+                lambda _m, _inp, out, i=i, role=role: record(
+                    f"layer{i}", role, out.view(*out.shape[:-1], heads, -1).transpose(1, 2))))
+    try:
+        model(input_features=feats.to(next(model.parameters()).dtype), decoder_input_ids=ids[:, :num_tokens],
+              use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {key: torch.cat(parts, dim=0).contiguous() for key, parts in chunks.items()}
+
+
 _CAPTURES: dict[str, Callable[[], QKV]] = {
-    "terrain": capture_terrain_qkv, "dinov2": capture_dinov2_qkv,
-    "smollm2": capture_smollm2_qkv, "whisper": capture_whisper_qkv,
+    "terrain": capture_terrain_qkv, "dinov2": capture_dinov2_qkv, "smollm2": capture_smollm2_qkv,
+    "whisper": capture_whisper_qkv, "whisper_cross": capture_whisper_cross_qkv,
 }
 
 

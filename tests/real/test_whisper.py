@@ -194,3 +194,15 @@ def test_stm_reference_is_read_in_time_order():
     require("pyannote_stm")
     text = models.read_stm(models.asset_path("pyannote_stm"))
     assert text.startswith("Hello? Hello? Oh, hello. I didn't know you were there.")
+
+
+@pytest.mark.slow
+def test_cross_attention_capture_reads_the_encoder_frames_and_the_decoder_queries():
+    require("whisper_part1", "whisper_part2", "whisper_tokenizer", "pyannote_wav", "pyannote_stm")
+    from octopus_diffusers.eval.real.capture import capture_whisper_cross_qkv
+
+    got = capture_whisper_cross_qkv(num_tokens=16)
+    assert sorted(got) == sorted(f"layer{i}.{r}" for i in range(6) for r in ("query", "key", "value"))
+    assert got["layer0.key"].shape == got["layer5.value"].shape == (8, 1500, 64)  # the 30 s window's frames
+    assert got["layer3.query"].shape == (8, 16, 64)
+    assert all(torch.isfinite(t).all() for t in got.values())
