@@ -45,3 +45,9 @@ def sample(*shape: int, seed: int = 0, scale: float = 1.0, dtype: torch.dtype = 
     device and whatever ran before."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     return (x * scale).to(dtype).to(device)
+
+
+def unit_vectors(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """``n`` seeded vectors uniform on the unit sphere of dimension ``d`` (normalised :func:`sample`)."""
+    x = sample(n, d, seed=seed)
+    return x / x.norm(dim=-1, keepdim=True)

@@ -1,12 +1,7 @@
-"""Shared helpers for the codec tests: seeded uniform unit vectors and inner-product bias."""
+"""The codec tests' inner-product bias fixture (seeded inputs and closeness: ``tests/helpers.py``)."""
 
 import pytest
 import torch
-
-
-def uniform_unit_vectors(n: int, d: int, seed: int) -> torch.Tensor:
-    g = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-    return g / g.norm(dim=-1, keepdim=True)
 
 
 def inner_product_slope(codec, n: int = 20_000, d: int | None = None, seed: int = 0) -> float:
@@ -21,11 +16,6 @@ def inner_product_slope(codec, n: int = 20_000, d: int | None = None, seed: int 
     true = (q * k).sum(-1)
     est = (q * codec.roundtrip(k).float()).sum(-1)
     return float((est * true).sum() / (true * true).sum())
-
-
-@pytest.fixture
-def unit_vectors():
-    return uniform_unit_vectors
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import unit_vectors
 
 from octopus_diffusers.codecs import CodecError, get_codec
 from octopus_diffusers.codecs.codebooks import load_codebook
@@ -13,10 +14,6 @@ from octopus_diffusers.codecs.packing import unpack_bits
 from octopus_diffusers.codecs.polarquant import inverse_polar_transform, polar_transform
 from octopus_diffusers.codecs.rotation import Rotation
 
-
-def _unit(n: int, d: int, seed: int = 0) -> torch.Tensor:
-    g = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-    return g / g.norm(dim=-1, keepdim=True)
 
 
 def test_polar_transform_is_exactly_invertible_with_documented_ranges() -> None:
@@ -48,7 +45,7 @@ def _reference_roundtrip(codec, x: torch.Tensor) -> torch.Tensor:
 ])
 def test_roundtrip_matches_float64_reference(head_dim: int, options: dict) -> None:
     codec = get_codec("polarquant", head_dim, 4, seed=3, **options)
-    x = _unit(256, head_dim, seed=1) * 3.0
+    x = unit_vectors(256, head_dim, seed=1) * 3.0
     got = codec.roundtrip(x).double()
     want = _reference_roundtrip(codec, x)
     # Only float32 vs float64 arithmetic differs, which can flip a few angles sitting on a boundary.
@@ -60,7 +57,7 @@ def test_nominal_four_is_the_papers_3875_bit_setting() -> None:
     codec = get_codec("polarquant", 128, 4)
     assert (codec.levels, codec.level1_bits, codec.level_bits) == (4, 4, (2, 2, 2))
     assert codec.bits_per_scalar == 3.875
-    packed = codec.encode(_unit(10, 128))
+    packed = codec.encode(unit_vectors(10, 128))
     assert packed.fields["codes"].shape == (10, (64 * 4 + 56 * 2) // 8)
     assert packed.fields["radii"].dtype == torch.float16 and packed.fields["radii"].shape == (10, 8)
     assert 8 * packed.nbytes / (10 * 128) == 3.875
@@ -78,12 +75,12 @@ def test_nominal_bits_rule(bits: int, level1: int, deep: int, rate: float) -> No
 def test_byte_padding_of_each_vector_is_counted() -> None:
     codec = get_codec("polarquant", 64, 1)  # 32 + 28 = 60 code bits -> 8 bytes, plus 4 fp16 radii
     assert codec.bits_per_scalar == (64 + 64) / 64
-    assert codec.encode(_unit(3, 64)).fields["codes"].shape == (3, 8)
+    assert codec.encode(unit_vectors(3, 64)).fields["codes"].shape == (3, 8)
 
 
 def test_level_codes_are_nearest_centroids_and_level1_codes_the_containing_cell() -> None:
     codec = get_codec("polarquant", 32, 4, levels=2, level_bits=3)
-    x = _unit(64, 32, seed=5)
+    x = unit_vectors(64, 32, seed=5)
     indices = unpack_bits(codec.encode(x).fields["codes"], codec._widths).long()
     angles, _ = polar_transform(codec.rotation.forward(x), 2)
     assert torch.equal(indices[:, :16], torch.floor(angles[0] / (2 * math.pi / 16)).long() % 16)
@@ -92,7 +89,7 @@ def test_level_codes_are_nearest_centroids_and_level1_codes_the_containing_cell(
 
 
 def test_distortion_of_unit_vectors_falls_with_each_extra_bit() -> None:
-    u = _unit(2048, 128, seed=2)
+    u = unit_vectors(2048, 128, seed=2)
     errors = [float((u - get_codec("polarquant", 128, b).roundtrip(u)).pow(2).sum(-1).mean())
               for b in range(1, 7)]
     assert all(a > 2.0 * b for a, b in zip(errors, errors[1:])), errors
@@ -123,12 +120,12 @@ def test_bad_configurations() -> None:
 
 
 def test_decode_refuses_data_packed_with_another_allocation() -> None:
-    packed = get_codec("polarquant", 64, 4).encode(_unit(3, 64))
+    packed = get_codec("polarquant", 64, 4).encode(unit_vectors(3, 64))
     with pytest.raises(CodecError, match="packed with"):
         get_codec("polarquant", 64, 5).decode(packed)
 
 
 def test_block_norm_beyond_float16_is_refused() -> None:
-    x = _unit(2, 64) * 1e6
+    x = unit_vectors(2, 64) * 1e6
     with pytest.raises(CodecError, match="float16"):
         get_codec("polarquant", 64, 4).encode(x)

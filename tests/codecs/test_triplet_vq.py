@@ -3,16 +3,13 @@ lower distortion than TurboQuant-mse at its own true rate."""
 
 import pytest
 import torch
+from helpers import assert_close, unit_vectors
 
 from octopus_diffusers.codecs import CodecError, get_codec
 from octopus_diffusers.codecs.triplet_vq import TripletVQCodec
 from octopus_diffusers.codecs.vq_codebooks import (
     SETTINGS, fit_group_codebook, group_key, load_vq, vq_index)
 
-
-def _unit(n, d, seed=0):
-    g = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-    return g / g.norm(dim=-1, keepdim=True)
 
 
 @pytest.mark.parametrize("head_dim,bits", [(32, 2.0), (64, 1.5), (64, 3.3), (128, 2.125), (128, 5.0)])
@@ -27,12 +24,12 @@ def test_true_rate_is_what_the_bytes_hold_and_fills_the_target(head_dim, bits):
     assert codec.config()["code_bits"] <= codec.code_budget
     x_hat = codec.decode(packed)
     assert x_hat.shape == x.shape and x_hat.dtype == x.dtype
-    assert float(((x - x_hat) ** 2).sum() / (x ** 2).sum()) < 0.35
+    assert_close("roundtrip", x, x_hat, rel_rms=0.35 ** 0.5)  # relative squared error < 0.35
 
 
 def test_encoder_finds_the_exact_nearest_of_all_signed_codewords():
     codec = TripletVQCodec(64, 3.0)
-    y = codec.rotation.forward(_unit(200, 64, 5))
+    y = codec.rotation.forward(unit_vectors(200, 64, 5))
     idx = codec.group_indices(y)
     seg = codec.segments[0]
     cb = load_vq(seg.key)
@@ -45,7 +42,7 @@ def test_encoder_finds_the_exact_nearest_of_all_signed_codewords():
 
 
 def test_lower_distortion_than_turboquant_at_the_same_true_rate():
-    u = _unit(1024, 128, 7)
+    u = unit_vectors(1024, 128, 7)
     for b in (2, 3):
         tq = get_codec("turboquant", 128, b)
         vq = get_codec("triplet_vq", 128, tq.bits_per_scalar)

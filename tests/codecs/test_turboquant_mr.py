@@ -2,15 +2,12 @@
 
 import pytest
 import torch
+from helpers import unit_vectors
 
 from octopus_diffusers.codecs import CodecError, get_codec
 from octopus_diffusers.codecs.codebooks import load_codebook
 from octopus_diffusers.codecs.vq_codebooks import fit_scalar_codebook, load_vq, scalar_key
 
-
-def _unit(n, d, seed=0):
-    g = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-    return g / g.norm(dim=-1, keepdim=True)
 
 
 def test_power_of_two_levels_are_turboquant():
@@ -20,7 +17,7 @@ def test_power_of_two_levels_are_turboquant():
     mr = get_codec("turboquant_mr", 64, tq.bits_per_scalar)
     assert mr.bits_per_scalar == tq.bits_per_scalar
     assert [(s.count, s.levels) for s in mr.segments] == [(64, 8)]
-    u = _unit(256, 64, 1)
+    u = unit_vectors(256, 64, 1)
     # the same codes but at float near-ties (the centroids agree to ~1e-5)
     y = tq.rotation.forward(u)
     same = mr.group_indices(y) == tq.quantize_fields(y)
@@ -31,7 +28,7 @@ def test_power_of_two_levels_are_turboquant():
 def test_rate_and_distortion_between_integer_widths(head_dim, bits):
     mr = get_codec("turboquant_mr", head_dim, bits)
     tq = get_codec("turboquant", head_dim, bits - 16 / head_dim)  # the same true rate
-    u = _unit(1024, head_dim, 2)
+    u = unit_vectors(1024, head_dim, 2)
     packed = mr.encode(u)
     assert mr.bits_per_scalar == packed.bits_per_scalar <= bits + 1e-9
     assert len({s.levels for s in mr.segments}) <= 2
