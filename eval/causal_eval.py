@@ -200,7 +200,7 @@ def run_causal(out_dir: str | Path, *, codecs: Sequence[str | tuple[str, float]]
                dtype: torch.dtype | None = None) -> Path:
     """Generate with the uncompressed cache and each codec variant, compare over time, write the run
     folder ``out_dir`` (must not exist or be empty) and return its path."""
-    from octopus_diffusers.eval.rd_report import environment
+    from octopus_diffusers.env import environment
     from octopus_diffusers.eval.video_metrics import video_metrics
 
     out_dir = Path(out_dir)
@@ -232,7 +232,7 @@ def run_causal(out_dir: str | Path, *, codecs: Sequence[str | tuple[str, float]]
                      "policy": policies[v.name].to_dict(), **run, "metrics": metrics.to_dict(),
                      "windows": _windowed(metrics.per_frame, windows)})
     rows.sort(key=lambda r: (r["cache"]["bits_per_scalar"], r["name"]))
-    results = {"format": RESULTS_FORMAT, "environment": {**environment(device), "diffusers": _diffusers_version()},
+    results = {"format": RESULTS_FORMAT, "environment": environment(device),
                "config": {"model": model, "description": loaded.description, "weights": None if weights is None
                           else str(weights), "num_chunks": num_chunks, "chunk_frames": gen.chunk_frames,
                           "latent_size": list(loaded.latent_size), "seed": seed, "fps": loaded.fps,
@@ -250,12 +250,6 @@ def run_causal(out_dir: str | Path, *, codecs: Sequence[str | tuple[str, float]]
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _diffusers_version() -> str:
-    import diffusers
-
-    return diffusers.__version__
 
 
 # ------------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def evaluate_run(run: RunFolder | str | Path, lpips: bool | Literal["auto"] = "a
         variants.append({key: v.get(key) for key in VARIANT_KEYS} | {"metrics": metrics})
     bar.close()
     run_info = {key: manifest.get(key) for key in ("model", "media", "seed", "steps", "prompts", "fps",
-                                                   "sample_rate", "device", "versions", "environment",
+                                                   "sample_rate", "environment",
                                                    "rate_matching")}
     run_info["manifest_digest"] = run.digest
     return {"run": run_info, "variants": variants}

@@ -27,14 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
-import triton
 from triton.testing import do_bench
 
 from octopus_diffusers.codecs import get_codec
@@ -42,12 +39,14 @@ from octopus_diffusers.kernels import decode as full_decode
 from octopus_diffusers.kernels.attention.decoded import (BACKEND_PRIORITY, basis_permutation, decode_rotated,
                                                          decoded_attention)
 from octopus_diffusers.kernels.attention.fused_launch import fused_attention
-from octopus_diffusers.kernels.dispatch import choose_method
+from octopus_diffusers.kernels.api import choose_method
 from octopus_diffusers.kernels.octopus.encode import octopus_encode
 from octopus_diffusers.kernels.spec import kernel_spec
 from octopus_diffusers.kernels.turboquant.encode import tq_encode
 
-from .kernel_results import append_rows, commit_id
+from octopus_diffusers.env import environment
+
+from .kernel_results import append_rows
 
 #: (name, B, Hq, Hkv, Nq, Nkv, D) from performance.md, plus the autoregressive and cross shapes.
 ATTENTION_SHAPES = [
@@ -64,10 +63,8 @@ CODECS = [("octopus", 3), ("turboquant", 3)]
 
 
 def _env() -> dict:
-    p = torch.cuda.get_device_properties(0)
-    return {"gpu": p.name, "sms": p.multi_processor_count, "torch": torch.__version__, "triton": triton.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version(), "command": " ".join(sys.argv),
-            "commit": commit_id(), "date": time.strftime("%Y-%m-%d")}
+    """The provenance record (:func:`octopus_diffusers.env.environment`) and the GPU's SM count."""
+    return {**environment("cuda"), "sms": torch.cuda.get_device_properties(0).multi_processor_count}
 
 
 def _bench(fn, warmup: int = 25, rep: int = 100) -> float:
@@ -245,7 +242,7 @@ def bench_crossover(rows: list, nqs=(16, 64, 128, 256, 512, 1024, 1560)) -> None
                          "heads": 12, "d": 128, **{f"{k}_ms": v for k, v in res.items()}})
             print(f"{name}{bits} Nq={nq:>5}: fused {res['fused']:.3f} ({res['fused_graph']:.3f}), decoded "
                   f"{res['decoded']:.3f} ({res['decoded_graph']:.3f}) -> dispatcher: "
-                  f"{choose_method(nq, sk, sv, q.device)}")
+                  f"{choose_method(q.shape, 12, ck, cv, q.device).method}")
 
 
 #: Quantized-attention configurations of the ``wan`` section: (label, codec, bits, quantize_attention options).

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import math
-import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -20,15 +19,13 @@ COLUMNS = ["date", "commit", "gpu", "torch", "triton", "section", "shape", "dtyp
            "ms", "graph_ms", "gb_per_s", "speed", "check"]
 
 
-def commit_id(root: Path | None = None) -> str:
-    """Short commit of the source tree (``unknown`` outside a git checkout)."""
-    root = root or Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+def provenance(env: dict[str, Any]) -> dict[str, str]:
+    """The provenance columns of a run: from an :func:`octopus_diffusers.env.environment` record (short
+    ``git_commit``, the day of ``date``), or from the ``commit`` / ``date`` given by hand (``--commit``,
+    or a run JSON written before the record had ``git_commit``)."""
+    commit = env.get("commit") or (env.get("git_commit") or "unknown").split()[0][:7]
+    return {"date": str(env.get("date", ""))[:10], "commit": commit, "gpu": env.get("gpu") or "",
+            "torch": env.get("torch", ""), "triton": env.get("triton", "")}
 
 
 def _split_label(label: str) -> tuple[str, str, str]:
@@ -87,9 +84,7 @@ def _cell(value: Any) -> str:
 def append_rows(path: Path, env: dict[str, Any], rows: Iterable[dict[str, Any]]) -> int:
     """Append the flattened ``rows`` of a run with provenance ``env`` to the CSV ``path`` (header
     written when the file is new); returns how many CSV rows were written."""
-    provenance = {"date": env.get("date", ""), "commit": env.get("commit", "unknown"), "gpu": env.get("gpu", ""),
-                  "torch": env.get("torch", ""), "triton": env.get("triton", "")}
-    flat = [{**provenance, **r} for row in rows for r in flatten(row)]
+    flat = [{**provenance(env), **r} for row in rows for r in flatten(row)]
     new = not path.exists() or path.stat().st_size == 0
     if not new:
         with path.open(newline="") as f:

@@ -158,12 +158,12 @@ def _media_table(results: dict[str, Any], media: str) -> list[str]:
     return lines
 
 
-def _environment_lines(env: dict[str, Any] | None, versions: dict[str, Any]) -> list[str]:
+def _environment_lines(env: dict[str, Any] | None) -> list[str]:
     if not env:
         return []
     return [f"- commit `{env.get('git_commit') or 'unknown'}` on {env.get('device')}"
             + (f" ({env['gpu']})" if env.get("gpu") else "")
-            + f"; torch {env.get('torch')}, diffusers {versions.get('diffusers', '?')}, python {env.get('python')}"]
+            + f"; torch {env.get('torch')}, diffusers {env.get('diffusers', '?')}, python {env.get('python')}"]
 
 
 def _matching_lines(matching: dict[str, Any] | None) -> list[str]:
@@ -188,7 +188,7 @@ def markdown_report(results: dict[str, Any], images: Sequence[str | Path] = (),
              f"- model source: `{model.get('source', '?')}` ({model.get('pipeline_class', '?')}, "
              f"{model.get('dtype', '?')}, device {model.get('device', '?')})",
              f"- seed {run.get('seed')}, {run.get('steps')} steps, {len(run.get('prompts') or [])} prompt(s)",
-             *_environment_lines(run.get("environment"), run.get("versions") or {}),
+             *_environment_lines(run.get("environment")),
              "- every variant uses the same seed and prompts; metrics compare it with the unquantized "
              "baseline (the baseline row scores the baseline against itself: ∞ PSNR and zero spectral distances "
              "expected; SI-SDR/SNR are then capped only by their epsilon)",

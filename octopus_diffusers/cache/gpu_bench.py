@@ -56,7 +56,7 @@ def _build(toy: bool, device: torch.device, dtype: torch.dtype):
 def run_bench(*, toy: bool = False, quick: bool = False, device: str = "cuda", steps: int | None = None,
               frames: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Measure every configuration at every length; returns the JSON-ready results."""
-    from octopus_diffusers.eval.rd_report import environment
+    from octopus_diffusers.env import environment
 
     dev = torch.device(device)
     dtype = torch.bfloat16

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +136,9 @@ def table(codecs: list[str] | None = None) -> tuple[list[dict[str, Any]], int]:
 
 
 def markdown(rows: list[dict[str, Any]], weights: int, command: str, verified: dict[str, int] | None = None) -> str:
-    import diffusers
+    from octopus_diffusers.env import environment
 
-    from octopus_diffusers.eval.rd_report import _git_commit
-
+    env = environment("cpu", command=command)
     gb = lambda n: f"{n / 1e9:.2f}"  # noqa: E731
     lines = ["# KV-cache memory of Wan2.1-1.3B causal generation (Self-Forcing / CausVid)", "",
              "Computed by the cache's own accounting (`octopus_diffusers.cache.estimate_cache_bytes`: the policy's "
@@ -153,8 +151,8 @@ def markdown(rows: list[dict[str, Any]], weights: int, command: str, verified: d
              f"the longest video whose cache plus the transformer's bf16 weights ({gb(weights)} GB) fit; "
              "activations, the VAE and the text encoder are not counted, so real limits are lower. Self-Forcing "
              "was trained on 21 latent frames: lengths past that are memory figures, not a quality claim.", "",
-             f"Command: `{command}`  ", f"Commit: {_git_commit()}; torch {torch.__version__}, diffusers "
-             f"{diffusers.__version__}, Python {platform.python_version()}.", "",
+             f"Command: `{command}`  ", f"Commit: {env['git_commit']}; torch {env['torch']}, diffusers "
+             f"{env['diffusers']}, Python {env['python']}.", "",
              "| policy | codec | nominal bits | true bits/scalar (81 f) | GB at 81 f | GB at 161 f | GB at 321 f | x vs bf16 (321 f) "
              "| frames in 24 GB | frames in 80 GB | frames in 141 GB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     failed = [r for r in rows if "error" in r]

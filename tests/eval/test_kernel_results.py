@@ -64,3 +64,14 @@ def test_from_json_needs_no_gpu_and_overrides_provenance(tmp_path, capsys):
         main(["--from-json", str(src)])  # no --record
     with pytest.raises(SystemExit):
         main(["--sections", "nope"])
+
+
+def test_provenance_from_the_one_environment_record():
+    from octopus_diffusers.env import environment
+    from octopus_diffusers.eval.kernel_results import provenance
+
+    record = {**environment("cpu"), "gpu": "GPU X", "git_commit": "0123456789abcdef (with uncommitted changes)"}
+    got = provenance(record)
+    assert got["commit"] == "0123456" and len(got["date"]) == 10 and got["gpu"] == "GPU X"
+    assert got["torch"] == record["torch"] and got["triton"] == record["triton"]
+    assert provenance({**record, "commit": "abc1234"})["commit"] == "abc1234"  # given by hand wins

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from octopus_diffusers.eval import kv_capture
-from octopus_diffusers.eval.kv_capture import (
+from octopus_diffusers.eval.rate_distortion import kv_capture
+from octopus_diffusers.eval.rate_distortion.kv_capture import (
     DEFAULT_PARAGRAPHS, ROLES, capture_minilm_qkv, load_or_capture, minilm_model_dir, stack_roles)
 
 TEXT = DEFAULT_PARAGRAPHS[:2]

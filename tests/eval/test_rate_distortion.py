@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from octopus_diffusers.codecs import CodecError, available_codecs, get_codec
-from octopus_diffusers.eval import rd_analysis as analysis
-from octopus_diffusers.eval.rate_distortion import benchmark_variants, build_parser, main
-from octopus_diffusers.eval.rd_metrics import (
+from octopus_diffusers.eval.rate_distortion import analysis
+from octopus_diffusers.eval.rate_distortion.__main__ import build_parser, main
+from octopus_diffusers.eval.rate_distortion.analysis import benchmark_variants
+from octopus_diffusers.eval.rate_distortion.metrics import (
     attention_relative_error, inner_product_errors, relative_mse)
 
 
@@ -151,7 +152,7 @@ def test_reproduction_and_matched_rate_analysis(quick_run):
 
 # ---- the matched-rate grid and the peers table -------------------------------------------------
 def test_grid_rates_are_whole_bytes_per_vector():
-    from octopus_diffusers.eval.rate_distortion import SIZES, grid_rates
+    from octopus_diffusers.eval.rate_distortion.analysis import SIZES, grid_rates
 
     rates = grid_rates(128, SIZES["full"])
     assert rates[0] == 1.5 and rates[-1] == 5.0 and len(rates) == 57
@@ -184,8 +185,8 @@ def test_quick_run_matched_grid(quick_run):
 
 
 def test_peer_comparison_counts_real_bytes():
-    from octopus_diffusers.eval.rate_distortion import peer_comparison
-    from octopus_diffusers.eval.rd_datasets import synthetic_dataset
+    from octopus_diffusers.eval.rate_distortion.peers import peer_comparison
+    from octopus_diffusers.eval.rate_distortion.datasets import synthetic_dataset
 
     ds = synthetic_dataset("unit", 32, 4, 1, 64, 4, seed=1)
     rows, notes = peer_comparison([ds], seed=0, external=False)
@@ -199,3 +200,49 @@ def test_peer_comparison_counts_real_bytes():
         if r["triplet_vq_bits"] is not None:
             assert r["triplet_vq_bits"] <= r["bits_per_scalar"] + 1e-9
     assert all(n["status"] for n in notes)
+
+
+# ---- real-model K/V as datasets ----------------------------------------------------------------
+def _fake_capture(q_heads: int, kv_heads: int, q_tokens: int, kv_tokens: int, layers: int = 2):
+    """A capture in :func:`capture_real_kv`'s layout whose every value tells where it came from:
+    ``x[..., 0]`` = layer, ``x[..., 1]`` = head, ``x[..., 2]`` = token."""
+    def tensor(layer: int, heads: int, tokens: int) -> torch.Tensor:
+        x = torch.randn(heads, tokens, 8)
+        x[..., 0], x[..., 1] = layer, torch.arange(heads)[:, None]
+        x[..., 2] = torch.arange(tokens)[None, :].float()
+        return x
+
+    return {f"layer{i}.{role}": tensor(i, q_heads if role == "query" else kv_heads,
+                                       q_tokens if role == "query" else kv_tokens)
+            for i in range(layers) for role in ("query", "key", "value")}
+
+
+@pytest.mark.parametrize("kind, q_heads, q_tokens", [("smollm2", 6, 512), ("whisper_cross", 2, 40)])
+def test_real_dataset_blocks_spread_over_layers_with_the_models_own_queries(monkeypatch, kind, q_heads, q_tokens):
+    from octopus_diffusers.eval.real import capture
+    from octopus_diffusers.eval.rate_distortion.datasets import real_dataset
+
+    fake = _fake_capture(q_heads, 2, q_tokens, 512)
+    monkeypatch.setattr(capture, "capture_real_kv", lambda sources, cache_dir=None: {sources[0]: fake})
+    ds = real_dataset(kind, n_ip_queries=4, n_attn_queries=16, problems=4)
+    assert ds.attn_k.shape == (4, 256, 8) and ds.attn_q.shape == (4, 16, 8) and ds.label == f"{kind}_d8"
+    # 2 layers x 2 heads x 2 blocks of 256 tokens = 8 candidates; 4 evenly spaced ones cover both layers
+    layers, heads, first = ds.attn_k[:, 0, 0], ds.attn_k[:, 0, 1], ds.attn_k[:, 0, 2]
+    assert set(layers.tolist()) == {0.0, 1.0} and set(first.tolist()) <= {0.0, 256.0}
+    assert torch.equal(ds.attn_v[..., :2], ds.attn_k[..., :2])  # keys and values of the same block
+    assert torch.equal(ds.attn_q[:, 0, 0], layers)  # the same layer's queries...
+    assert torch.equal(ds.attn_q[:, 0, 1], heads * (q_heads // 2))  # ...of the KV head's first query head
+    if kind == "smollm2":  # self-attention: queries from the block's own tokens
+        assert ((ds.attn_q[..., 2] >= first[:, None]) & (ds.attn_q[..., 2] < first[:, None] + 256)).all()
+    else:  # cross-attention: spread over every decoder token
+        assert ds.attn_q[:, -1, 2].eq(q_tokens - 1).all()
+    with pytest.raises(ValueError, match="problems must be in 1..8"):
+        real_dataset(kind, 4, 16, problems=9)
+
+
+def test_real_datasets_are_choices_of_the_command_line():
+    from octopus_diffusers.eval.rate_distortion.datasets import REAL_KINDS
+
+    args = build_parser().parse_args(["--out", "x", "--datasets", *REAL_KINDS])
+    assert args.datasets == list(REAL_KINDS)
+    assert build_parser().parse_args(["--out", "x"]).datasets == ["unit", "outlier", "minilm"]

@@ -32,7 +32,7 @@ def results():
     ]
     run = {"model": {"name": "m"}, "media": ["video"], "prompts": ["p"], "seed": 0, "steps": 2,
            "environment": {"git_commit": "abc123", "device": "cpu (x, 2 torch threads)", "torch": "2.11.0",
-                           "python": "3.11"}, "versions": {"diffusers": "0.42.1"},
+                           "python": "3.11", "diffusers": "0.42.1"},
            "rate_matching": {"targets": [3, 5], "head_dim": 16, "tolerance": 0.25,
                              "unmatched": [{"codec": "uniform", "target": 5}]}}
     return {"run": run, "variants": variants}

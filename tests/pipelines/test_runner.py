@@ -33,7 +33,7 @@ def test_manifest_records_the_run(tiny_run):
     assert m["model"] == {"name": MODEL, "source": "tiny:wan", "pipeline_class": "WanPipeline", "dtype": "float32",
                           "device": "cpu", "cpu_offload": False}
     assert m["media"] == ["video"] and m["seed"] == 0 and m["steps"] == 2 and m["fps"] == 8
-    assert set(m["versions"]) >= {"torch", "diffusers", "octopus_diffusers", "python"}
+    assert set(m["environment"]) >= {"torch", "diffusers", "octopus-diffusers", "python", "git_commit", "date"}
     octopus = tiny_run.variant("octopus-2b")
     assert octopus["seconds"] > 0 and octopus["layers"] and octopus["layers"][0]["codec"] == "octopus"
     kv = octopus["kv"]
