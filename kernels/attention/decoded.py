@@ -1,8 +1,9 @@
 """Decode-then-attend: one decode pass to ``gamma * y_hat`` in the rotated basis, then the fastest SDPA.
 
 For full-sequence self-attention in a bidirectional DiT the work is compute-bound and every KV tile
-is read by ``Nq / BLOCK_M`` query tiles; decoding once (0.3 ms for a Wan-14B layer, performance.md)
-and handing plain fp16/bf16 tensors to cuDNN / FlashAttention beats re-decoding in every tile.
+is read by ``Nq / BLOCK_M`` query tiles; decoding once (0.14-0.23 ms for a Wan-14B layer's K at 2-4
+bits, against 38 ms of cuDNN attention) and handing plain fp16/bf16 tensors to cuDNN / FlashAttention
+beats re-decoding in every tile (docs/kernels/results.csv: codec and attention, 2026-11-23, d69f2f6).
 
 Because ``q . k_hat = (q @ R_k.T) . (gamma_k y_hat_k)``, SDPA can run in the rotated bases: Q is
 rotated once, K/V are never rotated back, and ``R_v`` is applied once to the output. When K/V have
@@ -27,9 +28,9 @@ from ..tl.helpers import LOOKUP_GATHER, LOOKUP_LOAD
 from ..turboquant.decode import tq_decode_rows
 
 #: SDPA backends in the order tried; SDPA falls through to the next one that supports the inputs.
-#: cuDNN is fastest with many queries (Wan-14B self 37.6 vs 60.0 ms for flash) and flash with few (16
-#: queries: 0.092 vs 0.419 ms); FEW_QUERIES lies between the measured 16 and 1,560 (H100,
-#: docs/kernels/benchmark.md, attention).
+#: cuDNN is fastest with many queries (Wan-14B self 38.2 vs 60.5 ms for flash; 1,560 queries 0.87 vs
+#: 1.53) and flash with few (16 queries: 0.094 vs 0.426 ms); FEW_QUERIES lies between 16 and 1,560.
+#: Source: docs/kernels/results.csv, attention, 2026-11-23, d69f2f6 (H100; H200 rows at d433c21 agree).
 BACKEND_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                     SDPBackend.MATH]
 FEW_QUERIES_PRIORITY = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
@@ -43,8 +44,8 @@ def backend_priority(n_q: int) -> list[SDPBackend]:
 
 
 #: Codebook reads of the decode pass per codec kind (``tl.helpers.LOOKUP_*``): OCTOPUS table loads (4 bits
-#: 1,079 vs 692 GB/s for select chains), TurboQuant ``tl.gather`` on byte groups (92-95 % of copy
-#: bandwidth). Source: H100, docs/kernels/codec_pass.md.
+#: 1,079 vs 692 GB/s for select chains: the H100 sweep of docs/kernels/codec_pass.md), TurboQuant
+#: ``tl.gather`` on byte groups (92-95 % of copy bandwidth: results.csv, codec, 2026-11-23, d69f2f6).
 DECODE_LOOKUP = {"octopus": LOOKUP_LOAD, "turboquant": LOOKUP_GATHER}
 
 

@@ -68,7 +68,8 @@ def _tq_decode_kernel(CODES, s_c, NORMS, OUT, s_o, CB_HI, CB_LO, N_ROWS, D: tl.c
 #: Decode launch, measured on the H100 (docs/kernels/codec_pass.md): fields read in byte groups; 32 rows
 #: for table-load or select lookups (3 bits, load: 0.145 ms against 0.274 per field with gathers),
 #: while tl.gather (what decode-then-attend uses, attention.decoded.DECODE_LOOKUP) keeps
-#: MIN_GATHER_ROWS (2,740 GB/s at 3 bits, 92 % of copy; load lookups measured equal).
+#: MIN_GATHER_ROWS (2,740 GB/s at 3 bits, 92 % of copy: docs/kernels/results.csv, codec, 2026-11-23,
+#: d69f2f6; load lookups measured equal).
 GPU_DECODE_BLOCK_ROWS = 32
 #: The tl.gather path keeps >= 64 rows: with 16 rows, 2- and 2.5-bit codebooks (4 entries) failed the
 #: GPU tests as OCTOPUS's gather did (octopus.decode.MIN_GATHER_ROWS).
