@@ -1,34 +1,31 @@
-"""Choose fused (decode inside the attention loop) or decode-then-attend, by shape.
+"""Measured crossover between the fused kernel and decode-then-attend (the rule using it:
+:func:`.api.choose_method`).
 
 Decode-then-attend pays one decode pass (write and re-read of fp16 K/V) and then runs the fastest
 SDPA; the fused kernel never materialises K/V but decodes every KV tile once per query tile and runs
 a Triton loop slower than cuDNN. So the fused kernel wins when few query rows share a KV head
 (autoregressive chunks, decoding, cross-attention to a cached prompt) and loses on full-sequence
-self-attention. The crossover is the number of query rows per KV head (``Nq * Hq / Hkv``) below which
-the fused kernel was faster, MEASURED on the GPU by ``python -m octopus_diffusers.eval.kernel_benchmark``
-(section "crossover") and copied into :data:`CROSSOVER` below with its source.
+self-attention. The crossover is the number of query rows per KV head (``Nq * Hq / Hkv``) up to which
+the fused kernel was faster, measured by ``python -m octopus_diffusers.eval.kernel_benchmark`` (section
+``crossover``) and copied into :data:`CROSSOVER` with the rows it comes from.
 """
 
 from __future__ import annotations
 
-import torch
-
 from .spec import KernelSpec
 
-#: (codec kind, head_dim) -> largest measured query-rows-per-KV-head at which the fused kernel was
-#: faster than decode-then-attend. Source: docs/kernels/results.csv, section ``crossover``, commit
-#: d69f2f6 (run 13; H100 80GB HBM3, torch 2.11.0+cu130, Triton 3.6.0, (1, 12, Nq, 32760, 128), fp16,
-#: 3 bits; ms of the eager call, CUDA-graph replay in brackets); run 16 on an H200 (commit c81c26b)
-#: gives the same crossover:
+#: (codec kind, head_dim) -> largest query-rows-per-KV-head at which the fused kernel was faster.
+#: Source: docs/kernels/results.csv, rows ``2026-12-02, d433c21, NVIDIA H200, ..., crossover,
+#: 1x12x{Nq}x32760x128, torch.float16, {codec}, 3`` (ms of the eager call, CUDA-graph replay in brackets):
 #:
 #: | Nq                 | 16            | 64            | 128           | 256           | 512           |
-#: | TurboQuant fused   | 0.112 (0.072) | 0.117 (0.114) | 0.175 (0.175) | 0.990 (0.369) | 1.187 (0.617) |
-#: | TurboQuant decoded | 0.268 (0.191) | 0.315 (0.193) | 0.525 (0.208) | 0.588 (0.286) | 0.688 (0.529) |
-#: | OCTOPUS fused      | 0.616 (0.378) | 0.499 (0.386) | 0.793 (0.757) | 0.848 (0.807) | 1.449 (1.394) |
-#: | OCTOPUS decoded    | 0.510 (0.237) | 0.312 (0.239) | 0.363 (0.252) | 0.337 (0.331) | 0.573 (0.575) |
+#: | TurboQuant fused   | 0.263 (0.071) | 0.266 (0.114) | 0.177 (0.175) | 0.508 (0.361) | 0.647 (0.617) |
+#: | TurboQuant decoded | 0.471 (0.159) | 0.307 (0.161) | 0.639 (0.192) | 0.282 (0.272) | 0.524 (0.519) |
+#: | OCTOPUS fused      | 0.545 (0.373) | 0.510 (0.382) | 0.842 (0.748) | 0.917 (0.792) | 1.421 (1.388) |
+#: | OCTOPUS decoded    | 0.340 (0.205) | 0.329 (0.207) | 0.557 (0.237) | 0.672 (0.318) | 0.575 (0.565) |
 #:
-#: so TurboQuant 128 (docs/kernels/fewq_pass.md agrees) and OCTOPUS 0: its decode-then-attend is ahead
-#: from 16 rows on. head_dim 64 was not measured: DEFAULT_CROSSOVER.
+#: TurboQuant fused wins up to 128 rows, OCTOPUS decode-then-attend from 16 on (0: never fused); the H100
+#: rows of 2026-11-23 (d69f2f6) give the same limits. head_dim 64 was not measured: DEFAULT_CROSSOVER.
 CROSSOVER: dict[tuple[str, int], int] = {("octopus", 128): 0, ("turboquant", 128): 128}
 
 #: Used for a (kind, head_dim) that was not measured: never pick the fused kernel blindly.
@@ -38,11 +35,3 @@ DEFAULT_CROSSOVER = 0
 def crossover(spec: KernelSpec) -> int:
     """Largest query-rows-per-KV-head at which ``spec``'s codes go to the fused kernel."""
     return CROSSOVER.get((spec.kind, spec.head_dim), DEFAULT_CROSSOVER)
-
-
-def choose_method(q_rows_per_kv_head: int, k_spec: KernelSpec, v_spec: KernelSpec, device: torch.device) -> str:
-    """``"fused"`` or ``"decoded"`` for this shape (CPU: ``"decoded"``, the reference path)."""
-    if device.type != "cuda":
-        return "decoded"
-    limit = min(crossover(k_spec), crossover(v_spec))
-    return "fused" if q_rows_per_kv_head <= limit else "decoded"

@@ -1,8 +1,11 @@
-"""``torch.library`` custom ops (namespace ``octopus_diffusers``) with fake implementations.
+"""Every ``torch.library`` custom op of the package (namespace ``octopus_diffusers``), with fake
+implementations, and the codec registry they share.
 
 torch.compile sees each op as one opaque node with a known output shape and dtype (the fake
-implementation), so compiled graphs do not break at the Triton launches. Codecs are passed by a
-string key (:func:`register_codec`) because an op's arguments must be tensors and plain values.
+implementation), so compiled graphs do not break at the Triton launches nor at the reference codecs
+(not traceable: ``Codec.check_input`` reads ``bool(torch.isfinite(x).all())``, some codecs ``.item()``).
+Codecs are passed by a string key (:func:`register_codec`) because an op's arguments must be tensors
+and plain values. Callers go through :mod:`.api`.
 
 Ops (CUDA: Triton kernels; CPU: the PyTorch reference codecs, so one call works everywhere):
 
@@ -10,7 +13,9 @@ Ops (CUDA: Triton kernels; CPU: the PyTorch reference codecs, so one call works 
   NaN/Inf norms, a host sync; callers that check later pass False)
 * ``decode(codes, norms, key, dtype) -> x_hat`` (original basis, as ``codec.decode``)
 * ``attention(q, k_codes, k_norms, v_codes, v_norms, k_key, v_key, attn_mask, scale, layout, method)``
-  with ``method`` ``"fused"`` or ``"decoded"`` (``"auto"`` is resolved by the caller, :mod:`.dispatch`).
+  with ``method`` ``"fused"`` or ``"decoded"`` (``"auto"`` is resolved by :func:`.api.choose_method`).
+* ``kv_roundtrip(x, key) -> x_hat``: ``codec.decode(codec.encode(x))`` of ANY codec (the reference,
+  on any device, NaN/Inf check included: it raises at run time), for codecs without kernels.
 """
 
 from __future__ import annotations
@@ -127,3 +132,15 @@ def attention_op(q: torch.Tensor, k_codes: torch.Tensor, k_norms: torch.Tensor, 
 @attention_op.register_fake
 def _(q, k_codes, k_norms, v_codes, v_norms, k_key, v_key, attn_mask, scale, layout, method):
     return torch.empty_like(q)
+
+
+# ---- roundtrip of any codec --------------------------------------------------------------------
+@torch.library.custom_op("octopus_diffusers::kv_roundtrip", mutates_args=())
+def kv_roundtrip_op(x: torch.Tensor, key: str) -> torch.Tensor:
+    return codec_for(key).roundtrip(x)
+
+
+@kv_roundtrip_op.register_fake
+def _(x: torch.Tensor, key: str) -> torch.Tensor:
+    codec_for(key)  # an unknown key fails while tracing, naming the key
+    return torch.empty_like(x, memory_format=torch.contiguous_format)

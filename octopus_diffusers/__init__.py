@@ -14,11 +14,11 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from .codecs import Codec, CodecError, PackedTensor, available_codecs, get_codec
-    from .processors import QuantizedAttentionHandle, quantize_attention
+    from .processors import KVQuantConfig, QuantizedAttentionHandle, quantize_attention
 
 #: Public name -> the submodule that defines it.
 _EXPORTS: dict[str, str] = {
-    "quantize_attention": "processors", "QuantizedAttentionHandle": "processors",
+    "quantize_attention": "processors", "KVQuantConfig": "processors", "QuantizedAttentionHandle": "processors",
     "get_codec": "codecs", "available_codecs": "codecs", "Codec": "codecs", "CodecError": "codecs",
     "PackedTensor": "codecs",
 }
@@ -26,8 +26,8 @@ _EXPORTS: dict[str, str] = {
 #: Subpackages reachable as attributes (``octopus_diffusers.codecs``), imported on first access.
 _SUBPACKAGES = ("codecs", "processors", "kernels", "pipelines", "eval")
 
-__all__ = ["quantize_attention", "QuantizedAttentionHandle", "get_codec", "available_codecs", "Codec", "CodecError",
-           "PackedTensor", "__version__"]
+__all__ = ["quantize_attention", "KVQuantConfig", "QuantizedAttentionHandle", "get_codec", "available_codecs",
+           "Codec", "CodecError", "PackedTensor", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -321,7 +321,7 @@ def _decoder_geometry(config: Any) -> tuple[int, int, list[str]]:
 def layer_codecs(codec: str, head_dim: int, key_bits: float, value_bits: float, seed: int, index: int,
                  key_options: Mapping[str, Any], value_options: Mapping[str, Any]) -> tuple[Codec, Codec]:
     """Key and value codecs of decoder layer ``index``, with the seeding of
-    ``octopus_diffusers.processors.kv.KVCodecSpec.build`` (key ``seed + 2 * index``, value ``+ 1``) and
+    ``octopus_diffusers.processors.KVQuantConfig.codecs`` (key ``seed + 2 * index``, value ``+ 1``) and
     its KIVI default for ``uniform`` (keys grouped per channel, values per token)."""
     key_options, value_options = dict(key_options), dict(value_options)
     if codec == "uniform":

@@ -20,7 +20,8 @@ from .api import QuantizedAttentionHandle, attention_modules, denoisers, quantiz
 from .base import (FAMILIES, DirectSDPAProcessor, QuantizedAttnProcessorBase, quantized_processor_class,
                    register_quantized_processor, registered_processors, supported_processor_names)
 from .cache import ForwardState, PromptCache, StepCounter
-from .kv import KVCodecSpec, KVQuantizer, KVStats
+from .config import KVQuantConfig
+from .kv import KVQuantizer, KVStats
 from .streams import JointSplit, StreamAdapter, StreamSpec
 
 if TYPE_CHECKING:  # pragma: no cover  (family classes, for type checkers only)
@@ -52,6 +53,6 @@ def __dir__() -> list[str]:
 
 # Family classes are left out of __all__ on purpose: `import *` would import every family.
 __all__ = ["quantize_attention", "QuantizedAttentionHandle", "QuantizedAttnProcessorBase", "DirectSDPAProcessor",
-           "StreamAdapter", "JointSplit", "KVQuantizer", "KVCodecSpec", "KVStats", "StreamSpec", "ForwardState",
+           "StreamAdapter", "JointSplit", "KVQuantizer", "KVQuantConfig", "KVStats", "StreamSpec", "ForwardState",
            "PromptCache", "StepCounter", "FAMILIES", "register_quantized_processor", "quantized_processor_class",
            "registered_processors", "supported_processor_names", "attention_modules", "denoisers"]

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 
 from ..codecs import Codec, CodecError
 from .base import QuantizedAttnProcessorBase, quantized_processor_class, supported_processor_names
 from .cache import ForwardState, StepCounter
-from .kv import KVCodecSpec, KVQuantizer, KVStats, check_flag, raise_if_nonfinite
+from .config import KVQuantConfig, LayerSelection
+from .kv import KVQuantizer, KVStats, raise_if_nonfinite
 from .streams import StreamSpec
 
 #: Pipeline components that hold a denoiser: ``transformer``, ``unet`` and their numbered siblings
@@ -79,12 +79,12 @@ class QuantizedAttentionHandle:
 
     def __init__(self, hooked: list[_Hooked], quantizers: list[KVQuantizer],
                  hooks: list[torch.utils.hooks.RemovableHandle], states: list[ForwardState],
-                 spec: KVCodecSpec) -> None:
+                 config: KVQuantConfig) -> None:
         self._hooked = hooked
         self.quantizers = quantizers
         self._hooks = hooks
         self._states = states
-        self.spec = spec
+        self.config = config
         self.restored = False
 
     # ---- reporting --------------------------------------------------------------------------------
@@ -166,8 +166,8 @@ class QuantizedAttentionHandle:
     def __repr__(self) -> str:
         state = "restored" if self.restored else "active"
         return (f"QuantizedAttentionHandle({len(self.quantizers)} streams in {len(self._hooked)} modules, "
-                f"codec={self.spec.codec!r}, key_bits={self.spec.key_bits}, value_bits={self.spec.value_bits}, "
-                f"{state})")
+                f"codec={self.config.codec!r}, key_bits={self.config.nominal_key_bits}, "
+                f"value_bits={self.config.nominal_value_bits}, {state})")
 
 
 def _set_processor(module: torch.nn.Module, processor: Any) -> None:
@@ -178,131 +178,43 @@ def _set_processor(module: torch.nn.Module, processor: Any) -> None:
         module.processor = processor
 
 
-def block_index(name: str) -> int | None:
-    """The first integer component of a module path (``blocks.3.attn1`` -> 3), or None."""
-    for part in name.split("."):
-        if part.isdigit():
-            return int(part)
-    return None
-
-
-class LayerSelection:
-    """``layers`` of :func:`quantize_attention`: None (all), block indices, ``fnmatch`` patterns on module
-    names, or a predicate on the name. Remembers which entries matched, so that an entry matching
-    nothing (``layers=[0, 99]``, a misspelled name) is an error rather than silently ignored."""
-
-    def __init__(self, layers: Any) -> None:
-        self.predicate: Callable[[str], bool] | None = None
-        self.items: list[int | str] | None = None
-        if layers is None:
-            return
-        if callable(layers):
-            self.predicate = layers
-            return
-        if isinstance(layers, (int, str)):
-            layers = [layers]
-        try:
-            items = list(layers)
-        except TypeError:
-            raise TypeError(f"layers: expected block indices, name patterns or a predicate, got {layers!r}") from None
-        for item in items:
-            if isinstance(item, bool) or not isinstance(item, (int, str)):
-                raise TypeError(f"layers: expected block indices or name patterns, got {item!r}")
-        if not items:
-            raise ValueError("layers is empty: pass None for every attention module")
-        self.items = items
-        self._matched: set[int] = set()
-
-    def __call__(self, name: str) -> bool:
-        if self.predicate is not None:
-            return bool(self.predicate(name))
-        if self.items is None:
-            return True
-        index = block_index(name)
-        hits = [i for i, item in enumerate(self.items)
-                if (isinstance(item, int) and item == index)
-                or (isinstance(item, str) and fnmatch.fnmatchcase(name, item))]
-        self._matched.update(hits)
-        return bool(hits)
-
-    def check_every_entry_matched(self, names: Iterable[str]) -> None:
-        """ValueError naming the entries that matched none of ``names`` (every module seen), with the valid
-        block indices and module names."""
-        if self.items is None:
-            return
-        unknown = [item for i, item in enumerate(self.items) if i not in self._matched]
-        if not unknown:
-            return
-        names = list(names)
-        indices = sorted({i for i in map(block_index, names) if i is not None})
-        patterns = sorted(dict.fromkeys(re.sub(r"(^|\.)\d+(?=\.|$)", r"\1*", n) for n in names))
-        raise ValueError(f"layers: {', '.join(map(repr, unknown))} match(es) no attention module; block indices are "
-                         f"{_ranges(indices) or 'none'}, module names {', '.join(patterns)} (* = block index)")
-
-
-def _ranges(values: list[int]) -> str:
-    """Sorted ints as runs: ``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
-    runs: list[list[int]] = []
-    for v in values:
-        if runs and v == runs[-1][-1] + 1:
-            runs[-1].append(v)
-        else:
-            runs.append([v])
-    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
-
-
-def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float | None = None,
-                       key_bits: float | None = None, value_bits: float | None = None, self_attention: bool = True,
-                       cross_attention: bool = True,
-                       layers: Iterable[int | str] | Callable[[str], bool] | int | str | None = None,
-                       full_precision_steps: int = 0, seed: int = 0, cache_cross_attention: bool = True,
-                       exact_gpu_codes: bool = False, **codec_options: Any) -> QuantizedAttentionHandle:
+def quantize_attention(pipe_or_model: Any, config: KVQuantConfig | None = None,
+                       **overrides: Any) -> QuantizedAttentionHandle:
     """Quantize the attention K/V of a diffusers pipeline's denoiser(s) or of a transformer.
 
-    K (after qk-norm and RoPE) and V are encoded with ``codec`` at ``key_bits`` / ``value_bits``
-    (default ``bits``; ``bits=None`` is the codec's default, as in :func:`~octopus_diffusers.codecs.get_codec`:
-    3 bits for OCTOPUS and TurboQuant, the input's own dtype for ``none``, 8 for ``fp8``; codecs
-    without a default ask for bits) right before each attention call, which then runs as in diffusers.
-    Every denoiser of a pipeline is hooked (``transformer``, Wan 2.2's ``transformer_2``, ``unet``,
-    ...). ``self_attention`` governs self- and joint-attention streams, ``cross_attention`` the
-    cross-attention ones; ``layers`` selects block indices, ``fnmatch`` patterns on module names
-    (inside each denoiser; an entry matching no module is an error), or takes a predicate on the name. Report labels are those module names, prefixed
-    with the pipeline component when a pipeline has several denoisers (Wan 2.2).
-    ``full_precision_steps`` leaves the first denoising steps of each pipeline call unquantized,
-    counted over all its denoisers together (:mod:`~octopus_diffusers.processors.cache`).
-    ``cache_cross_attention`` keeps step-invariant cross-attention K/V compressed and reuses them
-    across steps while the conditioning is unchanged (compared by content, see the same module).
-    ``exact_gpu_codes`` makes the CUDA encode repeat the reference's float32 arithmetic (codes equal
-    the reference codec's run on the same device, about half the speed); by default fp16/bf16 K/V are
-    encoded by the fused-rotation kernel, whose codes differ only at float near-ties
-    (:meth:`KVQuantizer.fused_rotation <octopus_diffusers.processors.kv.KVQuantizer.fused_rotation>`).
-    Only the denoisers' attention modules are touched; nothing global is patched. Every argument is
-    checked before any module is touched.
+    ``config`` (:class:`~octopus_diffusers.processors.config.KVQuantConfig`, default ``KVQuantConfig()``:
+    OCTOPUS at its default 3 bits) says how; ``overrides`` replace its fields by name (``codec``,
+    ``bits``, ``key_bits``, ``value_bits``, ``self_attention``, ``cross_attention``, ``layers``,
+    ``full_precision_steps``, ``cache_cross_attention``, ``exact_gpu_codes``, ``seed``) and any other
+    keyword is a codec option: ``quantize_attention(pipe, codec="turboquant", bits=3)``,
+    ``quantize_attention(pipe, config, layers=[0, 1])``, ``quantize_attention(pipe, codec="octopus",
+    bits=8, allocation=(8, 8, 8))``. ``codec="none"`` needs no bits (it stores the model's own dtype).
+
+    K (after qk-norm and RoPE) and V are encoded right before each attention call, which then runs as
+    in diffusers. Every denoiser of a pipeline is hooked (``transformer``, Wan 2.2's ``transformer_2``,
+    ``unet``, ...); report labels are the attention module names, prefixed with the pipeline
+    component when a pipeline has several denoisers. Only the denoisers' attention modules are
+    touched; nothing global is patched. Every argument is checked, and every layer's codecs are built,
+    before any module is touched. Returns a handle (report, stats, reset, restore; also a context
+    manager).
     """
-    if isinstance(full_precision_steps, bool) or not isinstance(full_precision_steps, int):
-        raise TypeError(f"full_precision_steps must be an int >= 0, got {full_precision_steps!r}")
-    if full_precision_steps < 0:
-        raise ValueError(f"full_precision_steps must be an int >= 0, got {full_precision_steps!r}")
-    for name, flag in (("self_attention", self_attention), ("cross_attention", cross_attention),
-                       ("cache_cross_attention", cache_cross_attention)):
-        check_flag(name, flag)
-    spec = KVCodecSpec.resolve(codec, bits, key_bits, value_bits, seed, codec_options, exact_gpu_codes)
+    config = KVQuantConfig.of(config, **overrides)
     models = denoisers(pipe_or_model)
-    selection = LayerSelection(layers)
+    selection = LayerSelection(config.layers)
     targets = _targets(models, selection)
 
     # Which streams are quantized, and which denoisers' pre-hooks have to give prompt ids / steps.
     chosen: dict[int, list[StreamSpec | None]] = {}
     cached_inputs: dict[int, dict[str, None]] = {id(model): {} for _, model in models}
     for target in targets:
-        streams = [stream if (cross_attention if stream.kind == "cross" else self_attention) else None
+        streams = [stream if config.quantizes(stream.kind) else None
                    for stream in target.quantized_class.streams(target.module, target.name, target.model)]
         chosen[id(target)] = streams
-        if cache_cross_attention and any(s is not None and s.cacheable for s in streams):
+        if config.cache_cross_attention and any(s is not None and s.cacheable for s in streams):
             cached_inputs[id(target.model)].update(dict.fromkeys(target.quantized_class.prompt_inputs))
     # One step counter for the whole pipeline: Wan 2.2's two transformers take turns within a call.
     steps = StepCounter(None if isinstance(pipe_or_model, torch.nn.Module) else pipe_or_model) \
-        if full_precision_steps > 0 else None
+        if config.full_precision_steps > 0 else None
     states = {id(model): ForwardState(tuple(cached_inputs[id(model)]), steps) for _, model in models}
 
     # Build everything first, so that a bad codec/bits/head_dim leaves the model untouched.
@@ -316,22 +228,16 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float |
             if stream is None:
                 layer_quantizers.append(None)
                 continue
-            cache = cache_cross_attention and stream.cacheable
-            uses_state = cache or full_precision_steps > 0
             q = KVQuantizer(target.label, stream, heads, kv_heads, head_dim,
-                            *_codecs(spec, head_dim, len(quantizers), target.label),
-                            state=states[id(target.model)] if uses_state else None,
-                            full_precision_steps=full_precision_steps, cache=cache,
-                            exact_gpu_codes=spec.exact_gpu_codes)
+                            *_codecs(config, head_dim, len(quantizers), target.label), config=config,
+                            state=states[id(target.model)])
             layer_quantizers.append(q)
             quantizers.append(q)
             by_model.setdefault(id(target.model), []).append(q)
         if all(q is None for q in layer_quantizers):
             continue
         original = target.module.processor
-        replacement = target.quantized_class(spec.codec, key_bits=spec.key_bits, value_bits=spec.value_bits,
-                                             seed=spec.seed, original=original,
-                                             exact_gpu_codes=spec.exact_gpu_codes, **spec.options)
+        replacement = target.quantized_class(config, original=original)
         replacement.bind(target.module, layer_quantizers)
         hooked.append(_Hooked(target.label, target.module, original, replacement))
     if not hooked:
@@ -349,7 +255,7 @@ def quantize_attention(pipe_or_model: Any, codec: str = "octopus", bits: float |
             q.defer_finite_check = True
         if own:
             hooks.append(model.register_forward_hook(_finite_check_hook(own)))
-    handle = QuantizedAttentionHandle(hooked, quantizers, hooks, [states[id(m)] for m in needs_state], spec)
+    handle = QuantizedAttentionHandle(hooked, quantizers, hooks, [states[id(m)] for m in needs_state], config)
     marker = weakref.ref(handle)
     for h in hooked:
         _set_processor(h.module, h.replacement)
@@ -402,12 +308,12 @@ def _check_supported(model: torch.nn.Module, modules: list[tuple[str, torch.nn.M
                         f"counterpart; supported: {known}. Exclude those modules with `layers=`.")
 
 
-def _codecs(spec: KVCodecSpec, head_dim: int, index: int, label: str) -> tuple[Codec, Codec]:
+def _codecs(config: KVQuantConfig, head_dim: int, index: int, label: str) -> tuple[Codec, Codec]:
     """The key and value codecs of the ``index``-th quantized stream; errors name the layer."""
     try:
-        return spec.build(head_dim, index)
+        return config.codecs(head_dim, index)
     except (CodecError, TypeError) as err:
         raise type(err)(f"{label}: {err}") from err
 
 
-__all__ = ["quantize_attention", "QuantizedAttentionHandle", "LayerSelection", "denoisers", "attention_modules"]
+__all__ = ["quantize_attention", "QuantizedAttentionHandle", "denoisers", "attention_modules"]

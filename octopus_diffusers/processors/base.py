@@ -39,7 +39,10 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .kv import KVCodecSpec, KVQuantizer
+from octopus_diffusers.kernels.api import Layout
+
+from .config import KVQuantConfig
+from .kv import KVQuantizer
 from .paths import AttentionArguments
 from .streams import StreamAdapter, StreamSpec
 
@@ -143,22 +146,24 @@ class QuantizedAttnProcessorBase:
 
     A concrete subclass derives from this base (or an intermediate one) and from the diffusers
     processor it replaces, which becomes its ``original_class``. It sets ``attention_classes`` (the
-    modules it may run on), ``intercept`` (``"dispatch_attention_fn"`` with ``layout="BSHD"`` or
-    ``"F.scaled_dot_product_attention"`` with ``layout="BHSD"``), ``prompt_inputs`` (the transformer
+    modules it may run on), ``intercept`` (``"dispatch_attention_fn"`` with ``layout=Layout.BSHD`` or
+    ``"F.scaled_dot_product_attention"`` with ``layout=Layout.BHSD``), ``prompt_inputs`` (the transformer
     forward arguments that cacheable cross-attention K/V depend on) and implement :meth:`streams`;
     optionally :meth:`stream_adapter`. Processors that call SDPA themselves derive from
     :class:`DirectSDPAProcessor`.
 
-    Direct use: ``transformer.set_attn_processor(QuantizedWanAttnProcessor(codec="uniform", bits=4))``
-    (one object for all layers or a per-layer dict) binds each attention module on its first call;
-    :func:`quantize_attention` additionally names layers, reports, caches cross-attention and can
-    keep the first steps in full precision.
+    A processor takes a :class:`~.config.KVQuantConfig` whole, or keywords that override its fields
+    (``QuantizedWanAttnProcessor(codec="uniform", bits=4)``). Direct use:
+    ``transformer.set_attn_processor(processor)`` (one object for all layers or a per-layer dict) binds
+    each attention module on its first call, honouring ``self_attention`` / ``cross_attention``;
+    ``layers``, ``full_precision_steps`` and the cross-attention cache need :func:`quantize_attention`
+    (which also names layers and reports), so direct use refuses the first two and never caches.
     """
 
     original_class: ClassVar[type]
     attention_classes: ClassVar[tuple[type, ...]]
     intercept: ClassVar[str] = "dispatch_attention_fn"
-    layout: ClassVar[str] = "BSHD"
+    layout: ClassVar[Layout] = Layout.BSHD
     prompt_inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -188,11 +193,8 @@ class QuantizedAttnProcessorBase:
         __call__.__qualname__ = f"{cls.__qualname__}.__call__"
         cls.__call__ = __call__  # type: ignore[method-assign]
 
-    def __init__(self, codec: str = "octopus", bits: float | None = None, key_bits: float | None = None,
-                 value_bits: float | None = None, seed: int = 0, *, original: Any = None,
-                 exact_gpu_codes: bool = False, **codec_options: Any) -> None:
-        self.codec_spec = KVCodecSpec.resolve(codec, bits, key_bits, value_bits, seed, codec_options,
-                                              exact_gpu_codes)
+    def __init__(self, config: KVQuantConfig | None = None, *, original: Any = None, **overrides: Any) -> None:
+        self.kv_config = KVQuantConfig.of(config, **overrides)
         if original is not None:  # the processor this one replaces: carry its attention backend over
             if type(original) is not self.original_class:
                 raise TypeError(f"{type(self).__name__} replaces {self.original_class.__name__}, not "
@@ -247,15 +249,20 @@ class QuantizedAttnProcessorBase:
     def _bind_lazily(self, attn: torch.nn.Module) -> _LayerBinding:
         """Direct use: build quantizers for a module seen for the first time (no names, no cache)."""
         self._check_module(attn)
+        if self.kv_config.layers is not None:
+            raise ValueError(f"{type(self).__name__}: layers= selects modules by name, which direct use does not "
+                             "see; use quantize_attention, or set this processor on the chosen modules only")
         heads, kv_heads, head_dim = self.head_sizes(attn)
+        layer = f"{type(attn).__name__}#{len(self._bindings)}"
         quantizers: list[KVQuantizer | None] = []
-        for spec in self.streams(attn, None, None):
+        for stream in self.streams(attn, None, None):
+            if not self.kv_config.quantizes(stream.kind):
+                quantizers.append(None)
+                continue
             # Seeds follow the order in which modules first run (the model's order for a forward pass).
-            index = sum(len(b.quantizers) for b in self._bindings.values()) + len(quantizers)
-            key_codec, value_codec = self.codec_spec.build(head_dim, index)
-            quantizers.append(KVQuantizer(f"{type(attn).__name__}#{len(self._bindings)}", spec, heads, kv_heads,
-                                          head_dim, key_codec, value_codec,
-                                          exact_gpu_codes=self.codec_spec.exact_gpu_codes))
+            index = len(self.bound_quantizers()) + sum(q is not None for q in quantizers)
+            quantizers.append(KVQuantizer(layer, stream, heads, kv_heads, head_dim,
+                                          *self.kv_config.codecs(head_dim, index), config=self.kv_config))
         binding = self._bindings[id(attn)] = _LayerBinding(self, quantizers)
         return binding
 
@@ -316,9 +323,9 @@ class QuantizedAttnProcessorBase:
         return call_with_adapter
 
     def __repr__(self) -> str:
-        spec = self.codec_spec
-        return (f"{type(self).__name__}(codec={spec.codec!r}, key_bits={spec.key_bits}, "
-                f"value_bits={spec.value_bits}, seed={spec.seed}, layers_bound={len(self._bindings)})")
+        c = self.kv_config
+        return (f"{type(self).__name__}(codec={c.codec!r}, key_bits={c.nominal_key_bits}, "
+                f"value_bits={c.nominal_value_bits}, seed={c.seed}, layers_bound={len(self._bindings)})")
 
 
 class DirectSDPAProcessor(QuantizedAttnProcessorBase):
@@ -328,7 +335,7 @@ class DirectSDPAProcessor(QuantizedAttnProcessorBase):
     and the framework treat every quantized processor alike."""
 
     intercept: ClassVar[str] = "F.scaled_dot_product_attention"
-    layout: ClassVar[str] = "BHSD"
+    layout: ClassVar[Layout] = Layout.BHSD
     _attention_backend = None
     _parallel_config = None
 

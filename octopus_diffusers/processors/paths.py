@@ -1,4 +1,5 @@
-"""Which path one quantized attention call takes: one explicit rule, :func:`choose_attention_path`.
+"""Which path one quantized attention call takes, and with which kernel method: one rule,
+:func:`choose_attention_path`, with one reason string.
 
 * ``reference`` -- CPU, codec ``none`` (never routed through kernels: stays bit-identical), or a codec
   the Triton kernels do not implement (anything but OCTOPUS / TurboQuant-mse at head_dim 64 or 128).
@@ -8,9 +9,9 @@
 * ``gpu_decode`` -- CUDA and a kernel codec, but the GPU attention op cannot take this call (a mask
   or argument it lacks, a backend the user chose, an adapter-wrapped call): Triton encode + decode,
   then the original attention call.
-* ``gpu_attention`` -- CUDA, a kernel codec and a plain call: Triton encode, then
-  ``octopus_diffusers.kernels.attention`` (which picks fused vs decode-then-attend by shape,
-  :mod:`octopus_diffusers.kernels.dispatch`) straight from the packed codes.
+* ``gpu_attention`` -- CUDA, a kernel codec and a plain call: Triton encode, then the attention op
+  straight from the packed codes, by the ``method`` (``"fused"`` or ``"decoded"``) that
+  :func:`octopus_diffusers.kernels.api.choose_method` picks from the measured crossover.
 
 :meth:`~.kv.KVQuantizer.attend` runs the path chosen here.
 """
@@ -22,10 +23,15 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
+from octopus_diffusers.kernels import api as kernels
+from octopus_diffusers.kernels.api import Layout
+
+from ..codecs import Codec
 from ..codecs.base import SUPPORTED_DTYPES
 
 #: The paths (see the module docstring).
 ATTENTION_PATHS = ("reference", "gpu_decode", "gpu_attention")
+
 
 @dataclass(frozen=True)
 class AttentionArguments:
@@ -58,19 +64,23 @@ class AttentionArguments:
 
 @dataclass(frozen=True)
 class PathChoice:
-    """What :meth:`KVQuantizer.attend` runs and why (one line, for logs and tests)."""
+    """What :meth:`KVQuantizer.attend` runs and why (one line, for logs and tests). ``method``: the
+    attention op's ``"fused"`` or ``"decoded"`` on the ``gpu_attention`` path, else None."""
 
     path: str
     reason: str
+    method: str | None = None
 
 
-def choose_attention_path(device: torch.device, codec: str, kernels_support: bool,
+def choose_attention_path(device: torch.device, key_codec: Codec, value_codec: Codec, kernels_support: bool,
                           arguments: AttentionArguments | None, query_shape: Sequence[int],
-                          key_shape: Sequence[int], query_dtype: torch.dtype, layout: str) -> PathChoice:
-    """The path for one attention call (see the module docstring). ``kernels_support``: whether the
-    Triton kernels implement both K and V codecs (:func:`octopus_diffusers.kernels.supports`);
-    ``arguments``: the original call's arguments, None where the call was wrapped (an adapter that
-    splits or expands K/V), so only the original call can run it."""
+                          key_shape: Sequence[int], query_dtype: torch.dtype, layout: Layout) -> PathChoice:
+    """The path (and kernel method) for one attention call (see the module docstring).
+    ``kernels_support``: whether the Triton kernels implement both codecs
+    (:func:`octopus_diffusers.kernels.api.supports`); ``arguments``: the original call's arguments, None
+    where the call was wrapped (an adapter that splits or expands K/V), so only the original call can
+    run it."""
+    codec = key_codec.name
     if device.type != "cuda":
         return PathChoice("reference", f"{device.type}: the PyTorch reference codecs")
     if codec == "none":
@@ -80,19 +90,19 @@ def choose_attention_path(device: torch.device, codec: str, kernels_support: boo
                                        "codecs run on CUDA (same values as on the CPU, to float tolerance)")
     if arguments is None:
         return PathChoice("gpu_decode", "the attention call is wrapped (adapter); only it can run")
-    h_axis, n_axis = (1, 2) if layout == "BHSD" else (2, 1)
-    hq, hkv = query_shape[h_axis], key_shape[h_axis]
-    problem = _attention_op_problem(arguments, query_shape, key_shape, query_dtype, h_axis, n_axis)
+    hq, hkv = query_shape[layout.head_axis], key_shape[layout.head_axis]
+    problem = _attention_op_problem(arguments, query_shape, key_shape, query_dtype, layout)
     if problem is None and hq != hkv and not (arguments.enable_gqa and hq % hkv == 0):
         problem = f"{hq} query heads over {hkv} KV heads without enable_gqa"
     if problem is not None:
         return PathChoice("gpu_decode", f"the GPU attention op does not take this call: {problem}")
-    return PathChoice("gpu_attention", "CUDA, kernel codec, plain attention call")
+    method = kernels.choose_method(query_shape, hkv, key_codec, value_codec, device, layout)
+    return PathChoice("gpu_attention", f"CUDA, kernel codec, plain attention call; {method.reason}", method.method)
 
 
 def _attention_op_problem(arguments: AttentionArguments, query_shape: Sequence[int], key_shape: Sequence[int],
-                          query_dtype: torch.dtype, h_axis: int, n_axis: int) -> str | None:
-    """Why ``octopus_diffusers.kernels.attention`` cannot replace this call, or None."""
+                          query_dtype: torch.dtype, layout: Layout) -> str | None:
+    """Why the kernels' attention op cannot replace this call, or None."""
     if arguments.extra:
         return f"arguments {', '.join(arguments.extra)} are set"
     if arguments.dropout_p != 0.0:
@@ -107,7 +117,7 @@ def _attention_op_problem(arguments: AttentionArguments, query_shape: Sequence[i
             return f"attn_mask of type {type(mask).__name__}"
         if mask.dtype != torch.bool and not mask.dtype.is_floating_point:
             return f"attn_mask dtype {mask.dtype}"
-        full = (query_shape[0], query_shape[h_axis], query_shape[n_axis], key_shape[n_axis])
+        full = (query_shape[0], query_shape[layout.head_axis], query_shape[layout.seq_axis], key_shape[layout.seq_axis])
         try:
             broadcast = torch.broadcast_shapes(tuple(mask.shape), full)
         except RuntimeError:

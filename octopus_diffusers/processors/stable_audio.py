@@ -17,6 +17,8 @@ from typing import ClassVar
 import torch
 from diffusers.models.attention_processor import Attention, StableAudioAttnProcessor2_0
 
+from octopus_diffusers.kernels.api import Layout
+
 from .base import DirectSDPAProcessor, register_quantized_processor
 from .kv import KVQuantizer
 from .streams import AttentionCall, StreamAdapter, StreamSpec, in_layout_of
@@ -40,8 +42,8 @@ class GroupedKV(StreamAdapter):
         self.checked = False
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_call: AttentionCall,
-               layout: str) -> torch.Tensor:
-        if layout != "BHSD":
+               layout: Layout) -> torch.Tensor:
+        if layout != Layout.BHSD:
             raise ValueError(f"GroupedKV expects (B, H, S, D) K/V, got layout {layout!r}")
         quantizer, group = self.quantizers[0], self.group
         key_kv, value_kv = key[:, ::group], value[:, ::group]

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 import torch
 
+from octopus_diffusers.kernels.api import Layout
+
 if TYPE_CHECKING:
     from .kv import KVQuantizer
 
@@ -49,16 +51,10 @@ class StreamSpec:
 AttentionCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def sequence_dim(layout: str) -> int:
-    """The token axis of a ``"BHSD"`` or ``"BSHD"`` tensor."""
-    if layout not in ("BHSD", "BSHD"):
-        raise ValueError(f"unknown K/V layout {layout!r}; expected 'BHSD' or 'BSHD'")
-    return 2 if layout == "BHSD" else 1
-
-
 def in_layout_of(original: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``values`` in a fresh tensor with ``original``'s shape and strides, so the attention kernel takes
-    the same path as on the unquantized tensor (codec ``none`` stays bit-identical)."""
+    the same path as on the unquantized tensor (codec ``none`` stays bit-identical). Decoded
+    ``(B, H, S, D)`` K/V of a ``layout`` tensor: ``in_layout_of(key, layout.from_bhsd(decoded))``."""
     out = torch.empty_like(original)
     out.copy_(values)
     return out
@@ -74,10 +70,10 @@ def joined(original: torch.Tensor, first: torch.Tensor, second: torch.Tensor, di
 
 
 def attend_with(quantizer: KVQuantizer | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_call: AttentionCall, layout: str) -> torch.Tensor:
+                attention_call: AttentionCall, layout: Layout | str) -> torch.Tensor:
     """``quantizer.attend``, or the exact call when the stream is left in full precision (None) or
     holds no token (nothing to encode)."""
-    if quantizer is None or key.shape[sequence_dim(layout)] == 0:
+    if quantizer is None or key.shape[Layout.of(layout, "attend_with").seq_axis] == 0:
         return attention_call(query, key, value)
     return quantizer.attend(query, key, value, attention_call, layout)
 
@@ -98,7 +94,7 @@ class StreamAdapter:
         length of a joint sequence's first part)."""
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_call: AttentionCall,
-               layout: str) -> torch.Tensor:
+               layout: Layout) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -119,10 +115,10 @@ class JointSplit(StreamAdapter):
             self.split = arguments[self.first_part_of].size(1)
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_call: AttentionCall,
-               layout: str) -> torch.Tensor:
+               layout: Layout) -> torch.Tensor:
         if self.split is None:
             raise RuntimeError("JointSplit: the split point was not set before the attention call")
-        seq_dim = sequence_dim(layout)
+        seq_dim = Layout.of(layout, "JointSplit").seq_axis
         total = key.shape[seq_dim]
         if not 0 <= self.split <= total:
             raise ValueError(f"joint attention split at {self.split} tokens, but K/V hold {total}")
@@ -143,4 +139,4 @@ class JointSplit(StreamAdapter):
 
 
 __all__ = ["STREAM_KINDS", "StreamSpec", "AttentionCall", "StreamAdapter", "JointSplit", "attend_with", "in_layout_of",
-           "joined", "sequence_dim"]
+           "joined"]

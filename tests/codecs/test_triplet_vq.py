@@ -77,10 +77,10 @@ def test_bad_configurations_fail_clearly():
 
 def test_usable_by_name_in_the_processors_spec_and_saved_files(tmp_path):
     from octopus_diffusers.codecs import PackedTensor
-    from octopus_diffusers.processors.kv import KVCodecSpec
+    from octopus_diffusers.processors import KVQuantConfig
 
     for name in ("triplet_vq", "turboquant_mr"):
-        key_codec, value_codec = KVCodecSpec.resolve(name, bits=2.5).build(64, 1)
+        key_codec, value_codec = KVQuantConfig(codec=name, bits=2.5).codecs(64, 1)
         assert key_codec.name == name and key_codec.seed != value_codec.seed
         x = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(0))
         packed = key_codec.encode(x)

@@ -12,7 +12,8 @@ from kernel_checks import DEVICE, assert_close
 
 import octopus_diffusers.kernels as kernels
 from octopus_diffusers.codecs import CodecError, get_codec
-from octopus_diffusers.kernels.dispatch import CROSSOVER, choose_method
+from octopus_diffusers.kernels.api import Layout, choose_method
+from octopus_diffusers.kernels.dispatch import CROSSOVER
 from octopus_diffusers.kernels.reference import packed_attention
 
 
@@ -114,8 +115,7 @@ def test_torch_compile_fullgraph_has_no_graph_break():
 
 def test_dispatch_uses_reference_path_on_cpu_and_refuses_bad_arguments():
     codec = get_codec("turboquant", 64, 3)
-    spec = kernels.kernel_spec(codec)
-    assert choose_method(16, spec, spec, torch.device("cpu")) == "decoded"
+    assert choose_method((1, 2, 16, 64), 2, codec, codec, torch.device("cpu")).method == "decoded"
     packed = _packed(codec, (1, 2, 12, 64))
     q = torch.randn(1, 2, 4, 64)
     with pytest.raises(CodecError, match="method"):
@@ -124,26 +124,77 @@ def test_dispatch_uses_reference_path_on_cpu_and_refuses_bad_arguments():
         kernels.attention(torch.randn(1, 2, 4, 32), packed, packed, codec, codec)
     with pytest.raises(CodecError, match="configuration"):
         kernels.decode(get_codec("turboquant", 64, 2), packed)
+    with pytest.raises(CodecError, match="layout must be 'BHSD' or 'BSHD', got 'BSDH'"):
+        kernels.attention(q, packed, packed, codec, codec, layout="BSDH")
     assert kernels.supports(codec) and not kernels.supports(get_codec("octopus", 96, 3))
 
 
 def test_dispatch_follows_the_measured_crossover():
-    octo = kernels.kernel_spec(get_codec("octopus", 128, 3))
-    tq = kernels.kernel_spec(get_codec("turboquant", 128, 3))
+    octo, tq = get_codec("octopus", 128, 3), get_codec("turboquant", 128, 3)
     cuda = torch.device("cuda")
+
+    def method(rows, codec_k, codec_v):
+        return choose_method((1, 1, rows, 128), 1, codec_k, codec_v, cuda).method
+
     limit_octo, limit_tq = CROSSOVER[("octopus", 128)], CROSSOVER[("turboquant", 128)]
     assert limit_octo != limit_tq  # so the mixed case below tells which limit applies
-    for spec, limit in ((octo, limit_octo), (tq, limit_tq)):
+    for codec, limit in ((octo, limit_octo), (tq, limit_tq)):
         if limit:
-            assert choose_method(limit, spec, spec, cuda) == "fused"
-        assert choose_method(limit + 1, spec, spec, cuda) == "decoded"
-        assert choose_method(1560, spec, spec, cuda) == "decoded"
-    assert choose_method(1, octo, octo, cuda) == ("fused" if limit_octo >= 1 else "decoded")
+            assert method(limit, codec, codec) == "fused"
+        assert method(limit + 1, codec, codec) == "decoded"
+        assert method(1560, codec, codec) == "decoded"
+    assert method(1, octo, octo) == ("fused" if limit_octo >= 1 else "decoded")
     # both codecs must favour the fused kernel: the smaller limit decides
     for rows in (1, 16, max(limit_octo, limit_tq)):
         expected = "fused" if rows <= min(limit_octo, limit_tq) else "decoded"
-        assert choose_method(rows, octo, tq, cuda) == choose_method(rows, tq, octo, cuda) == expected
-    assert choose_method(16, kernels.kernel_spec(get_codec("turboquant", 64, 3)), tq, cuda) == "decoded"  # unmeasured
+        assert method(rows, octo, tq) == method(rows, tq, octo) == expected
+    assert method(16, get_codec("turboquant", 64, 3), tq) == "decoded"  # unmeasured
+
+
+def test_rows_per_kv_head_count_query_heads_per_kv_head_in_either_layout():
+    """Nq * Hq / Hkv query rows share a KV head (GQA): 8 queries x 4 heads over 1 KV head are 32 rows."""
+    tq = get_codec("turboquant", 128, 3)
+    limit = CROSSOVER[("turboquant", 128)]
+    cuda = torch.device("cuda")
+    for layout, shape in ((Layout.BHSD, (1, 4, limit // 4, 128)), (Layout.BSHD, (1, limit // 4, 4, 128))):
+        assert choose_method(shape, 1, tq, tq, cuda, layout).method == "fused"
+        assert choose_method(shape, 1, tq, tq, cuda, layout.value).method == "fused"
+    over = choose_method((1, 4, limit // 4 + 1, 128), 1, tq, tq, cuda)
+    assert over.method == "decoded" and f"over {limit} query rows" in over.reason
+
+
+def test_tensor_level_entries_equal_the_packed_ones_and_trace_without_a_break():
+    """encode_codes / decode_codes / attention_codes / roundtrip: the fields of the packed entries, and
+    one compiled graph (fullgraph) over all of them."""
+    codec = get_codec("octopus", 64, 3)
+    polar = get_codec("polarquant", 64, 4)
+    assert kernels.supports(codec) and not kernels.supports(polar)  # registers both, outside the graph
+    x, q = torch.randn(1, 2, 12, 64), torch.randn(1, 2, 4, 64)
+    packed = kernels.encode(codec, x)
+    codes, norms = kernels.api.encode_codes(codec, x)
+    assert torch.equal(codes, packed.fields["codes"]) and torch.equal(norms, packed.fields["norms"])
+    assert torch.equal(kernels.api.decode_codes(codec, codes, norms, x.dtype), codec.decode(packed))
+    assert torch.equal(kernels.api.roundtrip(polar, x), polar.roundtrip(x))
+
+    def all_entries(t):
+        c, n = kernels.api.encode_codes(codec, t)
+        out = kernels.api.attention_codes(q, c, n, c, n, codec, codec)
+        return out + kernels.api.decode_codes(codec, c, n, t.dtype).mean() + kernels.api.roundtrip(polar, t).mean()
+
+    compiled = torch.compile(all_entries, fullgraph=True, backend="eager")
+    assert_close("compiled entries", all_entries(x), compiled(x), rel_rms=1e-6)
+
+
+def test_kv_roundtrip_op_fake_and_unknown_key():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    codec = get_codec("qjl", 64, 1)
+    key = kernels.ops.register_codec(codec)
+    with FakeTensorMode():
+        y = torch.ops.octopus_diffusers.kv_roundtrip(torch.empty(2, 3, 64, dtype=torch.bfloat16), key)
+        assert y.shape == (2, 3, 64) and y.dtype == torch.bfloat16
+    with pytest.raises(CodecError, match="no codec registered under 'nope'"):
+        torch.ops.octopus_diffusers.kv_roundtrip(torch.zeros(1, 64), "nope")
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

@@ -10,7 +10,7 @@ import torch
 from diffusers import LTXVideoTransformer3DModel
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
-from octopus_diffusers.processors import (QuantizedWanAttnProcessor, StepCounter, quantize_attention,
+from octopus_diffusers.processors import (KVQuantConfig, QuantizedWanAttnProcessor, StepCounter, quantize_attention,
                                           registered_processors)
 
 
@@ -160,8 +160,8 @@ def test_bad_codec_or_bits_fail_before_touching_the_model(tiny_runs):
         quantize_attention(pipe, codec="nope")
     with pytest.raises(CodecError, match="blocks.0.attn1: none: bits must be"):
         quantize_attention(pipe, codec="none", bits=3)
-    with pytest.raises(CodecError, match="octopus: bits"):
-        quantize_attention(pipe, codec="octopus", bits=8)
+    with pytest.raises(CodecError, match=r"octopus: bits=8 .* pass allocation=\(8, 8, 8\)"):
+        quantize_attention(pipe, codec="octopus", bits=8)  # names the allocation to pass
     with pytest.raises(ValueError, match="full_precision_steps"):
         quantize_attention(pipe, codec="none", full_precision_steps=-1)
     assert all(pipe.transformer.attn_processors[k] is v for k, v in originals.items())
@@ -171,8 +171,73 @@ def test_codec_none_needs_no_bits(tiny_runs):
     ref = tiny_runs.reference("wan")
     with quantize_attention(_wan(tiny_runs).pipe, codec="none") as handle:
         assert torch.equal(tiny_runs.output("wan"), ref)
-        assert handle.spec.key_bits is None and handle.report()[0]["codec"] == "none"
-    assert QuantizedWanAttnProcessor(codec="none").codec_spec.value_bits is None
+        assert handle.config.nominal_key_bits is None and handle.report()[0]["codec"] == "none"
+    assert QuantizedWanAttnProcessor(codec="none").kv_config.nominal_value_bits is None
+
+
+def test_octopus_at_8_bits_runs_with_the_allocation_the_error_names(tiny_runs):
+    with quantize_attention(_wan(tiny_runs).pipe, codec="octopus", bits=8, allocation=(8, 8, 8)) as handle:
+        tiny_runs.output("wan")
+        assert handle.config.codec_options == {"allocation": (8, 8, 8)}
+        assert handle.stats()["total"]["bytes_stored"] > 0
+
+
+# ---- the config object -------------------------------------------------------------------------------------
+
+def test_a_config_is_taken_whole_and_keywords_override_its_fields(tiny_runs):
+    """quantize_attention and every processor take one KVQuantConfig; keywords replace fields by name and
+    any other keyword is a codec option. The handle, its quantizers and the processors share it."""
+    pipe = _wan(tiny_runs).pipe
+    config = KVQuantConfig(codec="turboquant", bits=3, value_bits=4, cross_attention=False, seed=7)
+    with quantize_attention(pipe, config) as handle:
+        assert handle.config is config
+        assert {r["kind"] for r in handle.report()} == {"self"}
+        assert all(q.config is config for q in handle.quantizers)
+        assert all(p.kv_config is config for p in pipe.transformer.attn_processors.values()
+                   if isinstance(p, QuantizedWanAttnProcessor))
+        rows = handle.report()
+        assert rows[0]["key_bits"] < rows[0]["value_bits"]
+    with quantize_attention(pipe, config, layers=[1], key_bits=2) as handle:
+        assert handle.config == KVQuantConfig(codec="turboquant", bits=3, key_bits=2, value_bits=4,
+                                              cross_attention=False, layers=(1,), seed=7)
+        assert [r["layer"] for r in handle.report()] == ["blocks.1.attn1"]
+    assert config.replace(bits=4, allocation=(5, 5, 3)).codec_options == {"allocation": (5, 5, 3)}
+    assert config.replace(codec="octopus").nominal_key_bits == 3 and config.nominal_value_bits == 4
+    assert repr(QuantizedWanAttnProcessor(config, seed=1)).startswith(
+        "QuantizedWanAttnProcessor(codec='turboquant', key_bits=3, value_bits=4, seed=1")
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    ({"codec": "nope"}, CodecError, "unknown codec 'nope'"),
+    ({"bits": "3"}, TypeError, "bits must be a number"),
+    ({"self_attention": "no"}, TypeError, "self_attention must be True or False, got 'no'"),
+    ({"full_precision_steps": 1.5}, TypeError, "full_precision_steps must be an int"),
+    ({"full_precision_steps": -1}, ValueError, "full_precision_steps must be >= 0"),
+    ({"seed": 1.9}, TypeError, "seed must be an int, got 1.9"),
+    ({"layers": []}, ValueError, "layers is empty"),
+    ({"layers": [1.5]}, TypeError, "layers: expected block indices"),
+    ({"codec_options": {"seed": 3}}, TypeError, "codec_options: seed are set by the config itself"),
+    ({"codec_options": ("allocation",)}, TypeError, "codec_options must be a mapping"),
+])
+def test_a_bad_config_is_refused_when_made(arguments, error, message):
+    with pytest.raises(error, match=message):
+        KVQuantConfig(**arguments)
+
+
+def test_config_must_be_a_config_not_a_positional_codec(tiny_runs):
+    with pytest.raises(TypeError, match="config must be a KVQuantConfig, got 'turboquant' .*pass codec='turboquant'"):
+        quantize_attention(_wan(tiny_runs).pipe, "turboquant")
+    with pytest.raises(TypeError, match="config must be a KVQuantConfig"):
+        QuantizedWanAttnProcessor({"codec": "none"})
+
+
+def test_quantize_attention_documents_every_config_field():
+    import dataclasses
+
+    doc = quantize_attention.__doc__
+    assert all(f"``{f.name}``" in doc for f in dataclasses.fields(KVQuantConfig) if f.name != "codec_options")
+    assert all(f"{f.name}:" in KVQuantConfig.__doc__ or f"{f.name}," in KVQuantConfig.__doc__
+               for f in dataclasses.fields(KVQuantConfig))
 
 
 def test_layers_that_match_nothing_are_named_with_the_valid_ones(tiny_runs):
@@ -327,7 +392,7 @@ def test_direct_processor_use_matches_quantize_attention(tiny_runs):
     with quantize_attention(transformer, codec="turboquant", bits=3, seed=5, cache_cross_attention=False):
         hooked = transformer(x, t, ehs, return_dict=False)[0]
     try:
-        shared = QuantizedWanAttnProcessor(codec="turboquant", bits=3, seed=5)
+        shared = QuantizedWanAttnProcessor(KVQuantConfig(codec="turboquant", bits=3, seed=5))
         transformer.set_attn_processor(shared)  # one object for every layer: state is kept per module
         assert torch.equal(transformer(x, t, ehs, return_dict=False)[0], hooked)
         assert len(shared.bound_quantizers()) == 4
@@ -335,5 +400,24 @@ def test_direct_processor_use_matches_quantize_attention(tiny_runs):
                      for i, name in enumerate(originals)}
         transformer.set_attn_processor(per_layer)
         assert torch.equal(transformer(x, t, ehs, return_dict=False)[0], hooked)
+    finally:
+        transformer.set_attn_processor(dict(originals))
+
+
+@torch.no_grad()
+def test_direct_use_honours_the_stream_selection_and_refuses_what_needs_the_hook(tiny_runs):
+    transformer = _wan(tiny_runs).denoiser
+    x, t, ehs = _wan_inputs()
+    originals = dict(transformer.attn_processors)
+    try:
+        self_only = QuantizedWanAttnProcessor(codec="turboquant", bits=3, cross_attention=False)
+        transformer.set_attn_processor(self_only)
+        transformer(x, t, ehs, return_dict=False)
+        assert [q.stream.kind for q in self_only.bound_quantizers()] == ["self", "self"]
+        for refused, message in (({"layers": [0]}, "layers= selects modules by name"),
+                                 ({"full_precision_steps": 1}, "full_precision_steps needs the transformer's")):
+            transformer.set_attn_processor(QuantizedWanAttnProcessor(codec="turboquant", bits=3, **refused))
+            with pytest.raises(ValueError, match=message):
+                transformer(x, t, ehs, return_dict=False)
     finally:
         transformer.set_attn_processor(dict(originals))

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from octopus_diffusers.codecs import get_codec
-from octopus_diffusers.processors import quantize_attention
+from octopus_diffusers.kernels.api import Layout
+from octopus_diffusers.processors import KVQuantConfig, KVQuantizer, StreamSpec, quantize_attention
 from octopus_diffusers.processors.kv import packed_bytes_per_vector
+from octopus_diffusers.processors.paths import AttentionArguments, PathChoice
 
 
 def _wan_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -101,3 +104,33 @@ def test_token_group_codec_is_refused_under_compile(tiny_runs, fresh_dynamo):
         compiled = torch.compile(transformer, fullgraph=True, backend="eager")
         with pytest.raises(Exception, match="does not store a fixed size per vector"):
             compiled(*_wan_inputs(), return_dict=False)
+
+
+@pytest.mark.parametrize("layout", [Layout.BHSD, Layout.BSHD])
+@pytest.mark.parametrize("path", ["gpu_decode", "gpu_attention"])
+@torch.no_grad()
+def test_compiled_gpu_paths_trace_through_the_kernels_api_without_a_break(monkeypatch, fresh_dynamo, path, layout):
+    """The GPU paths' compiled code (``kernels.api`` tensor entries, layouts, GQA) forced onto CPU tensors,
+    where the kernels' ops run the reference codecs: one graph, equal to the eager path, same bytes."""
+    config = KVQuantConfig(codec="octopus", bits=3)
+    quantizer = KVQuantizer("layer", StreamSpec("self", "self"), 4, 2, 64, *config.codecs(64, 0), config=config)
+    method = "decoded" if path == "gpu_attention" else None
+    monkeypatch.setattr(quantizer, "choose_path", lambda *a: PathChoice(path, "forced", method))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (layout.from_bhsd(torch.randn(1, h, n, 64, generator=g)).contiguous()
+               for h, n in ((4, 10), (2, 12), (2, 12)))
+    arguments = AttentionArguments(enable_gqa=True)
+
+    def sdpa(qq, kk, vv):
+        out = F.scaled_dot_product_attention(*(layout.to_bhsd(t) for t in (qq, kk, vv)), enable_gqa=True)
+        return layout.from_bhsd(out)
+
+    def attend(qq, kk, vv):
+        return quantizer.attend(qq, kk, vv, sdpa, layout, arguments)
+
+    eager = attend(q, k, v)
+    eager_bytes = quantizer.stats.bytes_stored
+    compiled = torch.compile(attend, fullgraph=True, backend="aot_eager")(q, k, v)
+    assert compiled.shape == q.shape and compiled.stride() == q.stride()
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)
+    assert quantizer.stats.bytes_stored == 2 * eager_bytes

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from octopus_diffusers.codecs import get_codec
-from octopus_diffusers.processors import KVQuantizer, StreamSpec, quantize_attention
+from octopus_diffusers.kernels.api import Layout
+from octopus_diffusers.kernels.dispatch import CROSSOVER
+from octopus_diffusers.processors import KVQuantConfig, KVQuantizer, StreamSpec, quantize_attention
 from octopus_diffusers.processors.paths import AttentionArguments, PathChoice, choose_attention_path
 
 CUDA = torch.device("cuda")
@@ -16,8 +18,10 @@ CPU = torch.device("cpu")
 
 
 def _choose(arguments: AttentionArguments | None = AttentionArguments(), *, device=CUDA, codec="octopus",
-            supported=True, q=(1, 4, 8, 64), k=(1, 4, 8, 64), dtype=torch.float16, layout="BHSD") -> PathChoice:
-    return choose_attention_path(device, codec, supported, arguments, q, k, dtype, layout)
+            supported=True, q=(1, 4, 8, 64), k=(1, 4, 8, 64), dtype=torch.float16, layout=Layout.BHSD) -> PathChoice:
+    bits = {"none": None, "polarquant": 4}.get(codec, 3)
+    key_codec, value_codec = (get_codec(codec, q[-1], bits, seed=s) for s in (0, 1))
+    return choose_attention_path(device, key_codec, value_codec, supported, arguments, q, k, dtype, layout)
 
 
 # ---- the choice (CPU) --------------------------------------------------------------------------------------
@@ -32,7 +36,7 @@ def test_cpu_and_codec_none_and_codecs_without_kernels_take_the_reference():
 
 def test_plain_calls_take_the_gpu_attention_op():
     assert _choose().path == "gpu_attention"
-    assert _choose(layout="BSHD", q=(1, 8, 4, 64), k=(1, 8, 4, 64)).path == "gpu_attention"
+    assert _choose(layout=Layout.BSHD, q=(1, 8, 4, 64), k=(1, 8, 4, 64)).path == "gpu_attention"
     bool_mask = AttentionArguments(attn_mask=torch.ones(1, 1, 8, 8, dtype=torch.bool))
     assert _choose(bool_mask).path == "gpu_attention"
     additive = AttentionArguments(attn_mask=torch.zeros(8, 8))  # broadcasts to (B, H, Nq, Nkv)
@@ -54,7 +58,27 @@ def test_plain_calls_take_the_gpu_attention_op():
 ])
 def test_calls_the_gpu_attention_op_cannot_take_are_decoded_on_the_gpu(arguments, k, why):
     choice = _choose(arguments, k=k)
-    assert choice.path == "gpu_decode" and why in choice.reason, choice
+    assert choice.path == "gpu_decode" and why in choice.reason and choice.method is None, choice
+
+
+@pytest.mark.parametrize("layout", [Layout.BHSD, Layout.BSHD])
+def test_the_path_choice_carries_the_kernel_method_and_one_reason(layout):
+    """One decision: the gpu_attention path comes with the measured crossover's method (TurboQuant fused
+    up to its limit in query rows per KV head, here 4 query heads over 2 KV heads), the reason naming
+    both; the other paths carry no method."""
+    limit = CROSSOVER[("turboquant", 128)]
+
+    def shape(nq, heads):
+        return (1, heads, nq, 128) if layout is Layout.BHSD else (1, nq, heads, 128)
+
+    args = AttentionArguments(enable_gqa=True)
+    few = _choose(args, codec="turboquant", q=shape(limit // 2, 4), k=shape(50, 2), layout=layout)
+    many = _choose(args, codec="turboquant", q=shape(limit // 2 + 1, 4), k=shape(50, 2), layout=layout)
+    assert (few.path, few.method) == ("gpu_attention", "fused") and "plain attention call; fused kernel" in few.reason
+    assert (many.path, many.method) == ("gpu_attention", "decoded") and "decode, then SDPA" in many.reason
+    octopus = _choose(args, q=shape(1, 4), k=shape(50, 2), layout=layout)  # 2 rows per KV head
+    assert octopus.method == ("fused" if 2 <= CROSSOVER[("octopus", 128)] else "decoded")
+    assert _choose(device=CPU).method is None and _choose(codec="none").method is None
 
 
 def test_attention_arguments_from_sdpa_and_dispatcher_calls():
@@ -72,17 +96,18 @@ def test_attention_arguments_from_sdpa_and_dispatcher_calls():
         AttentionArguments.from_call((None,) * 6, {})
 
 
-def _quantizer(codec: str, head_dim: int, bits: float | None = 3, kv_heads: int = 2) -> KVQuantizer:
-    k, v = (get_codec(codec, head_dim, bits, seed=s) for s in (0, 1))
-    return KVQuantizer("layer", StreamSpec("self", "self"), 2 * kv_heads, kv_heads, head_dim, k, v)
+def _quantizer(codec: str, head_dim: int, bits: float | None = 3, kv_heads: int = 2, **options) -> KVQuantizer:
+    config = KVQuantConfig(codec=codec, bits=bits, **options)
+    return KVQuantizer("layer", StreamSpec("self", "self"), 2 * kv_heads, kv_heads, head_dim,
+                       *config.codecs(head_dim, 0), config=config)
 
 
 def test_kernel_support_per_codec_and_head_dim():
-    assert _quantizer("octopus", 64).kernel_specs() is not None
-    assert _quantizer("turboquant", 128).kernel_specs() is not None
-    assert _quantizer("octopus", 16).kernel_specs() is None  # kernels take head_dim 64 and 128
-    assert _quantizer("polarquant", 64, bits=4).kernel_specs() is None
-    assert _quantizer("none", 64, bits=None).kernel_specs() is None
+    assert _quantizer("octopus", 64).kernels_support
+    assert _quantizer("turboquant", 128).kernels_support
+    assert not _quantizer("octopus", 16).kernels_support  # kernels take head_dim 64 and 128
+    assert not _quantizer("polarquant", 64, bits=4).kernels_support
+    assert not _quantizer("none", 64, bits=None).kernels_support
 
 
 def test_gpu_encode_kernel_choice_follows_dtype_and_exact_gpu_codes():
@@ -90,8 +115,7 @@ def test_gpu_encode_kernel_choice_follows_dtype_and_exact_gpu_codes():
     assert fast.fused_rotation(torch.empty(1, dtype=torch.float16))
     assert fast.fused_rotation(torch.empty(1, dtype=torch.bfloat16))
     assert not fast.fused_rotation(torch.empty(1))  # float32 always takes the exact kernel
-    k, v = (get_codec("octopus", 64, 3, seed=s) for s in (0, 1))
-    exact = KVQuantizer("layer", StreamSpec("self", "self"), 4, 2, 64, k, v, exact_gpu_codes=True)
+    exact = _quantizer("octopus", 64, exact_gpu_codes=True)
     assert not exact.fused_rotation(torch.empty(1, dtype=torch.float16))
 
 
@@ -100,12 +124,11 @@ def test_quantize_attention_passes_exact_gpu_codes_to_every_quantizer():
 
     transformer = tiny._tiny_wan_transformer(attention_head_dim=64)
     with quantize_attention(transformer, codec="octopus", bits=3, exact_gpu_codes=True) as handle:
-        assert handle.quantizers and all(q.exact_gpu_codes for q in handle.quantizers)
-        assert all(p.codec_spec.exact_gpu_codes for p in {id(m.processor): m.processor
-                                                          for m in transformer.modules()
-                                                          if hasattr(m, "processor")}.values())
+        processors = [m.processor for m in transformer.modules() if hasattr(m, "processor")]
+        assert handle.quantizers and all(q.config is handle.config for q in handle.quantizers)
+        assert all(p.kv_config is handle.config for p in processors) and handle.config.exact_gpu_codes
     with quantize_attention(transformer, codec="octopus", bits=3) as handle:
-        assert not any(q.exact_gpu_codes for q in handle.quantizers)
+        assert not any(q.config.exact_gpu_codes for q in handle.quantizers)
     with pytest.raises(TypeError, match="exact_gpu_codes must be True or False"):
         quantize_attention(transformer, codec="octopus", bits=3, exact_gpu_codes="yes")
 
@@ -153,8 +176,6 @@ def test_cpu_attend_runs_the_reference_and_records_the_choice():
 def test_gpu_path_code_on_cpu_tensors_equals_the_reference(monkeypatch, path, layout):
     """The GPU paths' own code (kernels.encode/decode/attention calls, layouts, GQA, mask, counters)
     forced onto CPU tensors, where the kernels' ops run the reference codecs: equal to the reference."""
-    from octopus_diffusers.kernels import kernel_spec
-
     quantizer = _quantizer("octopus", 64)
     torch.manual_seed(0)
     q, k, v = torch.randn(1, 4, 10, 64), torch.randn(1, 2, 12, 64), torch.randn(1, 2, 12, 64)
@@ -171,9 +192,8 @@ def test_gpu_path_code_on_cpu_tensors_equals_the_reference(monkeypatch, path, la
 
     reference = quantizer.attend(q, k, v, sdpa, layout, arguments)
     reference_stats = quantizer.stats.bytes_stored
-    specs = (kernel_spec(quantizer.key_codec), kernel_spec(quantizer.value_codec))
-    monkeypatch.setattr(quantizer, "kernel_specs", lambda: specs)
-    monkeypatch.setattr(quantizer, "choose_path", lambda *a: PathChoice(path, "forced"))
+    method = "decoded" if path == "gpu_attention" else None
+    monkeypatch.setattr(quantizer, "choose_path", lambda *a: PathChoice(path, "forced", method))
     out = quantizer.attend(q, k, v, sdpa, layout, arguments)
     assert out.shape == q.shape and out.stride() == q.stride()
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-6)
@@ -268,7 +288,7 @@ def test_fast_and_exact_gpu_encode_agree_on_fp16(codec):
     k, v = (get_codec(codec, 128, 3, seed=s) for s in (0, 1))
     key = torch.randn(2, 300, 4, 128, device=CUDA, dtype=torch.float16)
     fast = KVQuantizer("l", StreamSpec("self", "self"), 4, 4, 128, k, v)
-    exact = KVQuantizer("l", StreamSpec("self", "self"), 4, 4, 128, k, v, exact_gpu_codes=True)
+    exact = KVQuantizer("l", StreamSpec("self", "self"), 4, 4, 128, k, v, config=KVQuantConfig(exact_gpu_codes=True))
     pk, _ = fast.encode(key, key, "BSHD", gpu=True)
     ek, _ = exact.encode(key, key, "BSHD", gpu=True)
     assert pk.shape == ek.shape == (2, 4, 300, 128)

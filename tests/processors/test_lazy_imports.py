@@ -85,7 +85,9 @@ def test_top_level_names_are_the_real_objects():
     assert octopus_diffusers.quantize_attention is octopus_diffusers.processors.quantize_attention
     assert octopus_diffusers.QuantizedAttentionHandle is octopus_diffusers.processors.QuantizedAttentionHandle
     assert octopus_diffusers.get_codec is octopus_diffusers.codecs.get_codec
-    assert "full_precision_steps" in inspect.signature(octopus_diffusers.quantize_attention).parameters
+    assert octopus_diffusers.KVQuantConfig is octopus_diffusers.processors.KVQuantConfig
+    assert list(inspect.signature(octopus_diffusers.quantize_attention).parameters) == ["pipe_or_model", "config",
+                                                                                        "overrides"]
     assert octopus_diffusers.quantize_attention.__doc__.startswith("Quantize the attention K/V")
     assert set(octopus_diffusers.__all__) <= set(dir(octopus_diffusers))
     assert all(getattr(octopus_diffusers, name) is not None for name in octopus_diffusers.__all__)
