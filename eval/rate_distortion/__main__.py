@@ -29,8 +29,8 @@ import torch
 
 from octopus_diffusers.codecs import available_codecs
 
-from .analysis import (GRID_CODECS, SIZES, BenchSize, allocation_sweep, benchmark_variants, grid_summary,
-                       matched_grid, matched_rows, reproduction, run_codecs)
+from .analysis import (GRID_CODECS, SIZES, BenchSize, against_grid_codec, allocation_sweep, benchmark_variants,
+                       grid_summary, matched_grid, matched_rows, reproduction, run_codecs)
 from .datasets import REAL_KINDS, RDDataset, minilm_dataset, real_dataset, synthetic_dataset
 from .peers import PEER_DATASETS, peer_comparison
 
@@ -121,6 +121,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                      for ds in datasets],
         "rows": rows, "skipped": skipped, "matched": matched_rows(rows), "sweep": sweep,
         "reproduction": repro, "grid": grid, "grid_summary": grid_summary(grid) if grid else None,
+        "against_triplet_vq": against_grid_codec(rows, grid) if grid else None,
         "peers": None if peers is None else peers[0], "peer_notes": None if peers is None else peers[1],
     }
     write_outputs(results, Path(args.out))

@@ -536,3 +536,25 @@ def grid_summary(grid: Sequence[dict]) -> list[dict]:
                 and r["ratio_vs_turboquant"] is not None}
             out.append(entry)
     return out
+
+
+def against_grid_codec(rows: Sequence[dict], grid: Sequence[dict], codec: str = "triplet_vq") -> list[dict]:
+    """Every measured configuration (the nominal-rate rows, any codec) against ``codec``'s best grid point
+    of the same dataset at an equal or lower true rate: ``distortion_ratio`` and ``attn_ratio`` are the
+    configuration's relative MSE / attention-output error over that point's (< 1: it beats ``codec``
+    while storing at least as many bits). Configurations above the grid's highest rate are left out.
+    Whether any codec at its own settings does better than the grid's leader, not only TurboQuant."""
+    out = []
+    for row in rows:
+        if row["registry_name"] in (codec, "none"):
+            continue
+        grid_points = [g for g in grid if g["dataset"] == row["dataset"] and g["codec"] == codec]
+        mine = [g for g in grid_points if g["bits_per_scalar"] <= row["bits_per_scalar"] + 1e-9]
+        if not mine or row["bits_per_scalar"] > max(g["bits_per_scalar"] for g in grid_points) + 1e-9:
+            continue  # below or above the grid's range: nothing measured to compare with
+        best = min(mine, key=lambda g: g["distortion"])
+        out.append({"dataset": row["dataset"], "codec": row["codec"], "bits_nominal": row["bits_nominal"],
+                    "bits_per_scalar": row["bits_per_scalar"], f"{codec}_bits": best["bits_per_scalar"],
+                    "distortion_ratio": row["distortion"] / best["distortion"] if best["distortion"] > 0 else None,
+                    "attn_ratio": row["attn_rel_err"] / best["attn_rel_err"] if best["attn_rel_err"] > 0 else None})
+    return out

@@ -46,6 +46,8 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     if grid:
         _write_csv(out / "matched_grid.csv", grid)
         _write_csv(out / "matched_grid_summary.csv", results["grid_summary"])
+        if results.get("against_triplet_vq"):
+            _write_csv(out / "against_triplet_vq.csv", results["against_triplet_vq"])
         plots += [plot_grid(grid, label, out / f"matched_{label}.png")
                   for label in dict.fromkeys(r["dataset"] for r in grid)]
     plots += [plot_dataset(results["rows"], label, out / f"rd_{label}.png")
@@ -224,6 +226,22 @@ def _grid_lines(summary: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _against_lines(rows: Sequence[dict], codec: str) -> list[str]:
+    """Which configurations of other codecs beat ``codec`` at an equal or lower true rate, per metric."""
+    if not rows:
+        return []
+    lines = []
+    for key, what in (("distortion_ratio", "relative MSE"), ("attn_ratio", "attention-output error")):
+        wins = [r for r in rows if r[key] is not None and r[key] < 1]
+        line = (f"- Every other codec at its own nominal settings against {codec} at an equal or lower true rate, "
+                f"{what}: lower at {len(wins)} of {sum(r[key] is not None for r in rows)} configurations")
+        if wins:
+            line += " (" + ", ".join(f"{r['dataset']} {r['codec']} at {r['bits_per_scalar']:.3g} bits: "
+                                     f"{r[key]:.2f}x" for r in wins) + ")"
+        lines.append(line + ".")
+    return lines + [""]
+
+
 def _grid_losses(grid: Sequence[dict], codec: str) -> list[str]:
     """Where ``codec`` is not at or below both TurboQuant-mse and TurboQuant-mixed-radix."""
     mine = [r for r in grid if r["codec"] == codec and r["ratio_vs_turboquant"] is not None]
@@ -271,6 +289,7 @@ def _headline(results: dict[str, Any]) -> list[str]:
                   "ratio = the codec's relative MSE / the reference's at the same true rate, < 1 wins):", ""]
         lines += _grid_lines(results["grid_summary"]) + [""]
         lines += _grid_losses(results["grid"], "triplet_vq")
+        lines += _against_lines(results.get("against_triplet_vq") or [], "triplet_vq")
     repro = results["reproduction"] or []
     if repro:
         worst = max(repro, key=lambda r: abs(r["rel_diff"]))

@@ -246,3 +246,16 @@ def test_real_datasets_are_choices_of_the_command_line():
     args = build_parser().parse_args(["--out", "x", "--datasets", *REAL_KINDS])
     assert args.datasets == list(REAL_KINDS)
     assert build_parser().parse_args(["--out", "x"]).datasets == ["unit", "outlier", "minilm"]
+
+
+def test_every_configuration_is_compared_with_the_grid_leader_at_an_equal_or_lower_rate():
+    grid = [{"dataset": "d", "codec": "triplet_vq", "bits_per_scalar": b, "distortion": dist, "attn_rel_err": att}
+            for b, dist, att in ((2.0, 0.10, 0.20), (3.0, 0.03, 0.08), (4.0, 0.01, 0.05))]
+    rows = [{"dataset": "d", "codec": c, "registry_name": c, "bits_nominal": b, "bits_per_scalar": b,
+             "distortion": dist, "attn_rel_err": att}
+            for c, b, dist, att in (("uniform", 3.5, 0.05, 0.04), ("turboquant", 1.5, 0.2, 0.3),
+                                    ("turboquant", 4.5, 0.001, 0.001), ("triplet_vq", 3.0, 0.03, 0.08))]
+    got = analysis.against_grid_codec(rows, grid)
+    assert len(got) == 1  # below and above the grid's range, and triplet_vq itself, are left out
+    assert got[0]["triplet_vq_bits"] == 3.0  # the best point within 3.5 bits
+    assert got[0]["distortion_ratio"] == pytest.approx(0.05 / 0.03) and got[0]["attn_ratio"] == pytest.approx(0.5)
