@@ -20,6 +20,7 @@ def test_windows_and_variants():
         parse_variants(["octopus-3", "octopus:3"])
 
 
+@pytest.mark.slow  # ~13 s on 2 shared cores
 def test_run_causal_writes_the_folder(tmp_path):
     out = run_causal(tmp_path / "run", codecs=["turboquant-2", "none-16"], num_chunks=2, seed=0)
     names = {p.name for p in out.iterdir()}

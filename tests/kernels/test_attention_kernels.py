@@ -87,8 +87,8 @@ def test_fused_select_lookup_matches_reference(name, bits):
     assert_close("out", ref, out)
 
 
-@pytest.mark.slow  # TurboQuant: ~7 s under the interpreter on 2 shared cores (in-kernel tf32x3 rotation)
-@pytest.mark.parametrize("name", ["octopus", "turboquant"])
+# TurboQuant: ~7 s under the interpreter on 2 shared cores (in-kernel tf32x3 rotation)
+@pytest.mark.parametrize("name", ["octopus", pytest.param("turboquant", marks=pytest.mark.slow)])
 def test_rotated_output_is_the_reference_rotated_attention_and_fully_written(name):
     """Before ``R_v``, the kernel's per-split outputs merge to ``reference.rotated_attention`` (OCTOPUS
     values: in plane layout), and every element of the output buffer, plane padding included, is

@@ -39,6 +39,7 @@ def test_mapped_model_matches_onnxruntime(dinov2, image) -> None:
     assert module.check_against_onnxruntime(model, image) < module.ORT_TOLERANCE
 
 
+@pytest.mark.slow  # ~10 s on 2 shared cores
 def test_codecs_on_kv(dinov2, image) -> None:
     module, model = dinov2
     from octopus_diffusers.codecs import get_codec

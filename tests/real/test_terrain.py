@@ -106,6 +106,7 @@ def _require_terrain() -> None:
             pytest.skip(f"{module} is not installed: pip install onnx; pip install --no-deps onnx2torch==1.5.15")
 
 
+@pytest.mark.slow  # ~8 s on 2 shared cores
 def test_terrain_conversion_matches_onnxruntime() -> None:
     _require_terrain()
     ort = pytest.importorskip("onnxruntime")
@@ -122,6 +123,7 @@ def test_terrain_conversion_matches_onnxruntime() -> None:
     assert float((ours - torch.from_numpy(ref)).abs().max()) < 1e-4
 
 
+@pytest.mark.slow  # ~24 s on 2 shared cores
 def test_terrain_one_sample_per_codec() -> None:
     _require_terrain()
     from octopus_diffusers.eval.real import terrain
