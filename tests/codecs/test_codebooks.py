@@ -74,7 +74,7 @@ def test_polar_codebooks_are_lloyd_fixed_points(level, bits):
     assert np.max(np.abs(pts.step(c) - c)) < OPTIMALITY_TOL + GRID_STEP
 
 
-@pytest.mark.slow  # 20-30 s on 2 shared cores: rebuilds every shipped codebook
+@pytest.mark.slow  # 5-30 s on 2 shared cores (load-dependent): rebuilds every shipped codebook
 def test_build_script_reproduces_shipped_files_and_octopus_optimality(tmp_path):
     """Regenerate head_dim 6 with the real script; the shipped codebooks come back (bit-identical on
     the same platform; 1e-6 allows for another CPU's float rounding), and they are Lloyd fixed points

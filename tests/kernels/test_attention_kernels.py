@@ -87,7 +87,7 @@ def test_fused_select_lookup_matches_reference(name, bits):
     assert_close("out", ref, out)
 
 
-# TurboQuant: ~7 s under the interpreter on 2 shared cores (in-kernel tf32x3 rotation)
+# TurboQuant: 5-9 s under the interpreter on 2 shared cores (in-kernel tf32x3 rotation)
 @pytest.mark.parametrize("name", ["octopus", pytest.param("turboquant", marks=pytest.mark.slow)])
 def test_rotated_output_is_the_reference_rotated_attention_and_fully_written(name):
     """Before ``R_v``, the kernel's per-split outputs merge to ``reference.rotated_attention`` (OCTOPUS
@@ -164,7 +164,7 @@ def test_field_groups_cover_byte_aligned_widths_only():
         (8, 1), (4, 1), (8, 3), (2, 1), (0, 0), (4, 3), (1, 1)]
 
 
-@pytest.mark.slow  # 8-9 s per layout under the interpreter on 2 shared cores (in-kernel tf32x3 rotations)
+@pytest.mark.slow  # 6-18 s per layout under the interpreter on 2 shared cores (in-kernel tf32x3 rotations)
 @pytest.mark.parametrize("layout", ["BHSD", "BSHD"])
 def test_fused_epilogue_matches_torch_epilogue(layout):
     """The kernel's own query/output rotations and the one-launch split merge (few-query path) give
