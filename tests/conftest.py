@@ -1,4 +1,5 @@
-"""Test setup: Triton kernels run through the interpreter when there is no GPU."""
+"""Test setup: Triton kernels through the interpreter when there is no GPU (with its numpy fix),
+``tests/`` on the path for ``helpers``, the NaN canary on the package's allocations, GPU skips."""
 
 import os
 
