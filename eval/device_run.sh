@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run on the lent GPU machine (which has torch/triton but not diffusers nor this package):
 #   bash eval/device_run.sh tests|bench|both [extra benchmark args...]
+#   bash eval/device_run.sh train   (the two small models of octopus_diffusers.training, on the dataset
+#                                    files in .train/ built here with `python -m octopus_diffusers.training data`)
 # Installs the carried wheels (.whl: diffusers, importlib_metadata, soundfile) into /tmp/site, lays the
 # package out as it installs (kernels/ -> octopus_diffusers/kernels, ...) under /tmp/pkg, then runs the
 # GPU tests and/or the kernel benchmark, writing logs and JSON under $OUT (or ./device_out).
@@ -39,5 +41,17 @@ if [ "$what" = bench ] || [ "$what" = both ]; then
   { header "kernel benchmark $*"
     python3 -m octopus_diffusers.eval.kernel_benchmark --out "$out/bench.json" --record "$out/results.csv" "$@" 2>&1
   } | tee "$out/bench.log"
+fi
+if [ "$what" = train ]; then
+  cd /tmp
+  runs=/tmp/train && mkdir -p "$runs"
+  { header "training: video then audio"
+    timeout 330 python3 -m octopus_diffusers.training video --data "$root/.train/video.safetensors" \
+      --out "$runs/video" --export "$runs/video_model" --steps "${VIDEO_STEPS:-6000}" --batch-size 32 --max-seconds 270 2>&1 | grep -v "it/s]$"
+    timeout 220 python3 -m octopus_diffusers.training audio --data "$root/.train/speech.safetensors" \
+      --out "$runs/audio" --export "$runs/audio_model" --steps "${AUDIO_STEPS:-5000}" --batch-size 64 --max-seconds 170 2>&1 | grep -v "it/s]$"
+  } | tee "$out/train.log"
+  # $OUT takes 8 files: everything but the optimizer checkpoints travels back as one archive.
+  tar czf "$out/train.tgz" -C "$runs" --exclude checkpoint.pt . || rc=1
 fi
 exit $rc

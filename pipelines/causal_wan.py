@@ -146,7 +146,7 @@ class CausalWanGenerator:
         return (video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
 
 
-class _BlockCausalProcessor:
+class BlockCausalAttnProcessor:
     """diffusers' ``WanAttnProcessor`` with a boolean mask on self-attention (set per call)."""
 
     def __init__(self) -> None:
@@ -180,7 +180,7 @@ def block_causal_reference(generator: CausalWanGenerator, prompt_embeds: torch.T
     sigmas = generator.schedule.sigmas()
     chunk_tokens = generator.chunk_frames * generator.frame_tokens(latent_size)
     saved = dict(transformer.attn_processors)
-    processor = _BlockCausalProcessor()
+    processor = BlockCausalAttnProcessor()
     transformer.set_attn_processor(processor)
     try:
         clean: list[torch.Tensor] = []
@@ -228,5 +228,5 @@ def tiny_prompt_embeds(batch: int = 1, seed: int = 1234) -> torch.Tensor:
     return torch.randn(batch, *TINY_TEXT, generator=torch.Generator().manual_seed(seed))
 
 
-__all__ = ["CausalResult", "CausalSchedule", "CausalWanGenerator", "TINY_LATENT", "block_causal_mask",
+__all__ = ["BlockCausalAttnProcessor", "CausalResult", "CausalSchedule", "CausalWanGenerator", "TINY_LATENT", "block_causal_mask",
            "block_causal_reference", "build_tiny_causal_wan", "tiny_prompt_embeds"]
