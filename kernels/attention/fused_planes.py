@@ -1,9 +1,10 @@
 """EXPERIMENTAL: the fused attention loop for OCTOPUS codes, as x/y/z planes (jit code).
 
-Never chosen by :func:`..dispatch.choose_method` (OCTOPUS decode-then-attend was faster at every
-measured shape: docs/kernels/benchmark.md, crossover); reached only by ``method="fused"`` and the
-benchmark, which measures it against decode-then-attend. Kept correct (tests/kernels) so that a later
-GPU pass can take it up; production fused attention is the TurboQuant kernel of :mod:`.fused`.
+Never chosen by :func:`..api.choose_method` (OCTOPUS decode-then-attend was faster at every measured
+shape: docs/kernels/results.csv, crossover, 2026-11-23 d69f2f6 and 2026-12-02 d433c21); reached only by
+``method="fused"`` and the benchmark, which measures it against decode-then-attend. Kept correct
+(tests/kernels) so that a later GPU pass can take it up; production fused attention is the TurboQuant
+kernel of :mod:`.fused`.
 
 OCTOPUS triplets do not fit power-of-two tiles, so its vectors are handled as three planes (x, y, z
 coordinates of the ``ceil(d/3)`` triplets, each padded to ``TP`` = 64 for d = 128 or 32 for d = 64,
