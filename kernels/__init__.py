@@ -20,7 +20,7 @@ Layout (one folder per op, jit code beside its launcher; fla's ``ops/<op>/`` pat
 * :mod:`.octopus` and :mod:`.turboquant`: ``encode`` and ``decode`` kernels per codec;
 * :mod:`.attention`: ``decoded`` (decode, then SDPA) and ``fused`` (TurboQuant codes decoded inside
   the loop; host side and tile table in ``fused_launch``; OCTOPUS planes in the experimental
-  ``fused_planes``); :mod:`.dispatch` picks one from measured crossover data;
+  ``fused_planes``); :func:`.api.choose_method` picks one from the measured crossover (:mod:`.dispatch`);
 * :mod:`.tl`: Triton building blocks (``helpers``, ``exact``).
 
 ``octopus_diffusers.eval.kernel_benchmark`` measures everything on a GPU (docs/kernels/benchmark.md).
