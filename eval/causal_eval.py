@@ -18,6 +18,8 @@ Run folder (written to a temporary sibling and renamed, so a failed run leaves n
     report.md         the tables, side by side, sorted by true bits per scalar
     drift.png         per-frame PSNR over time, one line per variant
     psnr_vs_bits.png  windowed PSNR against true bits per scalar, one line per codec (matched-rate view)
+    side_by_side*.mp4 the dense-cache baseline beside every variant (one file per target rate), with
+                      amplified differences
 
 Entry point for the CLI: :func:`run_causal`. Command line: ``python -m octopus_diffusers.eval.causal_eval OUT``.
 """
@@ -44,7 +46,7 @@ from octopus_diffusers.pipelines.run_folder import to_jsonable, write_json
 #: Time windows of the summaries, in seconds: [start, end); None = end of the video.
 WINDOWS: tuple[tuple[float, float | None], ...] = ((0.0, 2.0), (2.0, 5.0), (5.0, None))
 RESULTS_FORMAT = "octopus-diffusers-causal/1"
-MODELS = ("tiny", "self-forcing", "causvid")
+MODELS = ("tiny", "clips", "self-forcing", "causvid")
 #: Denoising timesteps per chunk of the public checkpoints (Self-Forcing: 4 steps; CausVid: 3). Not verified
 #: against the released config files here (none are reachable): check them against your checkpoint's config.
 MODEL_SCHEDULES = {"self-forcing": CausalSchedule((1000.0, 750.0, 500.0, 250.0), shift=5.0),
@@ -52,19 +54,44 @@ MODEL_SCHEDULES = {"self-forcing": CausalSchedule((1000.0, 750.0, 500.0, 250.0),
 #: Wan2.1 at 480x832: a 60x104 latent; 16 fps video.
 REAL_LATENT, REAL_FPS = (60, 104), 16
 TINY_FPS = 8
+#: The shipped model trained on the real clips: every 2nd frame of 25 fps video.
+CLIPS_FPS = 12.5
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One compressed-cache configuration: codec at nominal bits (``none`` = exact copies)."""
+    """One compressed-cache configuration: codec at nominal bits (``none`` = exact copies), with the
+    codec options and label of a matched-rate setting (:func:`matched_variants`)."""
 
     codec: str
     bits: float
+    options: tuple[tuple[str, Any], ...] = ()
+    label: str | None = None
+    target_rate: float | None = None
 
     @property
     def name(self) -> str:
         # none keeps exact copies in the model's dtype whatever ``bits`` says: its true rate is in the report
-        return "none-exact" if self.codec == "none" else f"{self.codec}-{self.bits:g}b"
+        if self.codec == "none":
+            return "none-exact"
+        return f"{self.codec}-{self.label}" if self.label else f"{self.codec}-{self.bits:g}b"
+
+
+def matched_variants(codecs: Sequence[str], head_dim: int, targets: Sequence[float]) -> list[Variant]:
+    """Per codec and target true rate, the setting whose codec rate at ``head_dim`` is closest
+    (:func:`~octopus_diffusers.pipelines.rates.match_rate`); ``none`` once; unmatched pairs left out."""
+    from octopus_diffusers.pipelines.rates import match_rate
+
+    out = [Variant("none", 16.0)] if "none" in codecs else []
+    for codec in (c for c in codecs if c != "none"):
+        for target in targets:
+            setting = match_rate(codec, head_dim, float(target))
+            if setting is not None:
+                out.append(Variant(codec, setting.bits, tuple(sorted(setting.options.items())), setting.label,
+                                   float(target)))
+    if len({v.name for v in out}) != len(out):
+        raise ValueError(f"matched variants collide: {[v.name for v in out]} (targets too close)")
+    return out
 
 
 def parse_variants(codecs: Sequence[str | tuple[str, float]]) -> list[Variant]:
@@ -138,6 +165,14 @@ def load_causal_model(model: str, weights: str | Path | None = None, device: str
     """
     if model not in MODELS:
         raise ValueError(f"unknown causal model {model!r}; choose one of {', '.join(MODELS)}")
+    if model == "clips":
+        from octopus_diffusers.training.causal_video import WEIGHTS_DIR, load_trained
+
+        trained = load_trained(Path(weights) if weights is not None else WEIGHTS_DIR, device=device,
+                               dtype=dtype or torch.float32)
+        return CausalModel(trained.generator(), trained.caption_embeds, trained.latent_size, CLIPS_FPS,
+                           f"Wan trained here on {', '.join(trained.clip_names)} (3x64 heads, 4 layers, 64x64 "
+                           "pixels; see its model card)")
     if model == "tiny":
         from octopus_diffusers.pipelines.causal_wan import TINY_LATENT, build_tiny_causal_wan, tiny_prompt_embeds
 
@@ -197,38 +232,47 @@ def run_causal(out_dir: str | Path, *, codecs: Sequence[str | tuple[str, float]]
                "octopus-4", "turboquant-2", "turboquant-3", "turboquant-4"), model: str = "tiny",
                weights: str | Path | None = None, num_chunks: int = 5, seed: int = 0, device: str = "cpu",
                sink_chunks: int = 1, keep_newest: int = 1, local_attn_size: int | None = None,
-               dtype: torch.dtype | None = None) -> Path:
+               dtype: torch.dtype | None = None, rates: Sequence[float] | None = None) -> Path:
     """Generate with the uncompressed cache and each codec variant, compare over time, write the run
-    folder ``out_dir`` (must not exist or be empty) and return its path."""
+    folder ``out_dir`` (must not exist or be empty) and return its path. With ``rates``, ``codecs`` are
+    codec names and each runs at the setting matched to every target true rate (bits per scalar)."""
     from octopus_diffusers.env import environment
     from octopus_diffusers.eval.video_metrics import video_metrics
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty")
-    variants = parse_variants(codecs)
-    policies = {v.name: CachePolicy(codec=v.codec, bits=v.bits, sink_chunks=sink_chunks, keep_newest=keep_newest,
-                                    local_attn_size=local_attn_size) for v in variants}  # bad codecs fail here
     if num_chunks < 1:
         raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+    if rates is None:
+        variants = parse_variants(codecs)
+    else:
+        for name in codecs:
+            CachePolicy(codec=name)                                     # unknown codecs fail before loading
     loaded = load_causal_model(model, weights, device, dtype)
     gen = loaded.generator
+    if rates is not None:
+        variants = matched_variants(list(codecs), gen.head_dim, rates)
+    policies = {v.name: CachePolicy(codec=v.codec, bits=v.bits, codec_options=dict(v.options), sink_chunks=sink_chunks,
+                                    keep_newest=keep_newest, local_attn_size=local_attn_size) for v in variants}
     base_cache = (gen.dense_cache(loaded.latent_size, num_chunks, local_attn_size, sink_chunks)
                   if local_attn_size else gen.dense_cache(loaded.latent_size, num_chunks))
     baseline = _generate(loaded, base_cache, num_chunks, seed)
     ref = baseline.pop("video")
     num_frames = ref.shape[0] * ref.shape[1]
     windows = frame_windows(ref.shape[1], loaded.fps)
-    rows = []
+    rows, videos = [], {}
     for v in variants:
         run = _generate(loaded, gen.compressed_cache(policies[v.name], loaded.latent_size), num_chunks, seed)
-        metrics = video_metrics(ref, run.pop("video"), lpips="auto")
+        videos[v.name] = run.pop("video")
+        metrics = video_metrics(ref, videos[v.name], lpips="auto")
         codec_rate = None
         if v.codec != "none":
             from octopus_diffusers.codecs import get_codec
 
-            codec_rate = get_codec(v.codec, gen.head_dim, v.bits).bits_per_scalar
-        rows.append({"name": v.name, "codec": v.codec, "bits": v.bits, "codec_bits_per_scalar": codec_rate,
+            codec_rate = get_codec(v.codec, gen.head_dim, v.bits, **dict(v.options)).bits_per_scalar
+        rows.append({"name": v.name, "codec": v.codec, "bits": v.bits, "options": dict(v.options),
+                     "target_rate": v.target_rate, "codec_bits_per_scalar": codec_rate,
                      "policy": policies[v.name].to_dict(), **run, "metrics": metrics.to_dict(),
                      "windows": _windowed(metrics.per_frame, windows)})
     rows.sort(key=lambda r: (r["cache"]["bits_per_scalar"], r["name"]))
@@ -243,6 +287,7 @@ def run_causal(out_dir: str | Path, *, codecs: Sequence[str | tuple[str, float]]
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         _write_outputs(tmp, results)
+        _write_videos(tmp, ref, videos, rows, loaded.fps)
         if out_dir.exists():
             out_dir.rmdir()
         tmp.rename(out_dir)
@@ -260,6 +305,7 @@ def _summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     base = results["baseline"]
     for r in [{"name": "baseline (dense cache)", "codec": "-", "bits": None, **base}] + results["variants"]:
         row = {"variant": r["name"], "codec": r["codec"], "nominal_bits": r.get("bits"),
+               "target_rate": r.get("target_rate"),
                "true_bits_per_scalar": r["cache"]["bits_per_scalar"], "codec_bits_per_scalar": r.get("codec_bits_per_scalar"),
                "cache_bytes": r["cache"]["nbytes"], "bf16_bytes": r["cache"]["bf16_nbytes"],
                "peak_memory_bytes": r["peak_memory_bytes"],
@@ -281,6 +327,25 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def _write_videos(folder: Path, ref: torch.Tensor, videos: dict[str, torch.Tensor], rows: list[dict[str, Any]],
+                  fps: float) -> None:
+    """``side_by_side_<rate>.mp4`` per target rate (``side_by_side.mp4`` for nominal-bits runs): the
+    baseline and each variant, the batch's videos side by side in each tile, with amplified differences."""
+    from octopus_diffusers.eval.render import side_by_side_video
+
+    def strip(video: torch.Tensor) -> torch.Tensor:   # (B, F, C, H, W) -> (F, C, H, B * W)
+        return torch.cat(list(video.float().cpu()), dim=-1)
+
+    groups: dict[float | None, list[str]] = {}
+    for r in rows:
+        if r["codec"] != "none":
+            groups.setdefault(r["target_rate"], []).append(r["name"])
+    for target, names in groups.items():
+        name = "side_by_side.mp4" if target is None else f"side_by_side_{target:g}bits.mp4"
+        side_by_side_video(strip(ref), [(n, strip(videos[n])) for n in names], folder / name, fps=fps,
+                           baseline_label="dense cache")
 
 
 def _write_outputs(folder: Path, results: dict[str, Any]) -> None:
@@ -328,7 +393,9 @@ def markdown_report(results: dict[str, Any], rows: list[dict[str, Any]] | None =
                  _fmt(ratio), _fmt(r["peak_memory_bytes"]), _fmt(r["seconds_per_chunk"]),
                  *[_fmt(r.get(c)) for c in metric_cols]]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "![per-frame PSNR over time](drift.png)", "", "![PSNR against true bits](psnr_vs_bits.png)", ""]
+    lines += ["", "![per-frame PSNR over time](drift.png)", "", "![PSNR against true bits](psnr_vs_bits.png)", "",
+              "Videos: `side_by_side*.mp4` (the dense-cache baseline beside each variant, amplified differences "
+              "below).", ""]
     return "\n".join(lines)
 
 
@@ -388,7 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=MODELS, default="tiny")
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--codecs", nargs="+", default=["octopus-2", "octopus-3", "octopus-4", "turboquant-2",
-                                                        "turboquant-3", "turboquant-4"])
+                                                        "turboquant-3", "turboquant-4"],
+                        help="CODEC-BITS variants, or with --rates plain codec names")
+    parser.add_argument("--rates", type=float, nargs="+", default=None,
+                        help="target true bits per scalar: each codec at its setting matched to every rate")
     parser.add_argument("--num-chunks", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -398,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="transformer dtype (default: float32 for tiny, bfloat16 for real models)")
     args = parser.parse_args(argv)
-    path = run_causal(args.out_dir, codecs=args.codecs, model=args.model, weights=args.weights,
+    path = run_causal(args.out_dir, codecs=args.codecs, rates=args.rates, model=args.model, weights=args.weights,
                       num_chunks=args.num_chunks, seed=args.seed, device=args.device, sink_chunks=args.sink_chunks,
                       keep_newest=args.keep_newest, local_attn_size=args.local_attn_size,
                       dtype=getattr(torch, args.dtype) if args.dtype else None)

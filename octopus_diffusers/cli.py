@@ -33,20 +33,20 @@ DEMO_CODECS = ("none", "octopus", "turboquant", "uniform")
 DEFAULT_RATES = (3.0, 4.0, 5.0)
 #: Demo media -> model whose tiny pipeline runs (each writes a run folder of that name).
 DEMO_MODELS = {"video": "wan2.1-t2v-1.3b", "audio": "stable-audio-open"}
-#: The demo's other parts: chunk-by-chunk video through the compressed KV cache (tiny causal Wan), and
+#: The demo's other parts: chunk-by-chunk video through the compressed KV cache (the small Wan trained
+#: on the real clips), the small Stable Audio DiT trained on the real speech (both at matched true rates), and
 #: codecs on real trained models (quick sizes of ``bench real``: Whisper, terrain UNet, DINOv2, SmolLM2).
-DEMO_PARTS = (*DEMO_MODELS, "causal", "real")
-#: Nominal bits of the demo's causal part (its report orders variants by the cache's true rate).
-DEMO_CAUSAL_BITS = (2.0, 4.0)
+DEMO_PARTS = (*DEMO_MODELS, "causal", "speech", "real")
+#: Chunks (2 frames each) of the demo's causal part on the model trained on the real clips.
+DEMO_CAUSAL_CHUNKS = 5
 #: Audio length arguments differ between audio pipelines.
 SECONDS_ARGUMENT = {"StableAudioPipeline": "audio_end_in_s", "AudioLDM2Pipeline": "audio_length_in_s"}
 #: Seeds drive torch generators and the codecs' rotations; this range is valid everywhere.
 MAX_SEED = 2**32 - 1
 #: Chunk-by-chunk (causal) video models: ``run`` sends them through the compressed KV cache
 #: (:func:`octopus_diffusers.eval.causal_eval.run_causal`); ``--tiny`` gives a random-weight tiny one.
-CAUSAL_MODELS = ("self-forcing", "causvid")
-#: Nominal bits of a causal run (its report orders the variants by the cache's true bits per scalar).
-CAUSAL_BITS = (2.0, 3.0, 4.0)
+#: ``clips`` is the small model trained here on the real clips, shipped with the package.
+CAUSAL_MODELS = ("self-forcing", "causvid", "clips")
 #: ``bench`` subcommand -> (module whose ``main(argv)`` runs it, help). The modules load only when run.
 BENCHMARKS = {
     "codecs": ("octopus_diffusers.eval.rate_distortion.__main__",
@@ -244,16 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, formatter_class=formatter, epilog=EXIT_CODES_HELP, **kwargs)
 
-    demo = command("demo", help="offline end-to-end demo on tiny Wan (video) and Stable Audio (audio)",
-                   description="Build the embedded tiny video and audio pipelines (random weights, no download), "
-                               "generate the baseline and every codec at matched true rates, and write metrics, "
-                               "reports, plots and renders. About a minute on 2 CPU cores.")
+    demo = command("demo", help="offline end-to-end demo: trained causal video and speech models, tiny pipelines, "
+                                "real models",
+                   description="Offline, no download: the small causal Wan and speech DiT trained here on real clips "
+                               "(shipped with the package), the tiny random-weight Wan and Stable Audio pipelines and "
+                               "real trained models at quick sizes; the baseline and every codec at matched true "
+                               "rates, with metrics, reports, plots, MP4s and WAVs. A few minutes on 2 CPU cores.")
     demo.add_argument("--out", type=Path, default=Path("octopus_demo"),
                       help="output folder (default ./octopus_demo); video/ and audio/ run folders are written inside")
     demo.add_argument("--media", type=_choice_list(DEMO_PARTS, "--media"), default=list(DEMO_PARTS),
                       metavar="PART,...",
-                      help=f"comma-separated parts among {', '.join(DEMO_PARTS)} (default all): tiny Wan video and "
-                           "Stable Audio at matched rates, tiny causal Wan through the compressed KV cache, "
+                      help=f"comma-separated parts among {', '.join(DEMO_PARTS)} (default all): tiny random-weight Wan "
+                           "video and Stable Audio pipelines, the causal Wan trained on real clips through the "
+                           "compressed KV cache, the speech DiT trained on real speech (all at matched true rates), "
                            "and real trained models at quick sizes")
     _add_quantization_options(demo, DEMO_CODECS)
     _add_post_options(demo)
@@ -265,14 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
                               "(written beside it and swapped in when complete); then evaluate and render it.")
     run.add_argument("--model", required=True, choices=sorted(MODELS) + list(CAUSAL_MODELS), metavar="MODEL",
                      help=f"model family and default weights: {', '.join(sorted(MODELS))}; chunk-by-chunk video "
-                          f"through the compressed KV cache: {', '.join(CAUSAL_MODELS)} (needs --weights DIR, "
-                          "see docs/autoregressive/README.md, or --tiny)")
+                          f"through the compressed KV cache: {', '.join(CAUSAL_MODELS)} (self-forcing/causvid need "
+                          "--weights DIR, see docs/autoregressive/README.md, or --tiny; clips is the small model "
+                          "trained here on the real clips, shipped with the package)")
     run.add_argument("--weights", metavar="ID_OR_FOLDER",
                      help="hub id or local folder written by save_pretrained (default: the model's hub id); for "
                           f"{'/'.join(CAUSAL_MODELS)} the folder with the original checkpoint, vae/ and "
                           "prompt_embeds.safetensors")
     run.add_argument("--chunks", type=_positive_int, default=None,
-                     help=f"{'/'.join(CAUSAL_MODELS)}: chunks of 3 latent frames to generate (default 5)")
+                     help=f"{'/'.join(CAUSAL_MODELS)}: chunks to generate (default 5; 3 latent frames each, "
+                          "2 frames for clips)")
     run.add_argument("--tiny", action="store_true", help="use the family's tiny offline pipeline (random weights)")
     run.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                      help="a text prompt; repeat for several (each runs for every variant)")
@@ -455,7 +460,7 @@ def _demo_folder(folder: Path) -> bool:
 
 
 def _demo_part_is_ours(folder: Path) -> bool:
-    """A causal or real part folder the demo wrote (its results.json / summary.json)."""
+    """A causal, speech or real part folder the demo wrote (its results.json / summary.json)."""
     return (folder / "results.json").is_file() or (folder / "summary.json").is_file()
 
 
@@ -463,10 +468,18 @@ def _demo_causal(args: argparse.Namespace, out: Path) -> Path:
     from octopus_diffusers.eval.causal_eval import run_causal
     from octopus_diffusers.pipelines.run_folder import staged_folder
 
-    variants = [(c, 16.0) if c == "none" else (c, b) for c in args.codecs
-                for b in ([16.0] if c == "none" else DEMO_CAUSAL_BITS)]
     with staged_folder(out, args.overwrite, _demo_part_is_ours) as staging:
-        run_causal(staging, codecs=list(dict.fromkeys(variants)), model="tiny", num_chunks=3, seed=args.seed)
+        run_causal(staging, codecs=list(args.codecs), rates=args.rates or list(DEFAULT_RATES), model="clips",
+                   num_chunks=DEMO_CAUSAL_CHUNKS, seed=args.seed)
+    return out / "report.md"
+
+
+def _demo_speech(args: argparse.Namespace, out: Path) -> Path:
+    from octopus_diffusers.eval.speech_eval import run_speech
+    from octopus_diffusers.pipelines.run_folder import staged_folder
+
+    with staged_folder(out, args.overwrite, _demo_part_is_ours) as staging:
+        run_speech(staging, codecs=list(args.codecs), rates=args.rates or list(DEFAULT_RATES), seed=args.seed)
     return out / "report.md"
 
 
@@ -498,7 +511,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             model = load_model(DEMO_MODELS[kind], tiny=True, dtype=torch.float32, device="cpu")
             reports.append(_generate_run(model, config, args.out / kind, args))
         else:
-            reports.append((_demo_causal if kind == "causal" else _demo_real)(args, args.out / kind))
+            part = {"causal": _demo_causal, "speech": _demo_speech, "real": _demo_real}[kind]
+            reports.append(part(args, args.out / kind))
     print(f"demo finished in {time.perf_counter() - start:.1f} s; reports:")
     for report in reports:
         print(f"  {report}")
@@ -620,10 +634,9 @@ def cmd_run_causal(args: argparse.Namespace) -> int:
     from octopus_diffusers.pipelines.run_folder import check_output_folder
     from octopus_diffusers.pipelines.runner import check_device
 
-    if args.rates is not None:
-        raise CLIError(f"--rates is not offered for {args.model}: give nominal --bits; the report orders the "
-                       "variants by the cache's true bits per scalar (exact sink and newest chunks counted)")
-    if args.tiny == (args.weights is not None):
+    if args.model == "clips" and args.tiny:
+        raise CLIError("clips: the trained model ships with the package; --tiny does not apply")
+    if args.model != "clips" and args.tiny == (args.weights is not None):
         raise CLIError(f"{args.model}: give --weights DIR (the original checkpoint, vae/, prompt_embeds.safetensors) "
                        "or --tiny (random weights), not both or neither")
     unsupported = [o for o in ("prompt", "prompt_embeds", "frames", "height", "width", "seconds", "guidance", "steps")
@@ -638,11 +651,15 @@ def cmd_run_causal(args: argparse.Namespace) -> int:
         shutil.rmtree(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_device(device)
-    bits = args.bits or list(CAUSAL_BITS)
-    variants = [(c, 16.0) if c == "none" else (c, b) for c in args.codecs for b in ([16.0] if c == "none" else bits)]
-    folder = run_causal(args.out, codecs=list(dict.fromkeys(variants)), model="tiny" if args.tiny else args.model,
+    if args.bits:
+        variants = [(c, 16.0) if c == "none" else (c, b) for c in args.codecs
+                    for b in ([16.0] if c == "none" else args.bits)]
+        codecs, rates = list(dict.fromkeys(variants)), None
+    else:   # matched true rates (the codec's bits per scalar; the cache's exact chunks add the same to each)
+        codecs, rates = list(args.codecs), args.rates or list(DEFAULT_RATES)
+    folder = run_causal(args.out, codecs=codecs, rates=rates, model="tiny" if args.tiny else args.model,
                         weights=args.weights, num_chunks=args.chunks or 5, seed=args.seed, device=device,
-                        dtype=None if args.tiny else getattr(torch, args.dtype))
+                        dtype=None if args.tiny or args.model == "clips" else getattr(torch, args.dtype))
     print(f"run folder: {folder}; report: {folder / 'report.md'}")
     return ExitCode.OK
 

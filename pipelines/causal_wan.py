@@ -67,8 +67,11 @@ class CausalWanGenerator:
     installed by :func:`~octopus_diffusers.cache.wan.enable_causal_cache` unless already there)."""
 
     def __init__(self, transformer: Any, *, chunk_frames: int = 3, schedule: CausalSchedule | None = None,
-                 vae: Any = None) -> None:
+                 vae: Any = None, pixel_space: bool = False) -> None:
+        if pixel_space and vae is not None:
+            raise ValueError("CausalWanGenerator: a pixel-space model takes no VAE")
         self.transformer = transformer
+        self.pixel_space = pixel_space
         self.handle = getattr(transformer, "_octopus_causal", None) or enable_causal_cache(transformer)
         self.chunk_frames = chunk_frames
         self.schedule = schedule or CausalSchedule()
@@ -135,7 +138,10 @@ class CausalWanGenerator:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents to video frames ``(B, F, C, H, W)`` in [0, 1] with the Wan VAE (as ``WanPipeline`` does)."""
+        """Latents to video frames ``(B, F, C, H, W)`` in [0, 1] with the Wan VAE (as ``WanPipeline`` does);
+        a pixel-space model's output (RGB in [-1, 1]) is mapped directly."""
+        if self.pixel_space:
+            return ((latents.float() + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)
         if self.vae is None:
             raise ValueError("decode: this generator has no VAE")
         vae = self.vae

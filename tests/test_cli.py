@@ -266,19 +266,39 @@ def test_run_causal_tiny_writes_a_causal_run_folder(tmp_path):
 
 
 
+@pytest.mark.slow  # ~50 s on 2 shared cores: the trained causal model runs twice
 def test_demo_causal_part_is_staged_and_refuses_a_rerun_without_overwrite(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--media", "causal", "--codecs", "none,turboquant", "--quiet"]
+    argv = ["demo", "--out", str(out), "--media", "causal", "--codecs", "none,turboquant", "--rates", "3", "--quiet"]
     assert main(argv) == 0
     first = (out / "causal" / "results.json").read_text()
     assert [p.name for p in out.iterdir()] == ["causal"]  # no staging folder left behind
     assert main(argv) == 2 and "pass --overwrite" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["causal"] and (out / "causal" / "report.md").is_file()
-    assert json.loads(first)["variants"][0]["name"] in {"none-exact", "turboquant-2b", "turboquant-4b"}
+    assert {v["name"] for v in json.loads(first)["variants"]} == {"none-exact", "turboquant-2.75b"}
+    assert (out / "causal" / "side_by_side_3bits.mp4").is_file()
 
 
 def test_demo_media_names_are_checked(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["demo", "--out", str(tmp_path / "d"), "--media", "video,smell"])
     assert done.value.code == 2 and "unknown smell" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~60 s on 2 shared cores
+def test_demo_speech_part_compares_the_trained_speech_dit_at_matched_rates(tmp_path):
+    import json
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--media", "speech", "--codecs", "none,octopus,turboquant", "--rates",
+                 "3,5", "--quiet"]) == 0
+    results = json.loads((out / "speech" / "results.json").read_text())
+    by = {(v["codec"], v["target_rate"]): v for v in results["variants"]}
+    assert by[("none", None)]["mean_psnr_db"] == "inf"               # `none` reproduces the baseline exactly
+    for codec in ("octopus", "turboquant"):
+        assert by[(codec, 3.0)]["bits_per_scalar"] == pytest.approx(3.0)
+        assert 15 < by[(codec, 3.0)]["mean_psnr_db"] < by[(codec, 5.0)]["mean_psnr_db"] < 80
+    wavs = {p.name for p in (out / "speech" / "audio").iterdir()}
+    assert "beckett_baseline.wav" in wavs and "beckett_turboquant-2.75b.wav" in wavs
+    assert (out / "speech" / "report.md").is_file() and (out / "speech" / "mels.png").is_file()

@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 
 
-def _provenance(argv: list[str]) -> dict:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"command": "python -m octopus_diffusers.training " + " ".join(argv), "device": device,
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+def _provenance(argv: list[str], device: str = "cpu") -> dict:
+    from octopus_diffusers.env import environment
+
+    return environment(device, command="python -m octopus_diffusers.training " + " ".join(argv),
+                       source_paths=("octopus_diffusers/training",))
 
 
 def _cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
@@ -33,7 +34,7 @@ def _cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
 
         tensors, names = build_speech_dataset()
         meta = {"kind": "octopus-speech-mels", "clips": ",".join(names), "mel": json.dumps(MEL),
-                "captions": json.dumps(SPEECH_CAPTIONS), **_provenance(argv)}
+                "captions": json.dumps(SPEECH_CAPTIONS), "environment": json.dumps(_provenance(argv))}
         save_dataset(tensors, Path(args.out), meta)
         frames = sum(v.shape[1] for k, v in tensors.items() if k.startswith("mel/"))
         print(f"wrote {args.out}: {len(names)} speech clips, {frames} mel frames")
@@ -41,7 +42,8 @@ def _cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
     tensors = build_video_dataset(size=args.size, frame_stride=args.frame_stride, max_frames=args.max_frames)
     meta = {"kind": "octopus-video-clips", "clips": ",".join(c.name for c in VIDEO_CLIPS),
             "size": str(args.size), "frame_stride": str(args.frame_stride),
-            "captions": json.dumps([c.caption for c in VIDEO_CLIPS]), **_provenance(argv)}
+            "captions": json.dumps([c.caption for c in VIDEO_CLIPS]),
+            "environment": json.dumps(_provenance(argv))}
     save_dataset(tensors, Path(args.out), meta)
     frames = sum(v.shape[0] for k, v in tensors.items() if k.startswith("frames/"))
     print(f"wrote {args.out}: {len(VIDEO_CLIPS)} clips, {frames} frames of {args.size}x{args.size}")
@@ -52,7 +54,6 @@ def _cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
 def evaluate_video(trained, dataset, out_dir: Path | None = None, chunks: int | None = None) -> dict:
     """Generate every clip from its caption through the exact (dense) cache and score it against the
     nearest training window; writes ``samples.png`` (one row per clip) when ``out_dir`` is given."""
-    from .causal_video import to_frames
     from .clips import nearest_window_psnr
 
     gen = trained.generator()
@@ -62,7 +63,7 @@ def evaluate_video(trained, dataset, out_dir: Path | None = None, chunks: int | 
         cache = gen.dense_cache(trained.latent_size, chunks)
         start = time.perf_counter()
         out = gen.generate(trained.prompt(name), chunks, trained.latent_size, cache=cache, seed=0)
-        frames = to_frames(out.latents)[0].cpu()
+        frames = gen.decode(out.latents)[0].cpu()
         psnr, clip, at = nearest_window_psnr(frames * 2 - 1, dataset.clips, time_dim=0, peak=2.0)
         results[name] = {"psnr_nearest_window_db": round(psnr, 2), "nearest_clip": dataset.names[clip],
                          "nearest_start": at, "seconds": round(time.perf_counter() - start, 2)}
@@ -170,7 +171,7 @@ def _record(args: argparse.Namespace, argv: list[str], model: torch.nn.Module, r
             train_cfg, scores: dict) -> dict:
     """The training record stored in ``eval.json`` and the shipped ``config.json``."""
     tail = [v for _, v in result.losses[-10:]]
-    return {**_provenance(argv), "steps": result.steps_done, "steps_planned": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+    return {"environment": _provenance(argv, args.device), "steps": result.steps_done, "steps_planned": args.steps, "batch_size": args.batch_size, "lr": args.lr,
             "seed": args.seed, "parameters": sum(p.numel() for p in model.parameters()),
             "train_seconds_this_process": round(result.seconds, 1), "resumed_from_step": result.resumed_from,
             "windows": windows, "final_loss_mean_of_last_10_logged": round(sum(tail) / max(1, len(tail)), 5),

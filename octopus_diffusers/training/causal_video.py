@@ -139,11 +139,11 @@ class TrainedCausalVideo:
         return self.caption_embeds[self.clip_names.index(clip)][None]
 
     def generator(self) -> Any:
-        """A :class:`CausalWanGenerator` (no VAE: the model works on pixels in [-1, 1])."""
+        """A :class:`CausalWanGenerator` (pixel space: the model works on RGB in [-1, 1], no VAE)."""
         from octopus_diffusers.pipelines.causal_wan import CausalWanGenerator
 
         return CausalWanGenerator(self.transformer, chunk_frames=self.config.frames_per_chunk,
-                                  schedule=self.config.schedule())
+                                  schedule=self.config.schedule(), pixel_space=True)
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -171,10 +171,5 @@ def load_trained(folder: Path = WEIGHTS_DIR, device: str | torch.device = "cpu",
                               config, meta.get("training", {}))
 
 
-def to_frames(pixels: torch.Tensor) -> torch.Tensor:
-    """Model output ``(B, 3, F, H, W)`` in [-1, 1] to video frames ``(B, F, 3, H, W)`` in [0, 1]."""
-    return ((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)
-
-
 __all__ = ["CausalVideoConfig", "TeacherForcingLoss", "TrainedCausalVideo", "WEIGHTS_DIR", "build_transformer",
-           "load_trained", "save_trained", "to_frames"]
+           "load_trained", "save_trained"]

@@ -24,7 +24,8 @@ def test_windows_and_variants():
 def test_run_causal_writes_the_folder(tmp_path):
     out = run_causal(tmp_path / "run", codecs=["turboquant-2", "none-16"], num_chunks=2, seed=0)
     names = {p.name for p in out.iterdir()}
-    assert names == {"results.json", "summary.csv", "per_frame.csv", "report.md", "drift.png", "psnr_vs_bits.png"}
+    assert names == {"results.json", "summary.csv", "per_frame.csv", "report.md", "drift.png", "psnr_vs_bits.png",
+                     "side_by_side.mp4"}
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["num_frames"] == 21 and results["environment"]["torch"]
     by_name = {v["name"]: v for v in results["variants"]}
@@ -46,3 +47,26 @@ def test_bad_codec_leaves_no_folder(tmp_path):
     with pytest.raises(CodecError, match="unknown codec"):
         run_causal(tmp_path / "bad", codecs=["zip-3"], num_chunks=1)
     assert not (tmp_path / "bad").exists()
+
+
+def test_matched_variants_pick_each_codecs_setting_at_the_target_rate():
+    from octopus_diffusers.eval.causal_eval import matched_variants
+
+    variants = matched_variants(["none", "octopus", "turboquant"], head_dim=64, targets=(3.0,))
+    assert [v.name for v in variants] == ["none-exact", "octopus-a332", "turboquant-2.75b"]
+    assert dict(variants[1].options) == {"allocation": (3, 3, 2)} and variants[2].target_rate == 3.0
+
+
+@pytest.mark.slow  # ~40 s on 2 shared cores
+def test_trained_clips_model_codec_error_falls_with_the_true_rate(tmp_path):
+    """The shipped model trained on the real clips, through the compressed cache at matched true rates:
+    `none` reproduces the dense baseline, and each codec's PSNR rises from 2 to 4 bits per scalar."""
+    out = run_causal(tmp_path / "run", codecs=["none", "octopus", "turboquant"], rates=(2.0, 4.0), model="clips",
+                     num_chunks=3, seed=0)
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["num_frames"] == 3 * 6 and "trained here" in results["config"]["description"]
+    assert {p.name for p in out.glob("*.mp4")} == {"side_by_side_2bits.mp4", "side_by_side_4bits.mp4"}
+    psnr = {(v["codec"], v["target_rate"]): v["windows"]["0-2s"]["psnr"] for v in results["variants"]}
+    assert psnr[("none", None)] == "inf"
+    for codec in ("octopus", "turboquant"):
+        assert 20 < psnr[(codec, 2.0)] < psnr[(codec, 4.0)] < 100, psnr
