@@ -27,6 +27,7 @@ import torch
 from octopus_diffusers.codecs import Codec, CodecError, PackedTensor
 from octopus_diffusers.codecs.packing import unpack_bits
 
+from .layout import Layout
 from .spec import plane_width
 
 
@@ -104,11 +105,11 @@ def combine_splits(o: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
 
 
 def packed_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, codec_k: Codec, codec_v: Codec,
-                     attn_mask: torch.Tensor | None, scale: float | None, layout: str) -> torch.Tensor:
+                     attn_mask: torch.Tensor | None, scale: float | None, layout: Layout | str) -> torch.Tensor:
     """Attention of ``q`` over packed K/V through the reference codecs: decode, attend in float32
-    (:func:`attention_on_decoded`), return ``q``'s dtype and layout (``"BHSD"`` or ``"BSHD"``)."""
+    (:func:`attention_on_decoded`), return ``q``'s dtype and ``layout`` (:class:`.layout.Layout`)."""
+    layout = Layout.of(layout)
     k_hat, v_hat = codec_k.decode(k), codec_v.decode(v)
-    if layout == "BSHD":
-        q, k_hat, v_hat = (t.transpose(1, 2) for t in (q, k_hat, v_hat))
+    q, k_hat, v_hat = (layout.to_bhsd(t) for t in (q, k_hat, v_hat))
     out = attention_on_decoded(q, k_hat, v_hat, attn_mask, scale).to(q.dtype)
-    return out if layout == "BHSD" else out.transpose(1, 2)
+    return layout.from_bhsd(out)

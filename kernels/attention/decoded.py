@@ -22,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
+from ..layout import Layout
 from ..octopus.decode import octopus_decode_rows
 from ..spec import KernelSpec, OctopusSpec
 from ..tl.helpers import LOOKUP_GATHER, LOOKUP_LOAD
@@ -97,10 +98,9 @@ def _rotation_rows(spec: KernelSpec, device: torch.device, dtype: torch.dtype
 
 def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
                       v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
-                      layout: str = "BHSD", backends: list[SDPBackend] | None = None) -> torch.Tensor:
+                      layout: Layout | str = Layout.BHSD, backends: list[SDPBackend] | None = None) -> torch.Tensor:
     """Same contract as :func:`.fused_launch.fused_attention`; output in ``q``'s dtype and layout."""
-    if layout not in ("BHSD", "BSHD"):
-        raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
+    layout = Layout.of(layout)
     dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
     k_rot = decode_rotated(k, k_spec, dtype, plane_order=basis_permutation(k_spec) is not None)
     v_rot = decode_rotated(v, v_spec, dtype, plane_order=basis_permutation(v_spec) is not None)
@@ -114,8 +114,7 @@ def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec:
         q_att, k_att, v_att = q, rotate(k_rot, k_spec, inverse=True), rotate(v_rot, v_spec, inverse=True)
     else:
         q_att, k_att, v_att = rotate(q.to(dtype), k_spec), k_rot, v_rot
-    if layout == "BSHD":
-        q_att, k_att, v_att = (t.transpose(1, 2) for t in (q_att, k_att, v_att))
+    q_att, k_att, v_att = (layout.to_bhsd(t) for t in (q_att, k_att, v_att))
     if q_att.shape[1] % k_att.shape[1]:
         raise CodecError(f"attention: {q_att.shape[1]} query heads is not a multiple of {k_att.shape[1]} "
                          "KV heads")
@@ -129,8 +128,7 @@ def decoded_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec:
     with ctx:
         out = torch.nn.functional.scaled_dot_product_attention(
             q_att, k_att, v_att, attn_mask=attn_mask, scale=scale, enable_gqa=q_att.shape[1] != k_att.shape[1])
-    if layout == "BSHD":
-        out = out.transpose(1, 2)
+    out = layout.from_bhsd(out)
     return out.to(q.dtype) if unrotate_kv else rotate(out, v_spec, inverse=True).to(q.dtype)
 
 

@@ -21,6 +21,7 @@ import triton
 
 from octopus_diffusers.codecs import CodecError, PackedTensor
 
+from ..layout import Layout
 from ..reference import combine_splits
 from ..spec import KernelSpec, OctopusSpec, TurboQuantSpec, plane_width
 from ..tl.helpers import LOOKUP_GATHER, field_groups
@@ -136,7 +137,7 @@ def word_codes(packed: PackedTensor, spec: KernelSpec) -> bool:
     return codes.stride(-1) == 1 and codes.data_ptr() % 4 == 0 and all(st % 4 == 0 for st in codes.stride()[:-1])
 
 
-def _row_strides(packed: PackedTensor, layout: str, words: bool = False
+def _row_strides(packed: PackedTensor, layout: Layout, words: bool = False
                  ) -> tuple[torch.Tensor, tuple[int, int, int], torch.Tensor, tuple[int, int, int]]:
     """Codes (an int32 view with ``words``, see :func:`word_codes`) and norms with their (batch,
     head, token) strides for ``layout``."""
@@ -146,9 +147,8 @@ def _row_strides(packed: PackedTensor, layout: str, words: bool = False
     elif codes.stride(-1) != 1:
         codes = codes.contiguous()
     cs, ns = codes.stride(), norms.stride()
-    if layout == "BHSD":
-        return codes, (cs[0], cs[1], cs[2]), norms, (ns[0], ns[1], ns[2])
-    return codes, (cs[0], cs[2], cs[1]), norms, (ns[0], ns[2], ns[1])
+    h, t = layout.head_axis, layout.seq_axis
+    return codes, (cs[0], cs[h], cs[t]), norms, (ns[0], ns[h], ns[t])
 
 
 def prepare_mask(attn_mask: torch.Tensor | None, shape: tuple[int, int, int, int]
@@ -204,15 +204,13 @@ class FusedLaunch:
     reads, ``out_width``), and the kernel launch itself."""
 
     def __init__(self, q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec, v_spec: KernelSpec,
-                 layout: str, variant: FusedVariant = PRODUCTION) -> None:
-        if layout not in ("BHSD", "BSHD"):
-            raise CodecError(f"attention: layout must be 'BHSD' or 'BSHD', got {layout!r}")
+                 layout: Layout | str, variant: FusedVariant = PRODUCTION) -> None:
+        layout = Layout.of(layout)
         self.q, self.k, self.v, self.k_spec, self.v_spec, self.layout = q, k, v, k_spec, v_spec, layout
         self.variant = variant
-        self.qb = q if layout == "BHSD" else q.transpose(1, 2)
+        self.qb = layout.to_bhsd(q)
         self.b, self.hq, self.nq, self.d = self.qb.shape
-        self.hkv = k.shape[1] if layout == "BHSD" else k.shape[2]
-        self.nkv = k.shape[2] if layout == "BHSD" else k.shape[1]
+        self.hkv, self.nkv = k.shape[layout.head_axis], k.shape[layout.seq_axis]
         if self.hq % self.hkv:
             raise CodecError(f"attention: {self.hq} query heads is not a multiple of {self.hkv} KV heads")
         self.tp = plane_width(self.d)
@@ -303,8 +301,8 @@ class FusedLaunch:
 
 
 def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec, v_spec: KernelSpec,
-                    attn_mask: torch.Tensor | None = None, scale: float | None = None, layout: str = "BHSD",
-                    out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                    attn_mask: torch.Tensor | None = None, scale: float | None = None,
+                    layout: Layout | str = Layout.BHSD, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Attention of ``q`` over packed ``k``/``v`` with the codes decoded inside the attention loop.
 
     Args:
@@ -315,7 +313,7 @@ def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: K
         k_spec, v_spec: their codecs' :func:`..spec.kernel_spec`.
         attn_mask: bool (True = attend) or additive float, broadcastable to ``(B, Hq, Nq, Nkv)``.
         scale: softmax scale, default ``1/sqrt(D)``.
-        layout: ``"BHSD"`` or ``"BSHD"`` (of ``q``, ``k``, ``v`` and the output).
+        layout: :class:`..layout.Layout` (or its string) of ``q``, ``k``, ``v`` and the output.
         out_dtype: default ``q.dtype``.
 
     Returns:
@@ -330,9 +328,10 @@ def fused_attention(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: K
 
 def _fused_attention_variant(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
                              v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
-                             layout: str = "BHSD", out_dtype: torch.dtype | None = None,
+                             layout: Layout | str = Layout.BHSD, out_dtype: torch.dtype | None = None,
                              variant: FusedVariant = PRODUCTION) -> torch.Tensor:
     """:func:`fused_attention` with the comparison switches of ``variant`` (tests, benchmark sweeps)."""
+    layout = Layout.of(layout)
     out_dtype = q.dtype if out_dtype is None else out_dtype
     launch = FusedLaunch(q, k, v, k_spec, v_spec, layout, variant)
     if not variant.fused_epilogue or not launch.small_tiles:
@@ -340,9 +339,9 @@ def _fused_attention_variant(q: torch.Tensor, k: PackedTensor, v: PackedTensor, 
                                           fp32_out=out_dtype == torch.float32, launch=launch, rotate_q=False)
         o_rot = combine_splits(o, lse) if lse is not None else o[0]
         res = (o_rot.float() @ v_spec.output_matrix(q.device)).to(out_dtype)
-        return res if layout == "BHSD" else res.transpose(1, 2)
+        return layout.from_bhsd(res)
     res = torch.empty_like(q, dtype=out_dtype)
-    rb = res if layout == "BHSD" else res.transpose(1, 2)
+    rb = layout.to_bhsd(res)
     lse = launch.new_lse()
     if lse is None:
         launch.run(rb, (*rb.stride(), 0), None, attn_mask, scale, rotate_q=True, rotate_out=True)
@@ -356,8 +355,8 @@ def _fused_attention_variant(q: torch.Tensor, k: PackedTensor, v: PackedTensor, 
 
 def _fused_attention_rotated(q: torch.Tensor, k: PackedTensor, v: PackedTensor, k_spec: KernelSpec,
                              v_spec: KernelSpec, attn_mask: torch.Tensor | None = None, scale: float | None = None,
-                             layout: str = "BHSD", variant: FusedVariant = PRODUCTION, fp32_out: bool = False,
-                             rotate_q: bool | None = None,
+                             layout: Layout | str = Layout.BHSD, variant: FusedVariant = PRODUCTION,
+                             fp32_out: bool = False, rotate_q: bool | None = None,
                              launch: FusedLaunch | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The kernel's output before ``R_v``: per-split outputs ``(S, B, Hq, Nq, OW)`` in V's rotated basis
     (OCTOPUS values: planes, :func:`..reference.to_planes`) and, when ``S > 1``, their base-2
