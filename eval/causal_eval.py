@@ -232,7 +232,8 @@ def run_causal(out_dir: str | Path, *, codecs: Sequence[str | tuple[str, float]]
                "octopus-4", "turboquant-2", "turboquant-3", "turboquant-4"), model: str = "tiny",
                weights: str | Path | None = None, num_chunks: int = 5, seed: int = 0, device: str = "cpu",
                sink_chunks: int = 1, keep_newest: int = 1, local_attn_size: int | None = None,
-               dtype: torch.dtype | None = None, rates: Sequence[float] | None = None) -> Path:
+               dtype: torch.dtype | None = None, rates: Sequence[float] | None = None,
+               progress: bool = True) -> Path:
     """Generate with the uncompressed cache and each codec variant, compare over time, write the run
     folder ``out_dir`` (must not exist or be empty) and return its path. With ``rates``, ``codecs`` are
     codec names and each runs at the setting matched to every target true rate (bits per scalar)."""
@@ -261,8 +262,10 @@ def run_causal(out_dir: str | Path, *, codecs: Sequence[str | tuple[str, float]]
     ref = baseline.pop("video")
     num_frames = ref.shape[0] * ref.shape[1]
     windows = frame_windows(ref.shape[1], loaded.fps)
+    from tqdm.auto import tqdm
+
     rows, videos = [], {}
-    for v in variants:
+    for v in tqdm(variants, desc="causal cache variants", unit="variant", disable=not progress):
         run = _generate(loaded, gen.compressed_cache(policies[v.name], loaded.latent_size), num_chunks, seed)
         videos[v.name] = run.pop("video")
         metrics = video_metrics(ref, videos[v.name], lpips="auto")

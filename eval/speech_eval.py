@@ -38,7 +38,7 @@ def _psnr(ref: torch.Tensor, test: torch.Tensor, peak: float = 2.0) -> float:
 
 def run_speech(out_dir: str | Path, *, codecs: Sequence[str] = ("none", "octopus", "turboquant", "uniform"),
                rates: Sequence[float] = (3.0, 4.0, 5.0), seed: int = 0, device: str = "cpu",
-               weights: str | Path | None = None) -> Path:
+               weights: str | Path | None = None, progress: bool = True) -> Path:
     """Baseline and every matched-rate variant of the trained speech DiT into the run folder ``out_dir``
     (must not exist or be empty); returns its path."""
     from octopus_diffusers import quantize_attention
@@ -55,8 +55,10 @@ def run_speech(out_dir: str | Path, *, codecs: Sequence[str] = ("none", "octopus
     variants = matched_variants(list(codecs), cfg.head_dim, rates)   # unknown codecs fail here
     text = trained.caption_embeds
     baseline = sample(trained.model, text, cfg, seed=seed).cpu()
+    from tqdm.auto import tqdm
+
     mels, rows = {}, []
-    for v in variants:
+    for v in tqdm(variants, desc="speech DiT variants", unit="variant", disable=not progress):
         handle = quantize_attention(trained.model, codec=v.codec, bits=None if v.codec == "none" else v.bits,
                                     **dict(v.options))
         try:

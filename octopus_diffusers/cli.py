@@ -470,7 +470,7 @@ def _demo_causal(args: argparse.Namespace, out: Path) -> Path:
 
     with staged_folder(out, args.overwrite, _demo_part_is_ours) as staging:
         run_causal(staging, codecs=list(args.codecs), rates=args.rates or list(DEFAULT_RATES), model="clips",
-                   num_chunks=DEMO_CAUSAL_CHUNKS, seed=args.seed)
+                   num_chunks=DEMO_CAUSAL_CHUNKS, seed=args.seed, progress=not args.quiet)
     return out / "report.md"
 
 
@@ -479,7 +479,8 @@ def _demo_speech(args: argparse.Namespace, out: Path) -> Path:
     from octopus_diffusers.pipelines.run_folder import staged_folder
 
     with staged_folder(out, args.overwrite, _demo_part_is_ours) as staging:
-        run_speech(staging, codecs=list(args.codecs), rates=args.rates or list(DEFAULT_RATES), seed=args.seed)
+        run_speech(staging, codecs=list(args.codecs), rates=args.rates or list(DEFAULT_RATES), seed=args.seed,
+                   progress=not args.quiet)
     return out / "report.md"
 
 
@@ -659,7 +660,8 @@ def cmd_run_causal(args: argparse.Namespace) -> int:
         codecs, rates = list(args.codecs), args.rates or list(DEFAULT_RATES)
     folder = run_causal(args.out, codecs=codecs, rates=rates, model="tiny" if args.tiny else args.model,
                         weights=args.weights, num_chunks=args.chunks or 5, seed=args.seed, device=device,
-                        dtype=None if args.tiny or args.model == "clips" else getattr(torch, args.dtype))
+                        dtype=None if args.tiny or args.model == "clips" else getattr(torch, args.dtype),
+                        progress=not args.quiet)
     print(f"run folder: {folder}; report: {folder / 'report.md'}")
     return ExitCode.OK
 

@@ -42,6 +42,17 @@ def missing_line(part: str, error: ImportError) -> str:
     return f"[{part}] skipped: {message}"
 
 
+def is_missing_package(error: ImportError) -> bool:
+    """A packaged model or third-party module is not installed (skip the part), as opposed to a broken
+    import inside this package (fail the part: a skip would hide a bug behind an install hint)."""
+    from .models import MissingRealPackage
+
+    if isinstance(error, MissingRealPackage):
+        return True
+    name = getattr(error, "name", None) or ""
+    return isinstance(error, ModuleNotFoundError) and bool(name) and not name.startswith("octopus_diffusers")
+
+
 def parse_only(only: str | Sequence[str] | None) -> list[str]:
     """Part names from ``--only`` (comma separated or a list); all parts when ``None``."""
     if only is None:
@@ -75,14 +86,15 @@ def run_real(out: Path, *, quick: bool, only: list[str] | None = None) -> dict[s
             # the part's own Markdown report: README.md (terrain, vision) or <part>.md (text, audio)
             entry["report"] = next((f"{part}/{name}" for name in ("README.md", f"{part}.md")
                                     if (out / part / name).is_file()), f"{part}/")
-        except ImportError as error:  # MissingRealPackage is an ImportError too
-            entry["status"], entry["message"] = "skipped", missing_line(part, error)
-            tqdm.write(entry["message"], file=sys.stderr)
         except Exception as error:  # noqa: BLE001 - one failing part must not lose the others
-            entry["status"] = "failed"
-            entry["message"] = f"[{part}] failed: {type(error).__name__}: {error}"
-            tqdm.write(entry["message"], file=sys.stderr)
-            traceback.print_exc()
+            if isinstance(error, ImportError) and is_missing_package(error):
+                entry["status"], entry["message"] = "skipped", missing_line(part, error)
+                tqdm.write(entry["message"], file=sys.stderr)
+            else:
+                entry["status"] = "failed"
+                entry["message"] = f"[{part}] failed: {type(error).__name__}: {error}"
+                tqdm.write(entry["message"], file=sys.stderr)
+                traceback.print_exc()
         entry["seconds"] = time.perf_counter() - start
         summary["parts"][part] = entry
     (out / "summary.json").write_text(json.dumps(

@@ -73,7 +73,7 @@ def _import_onnx2torch() -> types.ModuleType:
             raise ModuleNotFoundError(
                 f"converting ONNX models needs onnx and onnx2torch ({error.name} is missing): "
                 "pip install onnx==1.23.2 (the '[real]' extra) and pip install --no-deps onnx2torch==1.5.15 "
-                "(requirements-real.txt)") from error
+                "(requirements-real.txt)", name=error.name) from error
     finally:
         for name, module in saved.items():
             if module is None:

@@ -79,3 +79,15 @@ def test_missing_onnx2torch_is_one_clear_line(monkeypatch, tmp_path) -> None:
         onnx_to_fx(model)
     line = orchestrator.missing_line("terrain", err.value)
     assert line.startswith("[terrain] skipped: converting ONNX models needs onnx and onnx2torch") and "\n" not in line
+
+
+def test_a_broken_import_inside_the_package_fails_the_part_instead_of_skipping_it(monkeypatch, tmp_path) -> None:
+    """Only a missing third-party or model package is a skip; an import bug of ours must not hide behind an
+    install hint."""
+    def broken_import(out: Path, *, quick: bool) -> dict:
+        raise ImportError("cannot import name 'gone' from 'octopus_diffusers.codecs'", name="octopus_diffusers.codecs")
+
+    _fake_part(monkeypatch, "terrain", broken_import)
+    summary = orchestrator.run_real(tmp_path, quick=True, only=["terrain"])
+    assert summary["parts"]["terrain"]["status"] == "failed"
+    assert "ImportError: cannot import name 'gone'" in summary["parts"]["terrain"]["message"]
