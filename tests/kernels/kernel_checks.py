@@ -10,8 +10,7 @@ import dataclasses
 
 import torch
 
-# assert_close is imported for tests/kernels/test_ops.py, which still takes it from here.
-from helpers import DEVICE, assert_close  # noqa: F401
+from helpers import DEVICE
 
 from octopus_diffusers.codecs import Codec, PackedTensor, get_codec
 

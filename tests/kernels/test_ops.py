@@ -8,7 +8,7 @@ import weakref
 import pytest
 import torch
 
-from kernel_checks import DEVICE, assert_close
+from helpers import DEVICE, assert_close
 
 import octopus_diffusers.kernels as kernels
 from octopus_diffusers.codecs import CodecError, get_codec

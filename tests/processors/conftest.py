@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import torch
 
+from helpers import errors
+
 from octopus_diffusers.pipelines.tiny import build_tiny_pipeline
 from octopus_diffusers.processors import quantize_attention
 
@@ -76,17 +78,15 @@ def tiny_runs() -> TinyRuns:
     return TinyRuns()
 
 
-def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((a.double() - b.double()) ** 2).mean().sqrt())
-
-
 @pytest.fixture(scope="session")
 def errors_by_bits() -> Callable[..., list[float]]:
-    """RMSE to the reference for each bit width, e.g. ``errors_by_bits(runs, "wan", "turboquant", (2, 4, 8))``."""
+    """Relative RMS error to the reference for each bit width, e.g. ``errors_by_bits(runs, "wan",
+    "turboquant", (2, 4, 8))`` (the RMSE over one fixed reference's RMS, so it falls exactly when the RMSE
+    does)."""
 
     def run(runs: TinyRuns, name: str, codec: str, bits: tuple[float, ...], **options: Any) -> list[float]:
         ref = runs.reference(name)
-        return [rmse(runs.quantized(name, codec=codec, bits=b, **options)[0], ref) for b in bits]
+        return [errors(ref, runs.quantized(name, codec=codec, bits=b, **options)[0])[0] for b in bits]
 
     return run
 

@@ -3,9 +3,14 @@ the CPU reference (``@pytest.mark.gpu``, run on a CUDA machine)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 import torch.nn.functional as F
+
+from helpers import assert_close, errors
 
 from octopus_diffusers.codecs import get_codec
 from octopus_diffusers.kernels.api import Layout
@@ -202,11 +207,6 @@ def test_gpu_path_code_on_cpu_tensors_equals_the_reference(monkeypatch, path, la
 
 # ---- GPU vs CPU reference (run on a CUDA machine) -------------------------------------------------------------
 
-def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().cpu(), b.double().cpu()
-    return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt())
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("codec", ["octopus", "turboquant"])
 @pytest.mark.parametrize("layout", ["BHSD", "BSHD"])
@@ -241,7 +241,7 @@ def test_gpu_attention_op_matches_the_cpu_reference(codec, layout, mask):
     gpu = run(CUDA, torch.float16)
     assert quantizer.last_choice.path == "gpu_attention", quantizer.last_choice
     assert gpu.dtype == torch.float16 and gpu.shape == q.shape
-    assert _rel_rms(gpu, reference) <= 5e-3
+    assert_close(f"{codec} {layout} {mask} attention on CUDA", reference, gpu, rel_rms=5e-3)
 
 
 def _tiny_wan_64():
@@ -252,6 +252,25 @@ def _tiny_wan_64():
     g = torch.Generator().manual_seed(0)
     inputs = (torch.randn(1, 16, 3, 4, 4, generator=g), torch.tensor([500]), torch.randn(1, 16, 32, generator=g))
     return transformer, inputs
+
+
+def _tiny_wan_64_cuda_half():
+    """:func:`_tiny_wan_64` in float16 on CUDA: the transformer and its (latents, timestep, text) inputs."""
+    transformer, inputs = _tiny_wan_64()
+    transformer.to(CUDA, torch.float16)
+    x, t, ehs = (i.to(CUDA) for i in inputs)
+    return transformer, (x.half(), t, ehs.half())
+
+
+@contextmanager
+def _nan_in_channel_0(projection: torch.nn.Module) -> Iterator[None]:
+    """``projection``'s output with NaN in its first channel, until the block exits."""
+    poison = projection.register_forward_hook(
+        lambda module, args, out: out.index_fill(-1, torch.tensor([0], device=out.device), float("nan")))
+    try:
+        yield
+    finally:
+        poison.remove()
 
 
 @torch.no_grad()
@@ -274,9 +293,9 @@ def test_gpu_path_on_tiny_wan_matches_the_cpu_reference(codec):
         assert {q.last_choice.path for q in handle.quantizers} == {"reference"}
         gpu = _forward(transformer, inputs, CUDA)
         assert {q.last_choice.path for q in handle.quantizers} <= {"gpu_decode", "gpu_attention"}
-    quantization_error = _rel_rms(reference, unquantized)
+    quantization_error = errors(unquantized, reference)[0]
     assert quantization_error > 0
-    assert _rel_rms(gpu, reference) <= min(1e-2, 0.1 * quantization_error)
+    assert_close(f"{codec} tiny Wan on CUDA", reference, gpu, rel_rms=min(1e-2, 0.1 * quantization_error))
 
 
 @pytest.mark.gpu
@@ -302,17 +321,11 @@ def test_nan_in_k_on_cuda_raises_when_the_forward_returns():
     """The GPU encode's NaN/Inf check is deferred to the end of the forward (no host sync per layer)."""
     from octopus_diffusers.codecs import CodecError
 
-    transformer, inputs = _tiny_wan_64()
-    transformer.to(CUDA, torch.float16)
-    x, t, ehs = (i.to(CUDA) for i in inputs)
-    poison = transformer.blocks[0].attn1.to_k.register_forward_hook(
-        lambda module, args, out: out.index_fill(-1, torch.tensor([0], device=out.device), float("nan")))
-    try:
+    transformer, (x, t, ehs) = _tiny_wan_64_cuda_half()
+    with _nan_in_channel_0(transformer.blocks[0].attn1.to_k):
         with quantize_attention(transformer, codec="turboquant", bits=3):
             with pytest.raises(CodecError, match=r"blocks\.0\.attn1.*NaN or Inf"):
-                transformer(x.half(), t, ehs.half(), return_dict=False)
-    finally:
-        poison.remove()
+                transformer(x, t, ehs, return_dict=False)
 
 
 @pytest.mark.gpu
@@ -322,20 +335,13 @@ def test_nan_in_cached_cross_attention_k_raises_on_every_forward():
     with the same prompt re-encodes and raises again instead of reusing them silently."""
     from octopus_diffusers.codecs import CodecError
 
-    transformer, inputs = _tiny_wan_64()
-    transformer.to(CUDA, torch.float16)
-    x, t, ehs = (i.to(CUDA) for i in inputs)
-    x, ehs = x.half(), ehs.half()
-    poison = transformer.blocks[0].attn2.to_k.register_forward_hook(
-        lambda module, args, out: out.index_fill(-1, torch.tensor([0], device=out.device), float("nan")))
-    try:
+    transformer, (x, t, ehs) = _tiny_wan_64_cuda_half()
+    with _nan_in_channel_0(transformer.blocks[0].attn2.to_k):
         with quantize_attention(transformer, codec="turboquant", bits=3) as handle:
             assert any(q.cache_enabled for q in handle.quantizers)
             for _ in range(2):
                 with pytest.raises(CodecError, match=r"blocks\.0\.attn2.*NaN or Inf"):
                     transformer(x, t, ehs, return_dict=False)
-    finally:
-        poison.remove()
 
 
 @pytest.mark.gpu
@@ -356,17 +362,14 @@ def test_codec_without_kernels_runs_the_reference_on_cuda():
         reference = _forward(transformer, inputs, CPU)
         gpu = _forward(transformer, inputs, CUDA)
         assert {q.last_choice.path for q in handle.quantizers} == {"reference"}
-    assert _rel_rms(gpu, reference) <= 1e-3
+    assert_close("polarquant tiny Wan on CUDA", reference, gpu, rel_rms=1e-3)
 
 
 @pytest.mark.gpu
 @torch.no_grad()
 def test_compiled_gpu_path_matches_eager():
     """Under torch.compile the GPU path runs through the kernels' custom ops (fullgraph, no breaks)."""
-    transformer, inputs = _tiny_wan_64()
-    transformer.to(CUDA, torch.float16)
-    x, t, ehs = (i.to(CUDA) for i in inputs)
-    x, ehs = x.half(), ehs.half()
+    transformer, (x, t, ehs) = _tiny_wan_64_cuda_half()
     torch._dynamo.reset()
     try:
         with quantize_attention(transformer, codec="octopus", bits=3) as handle:
@@ -376,6 +379,6 @@ def test_compiled_gpu_path_matches_eager():
             compiled = torch.compile(transformer, fullgraph=True, backend="aot_eager")(x, t, ehs, return_dict=False)[0]
             # One forward: the eager cache missed (encoded once), compiled code bypasses it (encodes once).
             assert handle.stats()["total"]["bytes_stored"] == eager_bytes
-        assert _rel_rms(compiled, eager) <= 1e-3
+        assert_close("compiled tiny Wan", eager, compiled, rel_rms=1e-3)
     finally:
         torch._dynamo.reset()
