@@ -41,8 +41,8 @@ from typing import Any
 
 import torch
 
-from ...codecs import CodecError, get_codec
-from ...integrations.transformers_cache import QuantizedKVCache, layer_codecs
+from ...codecs import CodecError, get_codec, kv_codecs
+from ...integrations.transformers_cache import QuantizedKVCache
 from . import models
 
 RESIDUAL_WINDOW = 32
@@ -87,7 +87,7 @@ class Config:
 
 def codec_rate(codec: str, bits: float, head_dim: int) -> float:
     """True stored rate of the key and value codecs (mean), as the cache builds them."""
-    k, v = layer_codecs(codec, head_dim, bits, bits, SEED, 1, {}, {})
+    k, v = kv_codecs(codec, head_dim, bits, bits, SEED, 1)
     return (k.bits_per_scalar + v.bits_per_scalar) / 2
 
 
@@ -338,7 +338,7 @@ def run(out: Path, *, quick: bool, device: str = "cpu", gguf: Path | None = None
         t0 = time.perf_counter()
         res = evaluate(model, windows, make_cache_factory(model, cfg.codec, cfg.bits), reference_top1=ref_top1)
         res.pop("_top1")
-        k, v = layer_codecs(cfg.codec, head_dim, cfg.bits, cfg.bits, SEED, 1, {}, {})
+        k, v = kv_codecs(cfg.codec, head_dim, cfg.bits, cfg.bits, SEED, 1)
         rows.append({"label": cfg.label, "codec": cfg.codec, "bits": cfg.bits, "roles": list(cfg.roles),
                      "codec_bits_key": k.bits_per_scalar, "codec_bits_value": v.bits_per_scalar,
                      "codec_bits": (k.bits_per_scalar + v.bits_per_scalar) / 2, **res,

@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
-from ...codecs import Codec
-from ...integrations.transformers_cache import QuantizedKVCache, layer_codecs
+from ...codecs import Codec, kv_codecs
+from ...integrations.transformers_cache import QuantizedKVCache
 from . import models
 from .text_perplexity import Size, plan
 
@@ -107,7 +107,7 @@ class WhisperKV:
             self._hook(layer.encoder_attn, "cross", len(enc) + i, head_dim)
 
     def _hook(self, attn: Any, stream: str, index: int, head_dim: int) -> None:
-        k_codec, v_codec = layer_codecs(self.codec, head_dim, self.bits, self.bits, self.seed, index, {}, {})
+        k_codec, v_codec = kv_codecs(self.codec, head_dim, self.bits, self.bits, self.seed, index)
         for proj, codec in ((attn.k_proj, k_codec), (attn.v_proj, v_codec)):
             self._handles.append(proj.register_forward_hook(self._make_hook(codec, attn.num_heads, stream)))
 
@@ -280,7 +280,7 @@ def run(out: Path, *, quick: bool, device: str = "cpu", size: str | None = None)
 
 def kv_rate(codec: str, bits: float, head_dim: int) -> float:
     """True codec rate (mean of key and value codecs) of a configuration."""
-    k, v = layer_codecs(codec, head_dim, bits, bits, SEED, 1, {}, {})
+    k, v = kv_codecs(codec, head_dim, bits, bits, SEED, 1)
     return (k.bits_per_scalar + v.bits_per_scalar) / 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from .base import PACKED_FORMAT_VERSION, Codec, CodecError, CodecTypeError, PackedTensor
@@ -49,5 +50,23 @@ def get_codec(name: str, head_dim: int, bits: float | None = None, seed: int = 0
     return codec_class(name)(head_dim, bits, seed=seed, **options)
 
 
+def kv_codecs(name: str, head_dim: int, key_bits: float | None, value_bits: float | None, seed: int = 0,
+              index: int = 0, key_options: Mapping[str, Any] | None = None,
+              value_options: Mapping[str, Any] | None = None) -> tuple[Codec, Codec]:
+    """Key and value codecs of the ``index``-th K/V stream (a quantized attention stream, a decoder
+    layer): the one rule the processors and the transformers cache share.
+
+    Keys get seed ``seed + 2 * index``, values ``seed + 2 * index + 1``, so every layer and K/V have
+    their own rotation. ``uniform`` defaults to KIVI grouping, keys ``axis="channel"`` and values
+    ``axis="token"``, on each side whose options do not give ``axis``.
+    """
+    key_options, value_options = dict(key_options or {}), dict(value_options or {})
+    if name == "uniform":
+        key_options.setdefault("axis", "channel")
+        value_options.setdefault("axis", "token")
+    return (get_codec(name, head_dim, key_bits, seed=seed + 2 * index, **key_options),
+            get_codec(name, head_dim, value_bits, seed=seed + 2 * index + 1, **value_options))
+
+
 __all__ = ["Codec", "CodecError", "CodecTypeError", "PackedTensor", "PACKED_FORMAT_VERSION", "available_codecs",
-           "codec_class", "get_codec"]
+           "codec_class", "get_codec", "kv_codecs"]

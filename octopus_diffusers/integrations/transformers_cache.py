@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
 
-from ..codecs import Codec, CodecError, PackedTensor, get_codec
+from ..codecs import Codec, CodecError, PackedTensor, kv_codecs
 
-__all__ = ["QuantizedKVCache", "QuantizedKVLayer", "PackedStore", "layer_codecs"]
+__all__ = ["QuantizedKVCache", "QuantizedKVLayer", "PackedStore"]
 
 _PER_VECTOR_PROBE: dict[str, bool] = {}
 
@@ -318,19 +318,6 @@ def _decoder_geometry(config: Any) -> tuple[int, int, list[str]]:
     return layers, int(head_dim), list(layer_types)[:layers]
 
 
-def layer_codecs(codec: str, head_dim: int, key_bits: float, value_bits: float, seed: int, index: int,
-                 key_options: Mapping[str, Any], value_options: Mapping[str, Any]) -> tuple[Codec, Codec]:
-    """Key and value codecs of decoder layer ``index``, with the seeding of
-    ``octopus_diffusers.processors.KVQuantConfig.codecs`` (key ``seed + 2 * index``, value ``+ 1``) and
-    its KIVI default for ``uniform`` (keys grouped per channel, values per token)."""
-    key_options, value_options = dict(key_options), dict(value_options)
-    if codec == "uniform":
-        key_options.setdefault("axis", "channel")
-        value_options.setdefault("axis", "token")
-    return (get_codec(codec, head_dim, key_bits, seed=seed + 2 * index, **key_options),
-            get_codec(codec, head_dim, value_bits, seed=seed + 2 * index + 1, **value_options))
-
-
 class QuantizedKVCache(Cache):
     """A transformers cache storing past K/V as packed codes of codec ``codec``.
 
@@ -370,9 +357,9 @@ class QuantizedKVCache(Cache):
         base = dict(options or {})
         layers = []
         for index in range(num_layers):
-            k_codec, v_codec = layer_codecs(codec, head_dim, bits if key_bits is None else key_bits,
-                                            bits if value_bits is None else value_bits, seed, index,
-                                            {**base, **(key_options or {})}, {**base, **(value_options or {})})
+            k_codec, v_codec = kv_codecs(codec, head_dim, bits if key_bits is None else key_bits,
+                                         bits if value_bits is None else value_bits, seed, index,
+                                         {**base, **(key_options or {})}, {**base, **(value_options or {})})
             if index in fp_layers:
                 k_codec = None
                 v_codec = None if full_precision_values else v_codec

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Union
 
-from ..codecs import Codec, codec_class, get_codec
+from ..codecs import Codec, codec_class, kv_codecs
 from ..codecs.base import check_flag, check_int
 
 #: What ``layers`` takes: None (all), a block index, a name pattern, several of those, or a predicate.
@@ -131,15 +131,10 @@ class KVQuantConfig:
         return self.cross_attention if kind == "cross" else self.self_attention
 
     def codecs(self, head_dim: int, index: int) -> tuple[Codec, Codec]:
-        """Key and value codecs of the ``index``-th quantized stream (seeds: see ``seed``). The
-        ``uniform`` codec defaults to KIVI grouping, keys ``axis="channel"`` and values
-        ``axis="token"``, unless ``axis`` was given."""
-        key_options, value_options = dict(self.codec_options), dict(self.codec_options)
-        if self.codec == "uniform" and "axis" not in self.codec_options:
-            key_options["axis"], value_options["axis"] = "channel", "token"
-        return (get_codec(self.codec, head_dim, self.nominal_key_bits, seed=self.seed + 2 * index, **key_options),
-                get_codec(self.codec, head_dim, self.nominal_value_bits, seed=self.seed + 2 * index + 1,
-                          **value_options))
+        """Key and value codecs of the ``index``-th quantized stream: :func:`~..codecs.kv_codecs` (seeds
+        ``seed + 2 * index`` and ``+ 1``, KIVI grouping for ``uniform`` unless ``axis`` was given)."""
+        return kv_codecs(self.codec, head_dim, self.nominal_key_bits, self.nominal_value_bits, self.seed, index,
+                         self.codec_options, self.codec_options)
 
 
 def block_index(name: str) -> int | None:
