@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +39,7 @@ import torch
 
 from octopus_diffusers.cache import CachePolicy
 from octopus_diffusers.pipelines.causal_wan import CausalSchedule, CausalWanGenerator
-from octopus_diffusers.pipelines.run_folder import to_jsonable, write_json
+from octopus_diffusers.pipelines.run_folder import staged_folder, to_jsonable, write_json
 
 #: Time windows of the summaries, in seconds: [start, end); None = end of the video.
 WINDOWS: tuple[tuple[float, float | None], ...] = ((0.0, 2.0), (2.0, 5.0), (5.0, None))
@@ -286,17 +284,9 @@ def run_causal(out_dir: str | Path, *, codecs: Sequence[str | tuple[str, float]]
                           "num_frames": num_frames, "schedule": list(gen.schedule.timesteps),
                           "dtype": str(gen.dtype), "windows": [list(w) for w in windows]},
                "baseline": baseline, "variants": rows}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as tmp:
         _write_outputs(tmp, results)
         _write_videos(tmp, ref, videos, rows, loaded.fps)
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

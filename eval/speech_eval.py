@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from octopus_diffusers.pipelines.run_folder import to_jsonable, write_json
+from octopus_diffusers.pipelines.run_folder import staged_folder, to_jsonable, write_json
 
 
 def _psnr(ref: torch.Tensor, test: torch.Tensor, peak: float = 2.0) -> float:
@@ -79,16 +77,8 @@ def run_speech(out_dir: str | Path, *, codecs: Sequence[str] = ("none", "octopus
                           "captions": trained.clip_names, "seed": seed, "window_frames": cfg.window,
                           "sample_steps": cfg.sample_steps, "head_dim": cfg.head_dim, "rates": list(rates)},
                "variants": rows}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as tmp:
         _write(tmp, results, trained, baseline, mels)
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -13,8 +13,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,20 +29,20 @@ def _provenance(argv: list[str], device: str = "cpu") -> dict:
 
 
 def _cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
-    from .clips import VIDEO_CLIPS, build_video_dataset, save_dataset
+    from .clips import SPEECH_KIND, VIDEO_CLIPS, VIDEO_KIND, build_video_dataset, save_dataset
 
     if args.kind == "audio":
         from .speech_dit import MEL, SPEECH_CAPTIONS, build_speech_dataset
 
         tensors, names = build_speech_dataset()
-        meta = {"kind": "octopus-speech-mels", "clips": ",".join(names), "mel": json.dumps(MEL),
+        meta = {"kind": SPEECH_KIND, "clips": ",".join(names), "mel": json.dumps(MEL),
                 "captions": json.dumps(SPEECH_CAPTIONS), "environment": json.dumps(_provenance(argv))}
         save_dataset(tensors, Path(args.out), meta)
         frames = sum(v.shape[1] for k, v in tensors.items() if k.startswith("mel/"))
         print(f"wrote {args.out}: {len(names)} speech clips, {frames} mel frames")
         return 0
     tensors = build_video_dataset(size=args.size, frame_stride=args.frame_stride, max_frames=args.max_frames)
-    meta = {"kind": "octopus-video-clips", "clips": ",".join(c.name for c in VIDEO_CLIPS),
+    meta = {"kind": VIDEO_KIND, "clips": ",".join(c.name for c in VIDEO_CLIPS),
             "size": str(args.size), "frame_stride": str(args.frame_stride),
             "captions": json.dumps([c.caption for c in VIDEO_CLIPS]),
             "environment": json.dumps(_provenance(argv))}
@@ -76,30 +78,39 @@ def evaluate_video(trained, dataset, out_dir: Path | None = None, chunks: int | 
     return results
 
 
-def _cmd_video(args: argparse.Namespace, argv: list[str]) -> int:
-    from .causal_video import CausalVideoConfig, TeacherForcingLoss, TrainedCausalVideo, build_transformer, \
-        save_trained
-    from .clips import VideoDataset
+def _train_evaluate_export(args: argparse.Namespace, argv: list[str], dataset: Any, config: Any,
+                           model: torch.nn.Module, loss: Any, title: str, trained_of: Callable[[Any], Any],
+                           evaluate: Callable[..., dict], save: Callable[..., None]) -> int:
+    """Train (resumably), evaluate the EMA model into ``eval.json`` and, with ``--export``, save the bundle."""
     from .loop import TrainConfig, train
 
-    device = torch.device(args.device)
-    dataset = VideoDataset.load(Path(args.data))
-    config = CausalVideoConfig(size=dataset.clips[0].shape[-1], chunks=args.chunks, layers=args.layers)
-    model = build_transformer(config, seed=args.seed).to(device)
     train_cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=min(200, args.steps // 10), seed=args.seed,
                             checkpoint_every=args.checkpoint_every)
-    loss = TeacherForcingLoss(dataset, config, args.batch_size)
     out = Path(args.out)
-    result = train(model, loss, train_cfg, out, title="causal video (teacher forcing)", max_seconds=args.max_seconds)
-    trained = TrainedCausalVideo(result.ema.float(), dataset.caption_embeds.to(device), dataset.names, config)
-    scores = evaluate_video(trained, dataset, out)
+    result = train(model, loss, train_cfg, out, title=title, max_seconds=args.max_seconds)
+    scores = evaluate(trained_of(result.ema.float()), dataset, out)
     record = _record(args, argv, model, result, len(loss.windows), train_cfg, scores)
     (out / "eval.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(scores, indent=1))
     if args.export:
-        save_trained(Path(args.export), result.ema, dataset, config, record)
+        save(Path(args.export), result.ema, dataset, config, record)
         print(f"exported the EMA weights to {args.export}")
     return 0
+
+
+def _cmd_video(args: argparse.Namespace, argv: list[str]) -> int:
+    from .causal_video import CausalVideoConfig, TeacherForcingLoss, TrainedCausalVideo, build_transformer, \
+        save_trained
+    from .clips import VideoDataset
+
+    device = torch.device(args.device)
+    dataset = VideoDataset.load(Path(args.data))
+    config = CausalVideoConfig(size=dataset.clips[0].shape[-1], chunks=args.chunks, layers=args.layers)
+    return _train_evaluate_export(
+        args, argv, dataset, config, build_transformer(config, seed=args.seed).to(device),
+        TeacherForcingLoss(dataset, config, args.batch_size), "causal video (teacher forcing)",
+        lambda ema: TrainedCausalVideo(ema, dataset.caption_embeds.to(device), dataset.names, config),
+        evaluate_video, save_trained)
 
 
 @torch.no_grad()
@@ -142,29 +153,18 @@ def evaluate_speech(trained, dataset, out_dir: Path | None = None) -> dict:
 
 
 def _cmd_audio(args: argparse.Namespace, argv: list[str]) -> int:
-    from .loop import TrainConfig, train
     from .speech_dit import FlowMatchingLoss, SpeechDataset, SpeechDiTConfig, TrainedSpeechDiT, build_dit, \
         save_trained
 
     device = torch.device(args.device)
     dataset = SpeechDataset.load(Path(args.data))
     config = SpeechDiTConfig(window=args.window, layers=args.layers)
-    model = build_dit(config, seed=args.seed).to(device)
-    train_cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=min(200, args.steps // 10), seed=args.seed,
-                            checkpoint_every=args.checkpoint_every)
-    loss = FlowMatchingLoss(dataset, config, args.batch_size)
-    out = Path(args.out)
-    result = train(model, loss, train_cfg, out, title="speech DiT (flow matching)", max_seconds=args.max_seconds)
-    trained = TrainedSpeechDiT(result.ema.float(), dataset.caption_embeds.to(device), dataset.names, config,
-                               dataset.mean, dataset.std, {})
-    scores = evaluate_speech(trained, dataset, out)
-    record = _record(args, argv, model, result, len(loss.windows), train_cfg, scores)
-    (out / "eval.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(json.dumps(scores, indent=1))
-    if args.export:
-        save_trained(Path(args.export), result.ema, dataset, config, record)
-        print(f"exported the EMA weights to {args.export}")
-    return 0
+    return _train_evaluate_export(
+        args, argv, dataset, config, build_dit(config, seed=args.seed).to(device),
+        FlowMatchingLoss(dataset, config, args.batch_size), "speech DiT (flow matching)",
+        lambda ema: TrainedSpeechDiT(ema, dataset.caption_embeds.to(device), dataset.names, config, dataset.mean,
+                                     dataset.std, {}),
+        evaluate_speech, save_trained)
 
 
 def _record(args: argparse.Namespace, argv: list[str], model: torch.nn.Module, result, windows: int,
@@ -178,6 +178,20 @@ def _record(args: argparse.Namespace, argv: list[str], model: torch.nn.Module, r
             "train_config": asdict(train_cfg), "baseline_eval": scores}
 
 
+def _add_training_arguments(p: argparse.ArgumentParser, batch_size: int) -> None:
+    p.add_argument("--data", required=True, help="dataset file written by the data command")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, loss.csv/png, eval.json, samples)")
+    p.add_argument("--export", default="", help="folder for the shippable weights (model/extras/config)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--max-seconds", type=float, default=None, help="stop early after this much training")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m octopus_diffusers.training", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,32 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--frame-stride", type=int, default=2)
     data.add_argument("--max-frames", type=int, default=128)
     data.add_argument("--kind", choices=("video", "audio"), default="video")
-    video = sub.add_parser("video", help="train the block-causal Wan on a dataset file")
-    video.add_argument("--data", required=True)
-    video.add_argument("--out", required=True, help="run folder (checkpoint, loss.csv/png, eval.json, samples.png)")
-    video.add_argument("--export", default="", help="folder for the shippable weights (model/captions/config)")
-    video.add_argument("--steps", type=int, default=3000)
-    video.add_argument("--batch-size", type=int, default=16)
-    video.add_argument("--lr", type=float, default=3e-4)
+    video = sub.add_parser("video", help="train the block-causal Wan on a video dataset file")
+    _add_training_arguments(video, batch_size=16)
     video.add_argument("--chunks", type=int, default=6)
-    video.add_argument("--layers", type=int, default=4)
-    video.add_argument("--seed", type=int, default=0)
-    video.add_argument("--checkpoint-every", type=int, default=500)
-    video.add_argument("--max-seconds", type=float, default=None, help="stop early after this much training")
-    video.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     audio = sub.add_parser("audio", help="train the speech DiT on a speech dataset file")
-    audio.add_argument("--data", required=True)
-    audio.add_argument("--out", required=True, help="run folder (checkpoint, loss.csv/png, eval.json, samples)")
-    audio.add_argument("--export", default="", help="folder for the shippable weights")
-    audio.add_argument("--steps", type=int, default=3000)
-    audio.add_argument("--batch-size", type=int, default=32)
-    audio.add_argument("--lr", type=float, default=3e-4)
+    _add_training_arguments(audio, batch_size=32)
     audio.add_argument("--window", type=int, default=256)
-    audio.add_argument("--layers", type=int, default=4)
-    audio.add_argument("--seed", type=int, default=0)
-    audio.add_argument("--checkpoint-every", type=int, default=500)
-    audio.add_argument("--max-seconds", type=float, default=None, help="stop early after this much training")
-    audio.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
 
 

@@ -146,6 +146,34 @@ def save_dataset(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     tmp.replace(path)
 
 
+#: Metadata ``kind`` of the two dataset files.
+VIDEO_KIND, SPEECH_KIND = "octopus-video-clips", "octopus-speech-mels"
+
+
+def read_dataset(path: Path, kind: str, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a dataset file of ``kind``; a missing file or another kind is an error
+    naming the path and the command that builds it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    flag = "" if what == "video" else " --kind audio"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {what} dataset file (build it with "
+                                f"`python -m octopus_diffusers.training data --out FILE{flag}`)")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("kind") != kind:
+        raise ValueError(f"{path}: not a {what} dataset (metadata kind {meta.get('kind')!r}, expected {kind!r})")
+    return meta, load_file(str(path))
+
+
+def sequences(tensors: dict[str, torch.Tensor], prefix: str) -> list[torch.Tensor]:
+    """The ``<prefix>/0``, ``<prefix>/1``, ... tensors in index order."""
+    keys = sorted((k for k in tensors if k.startswith(prefix + "/")), key=lambda k: int(k.split("/")[1]))
+    return [tensors[k] for k in keys]
+
+
 @dataclass
 class VideoDataset:
     """The clips as float frames in [-1, 1] and their caption embeddings, with the window index."""
@@ -157,19 +185,9 @@ class VideoDataset:
     @classmethod
     def load(cls, path: Path) -> VideoDataset:
         """Read a file written by ``python -m octopus_diffusers.training data``; refuses other files."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no video dataset file (build it with "
-                                    "`python -m octopus_diffusers.training data --out DIR`)")
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("kind") != "octopus-video-clips":
-                raise ValueError(f"{path}: not a video clip dataset (metadata kind {meta.get('kind')!r})")
-            keys = sorted((k for k in f.keys() if k.startswith("frames/")), key=lambda k: int(k.split("/")[1]))
-            clips = [f.get_tensor(k).float() / 127.5 - 1.0 for k in keys]
-            embeds = f.get_tensor("caption_embeds").float()
+        meta, tensors = read_dataset(path, VIDEO_KIND, "video")
+        clips = [t.float() / 127.5 - 1.0 for t in sequences(tensors, "frames")]
+        embeds = tensors["caption_embeds"].float()
         names = meta.get("clips", "").split(",")
         if len(names) != len(clips) or embeds.shape[0] != len(clips):
             raise ValueError(f"{path}: {len(clips)} clips, {embeds.shape[0]} captions, names {names}")
@@ -183,5 +201,5 @@ class VideoDataset:
         return self.clips[clip][start:start + length].permute(1, 0, 2, 3)
 
 
-__all__ = ["Clip", "VIDEO_CLIPS", "VideoDataset", "build_video_dataset", "clip_path", "embed_captions",
-           "nearest_window_psnr", "read_frames", "save_dataset", "video_windows"]
+__all__ = ["Clip", "SPEECH_KIND", "VIDEO_CLIPS", "VIDEO_KIND", "VideoDataset", "build_video_dataset", "clip_path", "embed_captions",
+           "nearest_window_psnr", "read_dataset", "read_frames", "save_dataset", "sequences", "video_windows"]

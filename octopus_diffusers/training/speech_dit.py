@@ -94,21 +94,12 @@ class SpeechDataset:
 
     @classmethod
     def load(cls, path: Path) -> SpeechDataset:
-        from safetensors import safe_open
+        """Read a file written by ``python -m octopus_diffusers.training data --kind audio``."""
+        from .clips import SPEECH_KIND, read_dataset, sequences
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no speech dataset file (build it with "
-                                    "`python -m octopus_diffusers.training data --out FILE --kind audio`)")
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("kind") != "octopus-speech-mels":
-                raise ValueError(f"{path}: not a speech dataset (metadata kind {meta.get('kind')!r})")
-            keys = sorted((k for k in f.keys() if k.startswith("mel/")), key=lambda k: int(k.split("/")[1]))
-            mels = [f.get_tensor(k).float() for k in keys]
-            embeds = f.get_tensor("caption_embeds").float()
-            mean, std = float(f.get_tensor("mel_mean")), float(f.get_tensor("mel_std"))
-        return cls(mels, embeds, meta.get("clips", "").split(","), mean, std)
+        meta, tensors = read_dataset(path, SPEECH_KIND, "speech")
+        return cls([m.float() for m in sequences(tensors, "mel")], tensors["caption_embeds"].float(),
+                   meta.get("clips", "").split(","), float(tensors["mel_mean"]), float(tensors["mel_std"]))
 
     def windows(self, window: int, hop: int) -> list[tuple[int, int]]:
         from .clips import video_windows
