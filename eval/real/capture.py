@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,6 +50,24 @@ def _collector() -> tuple[dict[str, list[torch.Tensor]], Callable[[str, str, tor
         chunks.setdefault(f"{site}.{role}", []).append(x.detach().reshape(-1, *x.shape[-2:]).float().clone())
 
     return chunks, record
+
+
+def _projections_qkv(attentions: Sequence[torch.nn.Module], heads: int, forward: Callable[[], Any]) -> QKV:
+    """Q/K/V of one ``forward()`` call as the ``q_proj`` / ``k_proj`` / ``v_proj`` outputs of each of
+    ``attentions`` (``layer{i}``, split into ``heads``): Whisper's encoder and decoder cross-attention."""
+    chunks, record = _collector()
+    handles = []
+    for i, attn in enumerate(attentions):
+        for role, proj in (("query", attn.q_proj), ("key", attn.k_proj), ("value", attn.v_proj)):
+            handles.append(proj.register_forward_hook(
+                lambda _m, _inp, out, i=i, role=role: record(
+                    f"layer{i}", role, out.view(*out.shape[:-1], heads, -1).transpose(1, 2))))
+    try:
+        forward()
+    finally:
+        for h in handles:
+            h.remove()
+    return {key: torch.cat(parts, dim=0).contiguous() for key, parts in chunks.items()}
 
 
 @torch.no_grad()
@@ -135,21 +154,8 @@ def capture_whisper_qkv(seconds: float = 10.0) -> QKV:
     audio = load_audio(speech_clips()[0].path)[: int(16000 * seconds)]
     feats = feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
     encoder = model.model.encoder
-    heads = model.config.encoder_attention_heads
-    chunks, record = _collector()
-    handles = []
-    for i, layer in enumerate(encoder.layers):
-        attn = layer.self_attn
-        for role, proj in (("query", attn.q_proj), ("key", attn.k_proj), ("value", attn.v_proj)):
-            handles.append(proj.register_forward_hook(
-                lambda _m, _inp, out, i=i, role=role: record(
-                    f"layer{i}", role, out.view(*out.shape[:-1], heads, -1).transpose(1, 2))))
-    try:
-        encoder(feats.to(next(model.parameters()).dtype))
-    finally:
-        for h in handles:
-            h.remove()
-    return {key: torch.cat(parts, dim=0).contiguous() for key, parts in chunks.items()}
+    return _projections_qkv([layer.self_attn for layer in encoder.layers], model.config.encoder_attention_heads,
+                            lambda: encoder(feats.to(next(model.parameters()).dtype)))
 
 
 @torch.no_grad()
@@ -163,22 +169,10 @@ def capture_whisper_cross_qkv(num_tokens: int = 64) -> QKV:
     feats = feature_extractor(load_audio(clip.path), sampling_rate=16000, return_tensors="pt").input_features
     text = tokenizer(" " + (clip.reference or ""), add_special_tokens=False).input_ids
     ids = torch.tensor([[tokenizer.convert_tokens_to_ids(t) for t in PROMPT] + text])
-    heads = model.config.decoder_attention_heads
-    chunks, record = _collector()
-    handles = []
-    for i, layer in enumerate(model.model.decoder.layers):
-        attn = layer.encoder_attn
-        for role, proj in (("query", attn.q_proj), ("key", attn.k_proj), ("value", attn.v_proj)):
-            handles.append(proj.register_forward_hook(
-                lambda _m, _inp, out, i=i, role=role: record(
-                    f"layer{i}", role, out.view(*out.shape[:-1], heads, -1).transpose(1, 2))))
-    try:
-        model(input_features=feats.to(next(model.parameters()).dtype), decoder_input_ids=ids[:, :num_tokens],
-              use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return {key: torch.cat(parts, dim=0).contiguous() for key, parts in chunks.items()}
+    return _projections_qkv([layer.encoder_attn for layer in model.model.decoder.layers],
+                            model.config.decoder_attention_heads,
+                            lambda: model(input_features=feats.to(next(model.parameters()).dtype),
+                                          decoder_input_ids=ids[:, :num_tokens], use_cache=False))
 
 
 _CAPTURES: dict[str, Callable[[], QKV]] = {

@@ -1,5 +1,5 @@
 """What the terrain and DINOv2 benchmarks share: the codec grid, the record of where a run came
-from, and CSV/JSON/Markdown writing.
+from, CSV/JSON/Markdown writing, the matched-rate table and the two-panel rate plot.
 
 The grid is every codec of the registry at nominal 2/3/4 bits (with the rate-distortion
 benchmark's per-codec options: KIVI-style ``uniform`` groups keys per channel and values per
@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,15 @@ class CodecConfig:
     #: Encode keys minus their per-head mean over tokens (the mean kept in float16 and counted in
     #: the measured rate, added back after decoding). Attention is blind to that offset.
     center_keys: bool = False
+
+    @property
+    def family(self) -> str:
+        """The plot line this configuration is a point of: its label without the bits (``octopus-3`` ->
+        ``octopus``, ``turboquant@3.25`` -> ``turboquant@matched``, ``octopus-3+centered-K`` ->
+        ``octopus+centered-K``)."""
+        if self.center_keys:
+            return self.label.split("+")[0].rsplit("-", 1)[0] + "+centered-K"
+        return self.label.split("@")[0] + "@matched" if "@" in self.label else self.label.rsplit("-", 1)[0]
 
     def build(self, head_dim: int, role: str, seed: int = 0) -> Codec:
         extra = self.key_options if role == "key" else self.value_options
@@ -109,6 +118,38 @@ def matched_rows(rows: Sequence[dict[str, Any]], config_key: str = "config") -> 
         if peers:
             out.append((row, peers))
     return out
+
+
+def matched_table(rows: Sequence[dict[str, Any]], cell: Callable[[dict[str, Any] | None], str]) -> list[str]:
+    """The matched-rate Markdown table of :func:`matched_rows` (``cell`` formats a row, None where a
+    codec did not run); no lines when no OCTOPUS row has a peer."""
+    matched = matched_rows(rows)
+    if not matched:
+        return []
+    return markdown_table(["true bits/scalar", "OCTOPUS", *MATCHED_CODECS],
+                          [[o["bits_per_scalar"], *(cell(r) for r in (o, *(peers.get(c) for c in MATCHED_CODECS)))]
+                           for o, peers in matched])
+
+
+def rate_plot(path: Path, titles: tuple[str, str], draw: Callable[[Any], None]) -> Path:
+    """Two panels against the measured bits per scalar, saved as ``path``: ``draw(axes)`` plots the
+    lines (one per :attr:`CodecConfig.family`), this labels, titles and grids the axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    draw(axes)
+    for ax, title in zip(axes, titles):
+        ax.set_xlabel("measured bits per scalar (K/V, everything stored)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def environment() -> dict[str, Any]:

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from octopus_diffusers.codecs import CodecError
 from octopus_diffusers.pipelines.run_folder import staged_folder
 
-from .codec_grid import (FULL_CODEC_SEEDS, MATCHED_CODECS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment,
-                         markdown_table, matched_rows, summarize, write_part)
+from .codec_grid import (FULL_CODEC_SEEDS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment, markdown_table,
+                         matched_table, rate_plot, summarize, write_part)
 from .models import Asset, MissingRealPackage, asset_path
 
 IMAGE_SIZE = 224
@@ -258,35 +258,19 @@ def cosine_metrics(reference: torch.Tensor, test: torch.Tensor) -> dict[str, lis
 
 
 def _plot(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    import matplotlib
+    """1 - cosine of the CLS feature and of the patch tokens against the true bits per scalar."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(axes: Any) -> None:
+        for family in dict.fromkeys(r["codec_label"] for r in rows if r["codec"] != "none"):
+            pts = sorted((r["measured_bits_per_scalar"], r["cos_cls_mean"], r["cos_patch_tokens_mean"])
+                         for r in rows if r["codec_label"] == family)
+            style = "s--" if family.endswith("+centered-K") else "o-"  # the colour cycle repeats after 10
+            for ax, k in zip(axes, (1, 2)):
+                ax.plot([p[0] for p in pts], [1 - p[k] for p in pts], style, label=family)
+        for ax in axes:
+            ax.set_yscale("log")
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for family in dict.fromkeys(r["codec_label"] for r in rows if r["codec"] != "none"):
-        pts = sorted((r["measured_bits_per_scalar"], r["cos_cls_mean"], r["cos_patch_tokens_mean"]) for r in rows
-                     if r["codec_label"] == family)
-        style = "s--" if family.endswith("+centered-K") else "o-"  # the colour cycle repeats after 10
-        for ax, k in zip(axes, (1, 2)):
-            ax.plot([p[0] for p in pts], [1 - p[k] for p in pts], style, label=family)
-    for ax, name in zip(axes, ("1 - cosine, CLS feature", "1 - cosine, patch tokens (mean)")):
-        ax.set_xlabel("measured bits per scalar (K/V, everything stored)")
-        ax.set_yscale("log")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _family(cfg: CodecConfig) -> str:
-    """Line label for the plot: the configuration label without its bits."""
-    if cfg.center_keys:
-        return cfg.label.split("+")[0].rsplit("-", 1)[0] + "+centered-K"
-    return cfg.label.split("@")[0] + "@matched" if "@" in cfg.label else cfg.label.rsplit("-", 1)[0]
+    return rate_plot(path, ("1 - cosine, CLS feature", "1 - cosine, patch tokens (mean)"), draw)
 
 
 def run(out: Path, *, quick: bool, num_images: int | None = None) -> dict[str, Any]:
@@ -322,7 +306,7 @@ def run(out: Path, *, quick: bool, num_images: int | None = None) -> dict[str, A
             tqdm.write(f"vision: {cfg.label} skipped: {error}")
             continue
         seconds = (time.perf_counter() - start) / len(done)
-        rows.append({"codec_label": _family(cfg), "config": cfg.label, "codec": cfg.codec,
+        rows.append({"codec_label": cfg.family, "config": cfg.label, "codec": cfg.codec,
                      "bits_nominal": cfg.bits, "bits_per_scalar": cfg.bits_per_scalar(HEAD_DIM),
                      "measured_bits_per_scalar": done[0][2], "codec_seeds": [d[0] for d in done],
                      **{k2: v2 for k in done[0][1] for k2, v2 in summarize([d[1][k] for d in done], k).items()},
@@ -369,12 +353,9 @@ def markdown(results: dict[str, Any]) -> str:
         [[r["config"], r["bits_nominal"], r["bits_per_scalar"], r["measured_bits_per_scalar"],
           r["cos_cls_mean"], r["cos_cls_min"], f"{r['cos_cls_seed_lo']:.4f}-{r['cos_cls_seed_hi']:.4f}",
           r["cos_patch_mean_mean"], r["cos_patch_tokens_mean"], r["seconds"]] for r in results["rows"]], digits=6)
-    matched = matched_rows(results["rows"])
+    matched = matched_table(results["rows"], _cosines)
     if matched:
-        lines += ["", "## At the same true rate (cosine of CLS, per-seed lo-hi; of patch tokens)", ""]
-        lines += markdown_table(["true bits/scalar", "OCTOPUS", *MATCHED_CODECS],
-                                [[o["bits_per_scalar"], *(_cosines(r) for r in (o, *(peers.get(c) for c in MATCHED_CODECS)))]
-                                 for o, peers in matched])
+        lines += ["", "## At the same true rate (cosine of CLS, per-seed lo-hi; of patch tokens)", "", *matched]
     lines += [f"- skipped {s['config']}: {s['message']}" for s in results.get("skipped", [])]
     if results.get("kv_statistics"):
         lines += ["", f"## K/V statistics ({results['images'][0]})", "",

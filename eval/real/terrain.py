@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from octopus_diffusers.codecs import CodecError
 from octopus_diffusers.pipelines.run_folder import staged_folder
 
-from .codec_grid import (FULL_CODEC_SEEDS, MATCHED_CODECS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment,
-                         markdown_table, matched_rows, summarize, write_part)
+from .codec_grid import (FULL_CODEC_SEEDS, QUICK_CODEC_SEEDS, CodecConfig, codec_grid, environment, markdown_table,
+                         matched_table, rate_plot, summarize, write_part)
 
 SIZE = 128
 SIGMA_MIN = 0.002
@@ -147,35 +147,18 @@ def _grid_png(path: Path, reference: torch.Tensor, tests: Sequence[tuple[str, to
 
 def _plot(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Mean PSNR and SSIM against the true bits per scalar, one line per codec."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(axes: Any) -> None:
+        for codec in dict.fromkeys(r["codec_label"] for r in rows if r["codec"] != "none"):
+            pts = sorted((r["measured_bits_per_scalar"], r["psnr_mean"], r["ssim_mean"], r["psnr_seed_lo"],
+                          r["psnr_seed_hi"]) for r in rows if r["codec_label"] == codec)
+            xs = [p[0] for p in pts]
+            axes[0].errorbar(xs, [p[1] for p in pts], yerr=[[p[1] - p[3] for p in pts], [p[4] - p[1] for p in pts]],
+                             fmt="o-", capsize=2, label=codec)
+            axes[1].plot(xs, [1 - p[2] for p in pts], "o-", label=codec)
+        axes[1].set_yscale("log")
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    codecs = dict.fromkeys(r["codec_label"] for r in rows if r["codec"] != "none")
-    for codec in codecs:
-        pts = sorted((r["measured_bits_per_scalar"], r["psnr_mean"], r["ssim_mean"], r["psnr_seed_lo"],
-                      r["psnr_seed_hi"]) for r in rows if r["codec_label"] == codec)
-        xs = [p[0] for p in pts]
-        axes[0].errorbar(xs, [p[1] for p in pts], yerr=[[p[1] - p[3] for p in pts], [p[4] - p[1] for p in pts]],
-                         fmt="o-", capsize=2, label=codec)
-        axes[1].plot(xs, [1 - p[2] for p in pts], "o-", label=codec)
-    axes[1].set_yscale("log")
-    for ax, name in zip(axes, ("PSNR (dB) vs unquantized (bars: per-seed means)", "1 - SSIM vs unquantized")):
-        ax.set_xlabel("measured bits per scalar (K/V, everything stored)")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _family(cfg: CodecConfig) -> str:
-    """Line label for the plot: the configuration label without its bits."""
-    return cfg.label.split("@")[0] + "@matched" if "@" in cfg.label else cfg.label.rsplit("-", 1)[0]
+    return rate_plot(path, ("PSNR (dB) vs unquantized (bars: per-seed means)", "1 - SSIM vs unquantized"), draw)
 
 
 def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Sequence[float] | None = None,
@@ -222,7 +205,7 @@ def run(out: Path, *, quick: bool, num_samples: int | None = None, sigmas: Seque
         if cfg.label not in runs:
             continue
         done = runs[cfg.label]
-        rows.append({"codec_label": _family(cfg), "config": cfg.label, "codec": cfg.codec,
+        rows.append({"codec_label": cfg.family, "config": cfg.label, "codec": cfg.codec,
                      "bits_nominal": cfg.bits, "bits_per_scalar": cfg.bits_per_scalar(head_dim),
                      "measured_bits_per_scalar": done[0][2]["measured_bits_per_scalar"],
                      "codec_seeds": [d[0] for d in done],
@@ -284,12 +267,9 @@ def markdown(results: dict[str, Any]) -> str:
           r["psnr_mean"], r["psnr_min"], f"{r['psnr_seed_lo']:.4g}-{r['psnr_seed_hi']:.4g}", r["ssim_mean"],
           r["ssim_min"], r["rel_l2_mean"], r["seconds"]]
          for r in results["rows"]])
-    matched = matched_rows(results["rows"])
+    matched = matched_table(results["rows"], _psnr_ssim)
     if matched:
-        lines += ["", "## At the same true rate (PSNR mean, per-seed lo-hi; SSIM mean)", ""]
-        lines += markdown_table(["true bits/scalar", "OCTOPUS", *MATCHED_CODECS],
-                                [[o["bits_per_scalar"], *(_psnr_ssim(r) for r in (o, *(peers.get(c) for c in MATCHED_CODECS)))]
-                                 for o, peers in matched])
+        lines += ["", "## At the same true rate (PSNR mean, per-seed lo-hi; SSIM mean)", "", *matched]
     lines += [f"- skipped {s['config']}: {s['message']}" for s in results.get("skipped", [])]
     if results.get("kv_statistics"):
         stats = results["kv_statistics"]
