@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -22,19 +23,25 @@ _BITS_SETTING = {"turboquant": "turboquant_bits", "octopus_dir": "octopus_dir_bi
                  "octopus_rho": "octopus_rho_bits", "polar_level": "polar_bits"}
 
 
+def read_index(path: Path, version_key: str, version: int, who: str, builder: str) -> dict:
+    """The parsed JSON index ``path`` of shipped codebooks, whose ``version_key`` must be ``version``;
+    a :class:`CodecError` (named ``who``) giving the ``builder`` module to run when it is missing or
+    of another version. Shared by these codebooks and the ``triplet_vq`` ones (:mod:`.vq_codebooks`)."""
+    command = f"`python -m octopus_diffusers.codecs.{builder}`"
+    if not path.exists():
+        raise CodecError(f"{who}: {path} is missing; generate it with {command}")
+    index = json.loads(path.read_text())
+    if index.get(version_key) != version:
+        raise CodecError(f"{who}: {path} has {version_key} {index.get(version_key)!r}, this library reads "
+                         f"{version}; regenerate with {command}")
+    return index
+
+
 @lru_cache(maxsize=1)
 def codebook_index() -> dict:
     """The parsed ``index.json`` (format version checked)."""
-    path = CODEBOOK_DIR / "index.json"
-    if not path.exists():
-        raise CodecError(f"codebooks: {path} is missing; generate it with "
-                         "`python -m octopus_diffusers.codecs.build_codebooks`")
-    index = json.loads(path.read_text())
-    if index.get("format_version") != CODEBOOK_FORMAT_VERSION:
-        raise CodecError(f"codebooks: {path} has format version {index.get('format_version')!r}, this "
-                         f"library reads version {CODEBOOK_FORMAT_VERSION}; regenerate with "
-                         "`python -m octopus_diffusers.codecs.build_codebooks`")
-    return index
+    return read_index(CODEBOOK_DIR / "index.json", "format_version", CODEBOOK_FORMAT_VERSION, "codebooks",
+                      "build_codebooks")
 
 
 @lru_cache(maxsize=1)

@@ -36,6 +36,7 @@ import torch
 
 from .base import CodecError
 from .build_codebooks import coordinate_density
+from .codebooks import read_index
 from .lloyd import grid_points, lloyd_max
 
 VQ_CODEBOOK_VERSION = 1
@@ -237,15 +238,8 @@ def write(tensors: dict[str, torch.Tensor], entries: dict[str, dict], head_dims,
 @lru_cache(maxsize=1)
 def vq_index() -> dict:
     """The parsed ``vq_codebooks.json`` (version checked)."""
-    path = DEFAULT_DIR / f"{FILE_STEM}.json"
-    if not path.exists():
-        raise CodecError(f"vq codebooks: {path} is missing; build it with "
-                         "`python -m octopus_diffusers.codecs.vq_codebooks`")
-    meta = json.loads(path.read_text())
-    if meta.get("version") != VQ_CODEBOOK_VERSION:
-        raise CodecError(f"vq codebooks: {path} has version {meta.get('version')!r}, this library reads "
-                         f"{VQ_CODEBOOK_VERSION}; rebuild with `python -m octopus_diffusers.codecs.vq_codebooks`")
-    return meta
+    return read_index(DEFAULT_DIR / f"{FILE_STEM}.json", "version", VQ_CODEBOOK_VERSION, "vq codebooks",
+                      "vq_codebooks")
 
 
 @lru_cache(maxsize=1)
