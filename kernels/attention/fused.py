@@ -169,6 +169,29 @@ def _rotated_queries(q_rows, s_qd, m_mask, QM, s_qmat, COL0: tl.constexpr, W: tl
 
 
 @triton.jit
+def program_rows(H, GROUP, N_Q, BLOCK_M: tl.constexpr):
+    """What one (query tile, batch x head, KV split) program of a fused kernel works on: ``(split,
+    batch, query head, KV head (GQA), query rows, their in-range mask)``."""
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return tl.program_id(2), b, h, h // GROUP, offs_m, offs_m < N_Q
+
+
+@triton.jit
+def split_bases(pid_s, KV_PER_SPLIT, N_KV, b, hk, KC, s_kcb, s_kch, KG, s_kgb, s_kgh, VC, s_vcb, s_vch,
+                VG, s_vgb, s_vgh):
+    """The split's keys ``[lo, hi)`` and the (batch, KV head) bases of the K and V codes and norms.
+    Loop bounds must be kernel arguments (the interpreter cannot loop over program-id tensors): every
+    split runs ``KV_PER_SPLIT`` keys, the tail masked by ``hi``."""
+    lo = pid_s * KV_PER_SPLIT
+    hi = tl.minimum(lo + KV_PER_SPLIT, N_KV)
+    return (lo, hi, KC + b * s_kcb + hk * s_kch, KG + b * s_kgb + hk * s_kgh, VC + b * s_vcb + hk * s_vch,
+            VG + b * s_vgb + hk * s_vgh)
+
+
+@triton.jit
 def masked_scores(s, MASK, b, h, offs_m, offs_n, m_mask, n_mask, s_mb, s_mh, s_mm, s_mn,
                   HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr):
     """Base-2 scores ``s`` with the attention mask applied (bool: False = -inf; additive: times
@@ -223,14 +246,7 @@ def _fused_attention_kernel(
     """One (query tile, batch x head, KV split) program. TurboQuant K/V: ``*_BHI`` bits on the first
     ``*_NHI`` channels, ``*_BLO`` on the rest; ``*_GE, *_GB`` byte groups (0: per-field reads);
     ``LOOKUP`` a ``tl.helpers.LOOKUP_*`` codebook read, ``PRMT`` byte permutes instead."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    pid_s = tl.program_id(2)
-    b = pid_bh // H
-    h = pid_bh % H
-    hk = h // GROUP
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_mask = offs_m < N_Q
+    pid_s, b, h, hk, offs_m, m_mask = program_rows(H, GROUP, N_Q, BLOCK_M)
 
     # ---- rotated, pre-scaled queries (fp16) -----------------------------------------------------
     # ROTATE_Q: Q is the caller's query and QM the query matrix (rotation here, once per program);
@@ -248,14 +264,8 @@ def _fused_attention_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
 
-    # Loop bounds must be kernel arguments (the interpreter cannot loop over program-id tensors):
-    # every split runs KV_PER_SPLIT keys, the tail masked.
-    lo = pid_s * KV_PER_SPLIT
-    hi = tl.minimum(lo + KV_PER_SPLIT, N_KV)
-    kc_base = KC + b * s_kcb + hk * s_kch
-    kg_base = KG + b * s_kgb + hk * s_kgh
-    vc_base = VC + b * s_vcb + hk * s_vch
-    vg_base = VG + b * s_vgb + hk * s_vgh
+    lo, hi, kc_base, kg_base, vc_base, vg_base = split_bases(
+        pid_s, KV_PER_SPLIT, N_KV, b, hk, KC, s_kcb, s_kch, KG, s_kgb, s_kgh, VC, s_vcb, s_vch, VG, s_vgb, s_vgh)
     if PREFETCH:
         # K and V read by 32-bit words (WORDS: KC / VC are int32 views, strides in words) or byte
         # groups: each iteration loads the next tile's codes and norms before decoding its own, so

@@ -24,7 +24,7 @@ import triton.language as tl
 from ..octopus.decode import octopus_planes_tile
 from ..tl.helpers import codebook_for
 from ..turboquant.decode import tq_values
-from .fused import masked_scores, online_softmax, store_lse
+from .fused import masked_scores, online_softmax, program_rows, split_bases, store_lse
 
 
 @triton.jit
@@ -48,14 +48,7 @@ def _fused_planes_kernel(
     queries (planes when ``K_OCT``); ``*_OCT`` K / V are OCTOPUS (widths ``*_B0..2``) or TurboQuant
     (``*_B0, *_B1, *_B2`` = bits_hi, bits_lo, n_high). The output is written in V's rotated basis
     (planes when ``V_OCT``)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    pid_s = tl.program_id(2)
-    b = pid_bh // H
-    h = pid_bh % H
-    hk = h // GROUP
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_mask = offs_m < N_Q
+    pid_s, b, h, hk, offs_m, m_mask = program_rows(H, GROUP, N_Q, BLOCK_M)
 
     q_rows = Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm
     if K_OCT:
@@ -80,12 +73,8 @@ def _fused_planes_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
 
-    lo = pid_s * KV_PER_SPLIT
-    hi = tl.minimum(lo + KV_PER_SPLIT, N_KV)
-    kc_base = KC + b * s_kcb + hk * s_kch
-    kg_base = KG + b * s_kgb + hk * s_kgh
-    vc_base = VC + b * s_vcb + hk * s_vch
-    vg_base = VG + b * s_vgb + hk * s_vgh
+    lo, hi, kc_base, kg_base, vc_base, vg_base = split_bases(
+        pid_s, KV_PER_SPLIT, N_KV, b, hk, KC, s_kcb, s_kch, KG, s_kgb, s_kgh, VC, s_vcb, s_vch, VG, s_vgb, s_vgh)
     for start in range(0, KV_PER_SPLIT, BLOCK_N):
         offs_n = lo + start + tl.arange(0, BLOCK_N)
         n_mask = offs_n < hi
