@@ -36,24 +36,24 @@ from .spec import kernel_spec, nbytes_of, packed_meta
 from .turboquant.decode import tq_decode
 from .turboquant.encode import tq_encode
 
-#: The codec registry, weak both ways: a key lives exactly as long as its codec. Whoever passes a key to
-#: an op (a processor handle, an ``api`` caller) holds the codec itself, so a restored handle, once
-#: dropped, frees its codecs and their kernel specs. Keys are serial numbers, not ``id()``: a freed
-#: codec's key is never reused for another codec.
-_KEYS: "weakref.WeakKeyDictionary[Codec, str]" = weakref.WeakKeyDictionary()
+#: The codec registry: key -> codec, weak, so a key lives exactly as long as its codec. Whoever passes a
+#: key to an op (a processor handle, an ``api`` caller) holds the codec itself, so a restored handle, once
+#: dropped, frees its codecs and their kernel specs. Each codec carries its own key (an attribute, which
+#: torch.compile guards on like any attribute; a weak dict keyed by codecs would be guarded by position
+#: and break when another codec is freed). Keys are serial numbers, not ``id()``: never reused.
 _CODECS: "weakref.WeakValueDictionary[str, Codec]" = weakref.WeakValueDictionary()
 _SERIAL = itertools.count()
+_KEY_ATTRIBUTE = "_kernel_registry_key"
 
 
 def register_codec(codec: Codec) -> str:
     """The string key by which the ops find ``codec`` (the same key for the same codec object). The
-    registry does not keep the codec alive (see ``_CODECS``). A registered codec's key is one dict
-    read, which torch.compile traces without a break; register outside compiled code first
-    (:func:`.api.supports`)."""
-    key = _KEYS.get(codec)
+    registry does not keep the codec alive. A registered codec's key is one attribute read, which
+    torch.compile traces without a break; register outside compiled code first (:func:`.api.supports`)."""
+    key = getattr(codec, _KEY_ATTRIBUTE, None)
     if key is None:
         key = f"{codec.name}#{next(_SERIAL)}"
-        _KEYS[codec] = key
+        setattr(codec, _KEY_ATTRIBUTE, key)
         _CODECS[key] = codec
     return key
 
