@@ -263,6 +263,12 @@ def test_run_causal_tiny_writes_a_causal_run_folder(tmp_path):
     assert (out / "report.md").is_file() and (out / "drift.png").is_file()
     assert main(["run", "--model", "self-forcing", "--tiny", "--device", "cpu", "--codecs", "none", "--chunks", "1",
                  "--out", str(out)]) == 2  # an existing folder needs --overwrite
+    matched = tmp_path / "matched"
+    assert main(["run", "--model", "self-forcing", "--tiny", "--device", "cpu", "--codecs", "none,turboquant",
+                 "--rates", "3", "--chunks", "1", "--quiet", "--out", str(matched)]) == 0
+    rows = json.loads((matched / "results.json").read_text())["variants"]
+    tq = next(v for v in rows if v["codec"] == "turboquant")
+    assert tq["target_rate"] == 3.0 and tq["codec_bits_per_scalar"] == pytest.approx(3.0, abs=0.25)
 
 
 
