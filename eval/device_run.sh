@@ -46,10 +46,12 @@ if [ "$what" = train ]; then
   cd /tmp
   runs=/tmp/train && mkdir -p "$runs"
   { header "training: video then audio"
-    timeout 330 python3 -m octopus_diffusers.training video --data "$root/.train/video.safetensors" \
-      --out "$runs/video" --export "$runs/video_model" --steps "${VIDEO_STEPS:-6000}" --batch-size 32 --max-seconds 270 2>&1 | grep -v "it/s]$"
-    timeout 220 python3 -m octopus_diffusers.training audio --data "$root/.train/speech.safetensors" \
-      --out "$runs/audio" --export "$runs/audio_model" --steps "${AUDIO_STEPS:-5000}" --batch-size 64 --max-seconds 170 2>&1 | grep -v "it/s]$"
+    # VIDEO_/AUDIO_STEPS and _SECONDS (training time caps) override the defaults of the 2026-12-02 run.
+    vs="${VIDEO_SECONDS:-270}"; as="${AUDIO_SECONDS:-170}"
+    timeout $((vs + 60)) python3 -m octopus_diffusers.training video --data "$root/.train/video.safetensors" \
+      --out "$runs/video" --export "$runs/video_model" --steps "${VIDEO_STEPS:-6000}" --batch-size 32 --max-seconds "$vs" 2>&1 | grep -v "it/s]$"
+    timeout $((as + 50)) python3 -m octopus_diffusers.training audio --data "$root/.train/speech.safetensors" \
+      --out "$runs/audio" --export "$runs/audio_model" --steps "${AUDIO_STEPS:-5000}" --batch-size 64 --max-seconds "$as" 2>&1 | grep -v "it/s]$"
   } | tee "$out/train.log"
   # $OUT takes 8 files: everything but the optimizer checkpoints travels back as one archive.
   tar czf "$out/train.tgz" -C "$runs" --exclude checkpoint.pt . || rc=1
