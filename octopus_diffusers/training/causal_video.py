@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .bundle import load_bundle, read_meta, save_bundle
+from .bundle import caption_prompt, load_bundle, read_meta, save_bundle
 from .clips import VideoDataset
 
 #: Where the shipped weights live inside the package, and the bundle's kind.
@@ -134,9 +134,7 @@ class TrainedCausalVideo:
 
     def prompt(self, clip: str) -> torch.Tensor:
         """``(1, L, 384)`` caption embedding of the named training clip."""
-        if clip not in self.clip_names:
-            raise ValueError(f"unknown clip {clip!r}; the model was trained on {', '.join(self.clip_names)}")
-        return self.caption_embeds[self.clip_names.index(clip)][None]
+        return caption_prompt(self.caption_embeds, self.clip_names, clip)
 
     def generator(self) -> Any:
         """A :class:`CausalWanGenerator` (pixel space: the model works on RGB in [-1, 1], no VAE)."""

